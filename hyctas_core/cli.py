@@ -1,0 +1,180 @@
+"""The ``hyctas`` command line.
+
+Errors a user can cause (bad preset, invalid arch JSON, bad sizes) print one line on stderr
+and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from hyctas_core.network import HyCTASNet
+    from hyctas_core.search_space import Arch
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="HyCTAS: hybrid conv-transformer NAS for real-time segmentation."
+)
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit status 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"512x1024"`` -> ``(512, 1024)`` (height x width)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        fail(f"input size {text!r} must look like HxW, e.g. 512x1024")
+    if not (16 <= h <= 8192 and 16 <= w <= 8192):
+        fail(f"input size {text!r}: height and width must be in 16..8192")
+    return h, w
+
+
+def load_arch(preset: str | None, from_json: Path | None) -> Arch:
+    """The arch from ``--preset`` or ``--from-json`` (exactly one)."""
+    from hyctas_core.presets import get_preset
+    from hyctas_core.search_space import Arch, ArchError, validate
+
+    if (preset is None) == (from_json is None):
+        fail("give exactly one of --preset NAME or --from-json FILE")
+    try:
+        if preset is not None:
+            return get_preset(preset)
+        assert from_json is not None
+        if not from_json.is_file():
+            fail(f"arch file {str(from_json)!r} does not exist")
+        arch = Arch.from_json(from_json.read_text())
+        validate(arch)
+        return arch
+    except ArchError as e:
+        fail(f"invalid architecture: {e}")
+
+
+PresetOpt = Annotated[str | None, typer.Option("--preset", help="hyctas-s, hyctas-m or hyctas-l")]
+JsonOpt = Annotated[Path | None, typer.Option("--from-json", help="arch in the official JSON format")]
+ChannelsOpt = Annotated[int, typer.Option("--base-channels", min=1, max=256, help="F: full widths 8F/16F/32F")]
+SizeOpt = Annotated[str, typer.Option("--input-size", help="HxW")]
+ClassesOpt = Annotated[int, typer.Option("--num-classes", min=1, max=10000)]
+StrideOpt = Annotated[int, typer.Option("--output-stride", help="8, or 4 to fuse the 1/4 stem feature")]
+
+
+@app.command()
+def arch(
+    preset: PresetOpt = None,
+    from_json: JsonOpt = None,
+    base_channels: ChannelsOpt = 12,
+    input_size: SizeOpt = "512x1024",
+    num_classes: ClassesOpt = 19,
+    output_stride: StrideOpt = 8,
+    latency_seconds: Annotated[float, typer.Option(min=0.0, help="timing duration; 0 skips the latency")] = 2.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Show an architecture: branches, cells, params, GMACs and batch-1 latency here."""
+    import torch
+
+    from hyctas_core.network import build
+    from hyctas_core.profile import count_macs, count_params, measure_latency
+
+    a = load_arch(preset, from_json)
+    size = parse_size(input_size)
+    if output_stride not in (4, 8):
+        fail(f"--output-stride must be 4 or 8, got {output_stride}")
+    torch.manual_seed(0)
+    net = build(a, num_classes=num_classes, base_channels=base_channels, output_stride=output_stride).eval()
+    params = count_params(net)
+    macs = count_macs(net, size)
+    latency = measure_latency(net, size, duration_s=latency_seconds) if latency_seconds > 0 else None
+    result = {
+        "arch_hash": a.hash,
+        "branches": a.num_branches,
+        "output_scales": list(a.combination),
+        "num_layers": a.num_layers,
+        "base_channels": base_channels,
+        "params_m": round(params / 1e6, 4),
+        "gmacs": round(macs / 1e9, 4),
+        "latency_ms": round(latency.median_ms, 3) if latency else None,
+        "latency_p90_ms": round(latency.p90_ms, 3) if latency else None,
+        "input_size": list(size),
+        "device": latency.device if latency else "cpu",
+        "arch": a.to_official(),
+    }
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    _print_arch(net, result)
+
+
+def _print_arch(net: HyCTASNet, result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    ends = ", ".join(f"1/{s}" for s in result["output_scales"])
+    table = Table(title=f"arch {result['arch_hash']}: {result['branches']} branch(es) ending at {ends}")
+    for name, justify in (("branch", "left"), ("cell", "right"), ("op", "left"), ("scale", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table.add_column("channels", justify="right")
+    cells = {c.key: c for c in net.plan.cells}
+    for br in net.plan.branches:
+        for layer, key in enumerate(br.cells):
+            c = cells[key]
+            shared = sum(1 for b in net.plan.branches if key in b.cells) > 1
+            scale = f"1/{c.in_scale}" + (f" -> 1/{c.out_scale}" if c.stride == 2 else "")
+            op = c.op + (" (shared)" if shared else "")
+            table.add_row(f"end 1/{br.end_scale}", str(layer), op, scale, f"{c.in_chs} -> {c.out_chs}")
+        table.add_section()
+    console.print(table)
+    h, w = result["input_size"]
+    console.print(f"params: {result['params_m']:.3f} M   GMACs @{h}x{w}: {result['gmacs']:.2f}")
+    if result["latency_ms"] is not None:
+        console.print(
+            f"latency (batch 1, {result['device']}): {result['latency_ms']:.1f} ms median, "
+            f"p90 {result['latency_p90_ms']:.1f} ms"
+        )
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", help="output file (.onnx or .pt)")],
+    preset: PresetOpt = None,
+    from_json: JsonOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript")] = "onnx",
+    base_channels: ChannelsOpt = 12,
+    input_size: SizeOpt = "512x1024",
+    num_classes: ClassesOpt = 19,
+    output_stride: StrideOpt = 8,
+) -> None:
+    """Export a freshly built network for an architecture to ONNX or TorchScript."""
+    from hyctas_core.export import export_onnx, export_torchscript
+    from hyctas_core.network import build
+
+    a = load_arch(preset, from_json)
+    size = parse_size(input_size)
+    if fmt not in ("onnx", "torchscript"):
+        fail(f"--format must be onnx or torchscript, got {fmt!r}")
+    if not out.parent.exists():
+        fail(f"output directory {str(out.parent)!r} does not exist")
+    net = build(a, num_classes=num_classes, base_channels=base_channels, output_stride=output_stride).eval()
+    if fmt == "onnx":
+        export_onnx(net, size, out)
+    else:
+        export_torchscript(net, size, out)
+    typer.echo(f"wrote {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

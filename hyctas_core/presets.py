@@ -1,0 +1,94 @@
+"""The three architectures shipped by the official HyCTAS code, as data.
+
+Source: MarvinYu1995/HyCTAS @ f915c8d, ``train/jsons/HRTNET_S.json``, ``HRTNET_M.json`` and
+``HRTNet_L.json``, transcribed into the official JSON format (op codes: 0 skip, 1 conv,
+2 conv_downup, 3 conv_2x_downup, 4 sa; ``paths`` = input scale index of each cell).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hyctas_core.search_space import Arch, ArchError
+
+__all__ = ["PRESETS", "get_preset", "preset_names"]
+
+
+def _paths(downs: list[int]) -> list[int]:
+    out, s = [], 0
+    for d in downs:
+        out.append(s)
+        s += d
+    return out
+
+
+def _downs(n: int, at: tuple[int, ...]) -> list[int]:
+    return [1 if i in at else 0 for i in range(n)]
+
+
+_S_DOWNS = _downs(11, (1, 3))
+_M_DOWNS = _downs(17, (1, 15))
+_L_DOWNS = [_downs(20, ()), _downs(20, (9,)), _downs(20, (5, 11))]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # 1 branch ending at 1/32, 11 cells, one attention cell at 1/32.
+    "hyctas-s": {
+        "ops": [[3, 2, 2, 1, 2, 4, 1, 3, 3, 2, 3]],
+        "paths": [_paths(_S_DOWNS)],
+        "downs": [_S_DOWNS],
+        "widths": [[8 / 12, 8 / 12, 8 / 12, 4 / 12, 8 / 12, 10 / 12, 4 / 12, 10 / 12, 4 / 12, 8 / 12]],
+        "lasts": [2],
+    },
+    # 1 branch ending at 1/32, 17 cells, two attention cells at 1/16.
+    "hyctas-m": {
+        "ops": [[2, 2, 3, 1, 1, 1, 2, 4, 1, 1, 2, 3, 2, 4, 2, 1, 2]],
+        "paths": [_paths(_M_DOWNS)],
+        "downs": [_M_DOWNS],
+        "widths": [
+            [
+                8 / 12,
+                6 / 12,
+                1.0,
+                10 / 12,
+                10 / 12,
+                8 / 12,
+                10 / 12,
+                8 / 12,
+                8 / 12,
+                10 / 12,
+                10 / 12,
+                1.0,
+                1.0,
+                6 / 12,
+                8 / 12,
+                6 / 12,
+            ]
+        ],  # fmt: skip
+        "lasts": [2],
+    },
+    # 3 branches ending at 1/8, 1/16, 1/32, 20 cells each, full widths, one attention
+    # cell at the end of every branch.
+    "hyctas-l": {
+        "ops": [
+            [1] * 16 + [3, 3, 3, 4],
+            [1] * 8 + [3] + [1] * 8 + [3, 3, 4],
+            [1, 1, 1, 1, 3, 1, 1, 1, 1, 1, 3] + [1] * 6 + [3, 3, 4],
+        ],
+        "paths": [_paths(d) for d in _L_DOWNS],
+        "downs": _L_DOWNS,
+        "widths": [[1.0] * 19 for _ in range(3)],
+        "lasts": [0, 1, 2],
+    },
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> Arch:
+    """The preset architecture ``name`` (case-insensitive, ``_`` or ``-``)."""
+    key = name.lower().replace("_", "-")
+    if key not in PRESETS:
+        raise ArchError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}")
+    return Arch.from_official(PRESETS[key])

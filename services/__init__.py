@@ -1,0 +1,1 @@
+"""HyCTAS services (controller, worker, serve): thin layers over :mod:`hyctas_core`."""

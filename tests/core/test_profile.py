@@ -1,0 +1,61 @@
+"""Params / MACs counter against hand arithmetic; latency measurement."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from hyctas_core.network import build
+from hyctas_core.ops import EfficientSelfAttention
+from hyctas_core.presets import get_preset
+from hyctas_core.profile import count_macs, count_params, measure_latency
+from hyctas_core.search_space import Arch
+
+
+def test_conv_net_by_hand() -> None:
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),  # 16x16 out: 3*9*8*256 = 55,296 MACs
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3, stride=2, padding=1),  # 8x8 out: 8*9*4*64 = 18,432 MACs
+        nn.Flatten(),
+        nn.Linear(4 * 64, 10),  # 2,560 MACs
+    )
+    assert count_macs(net, (16, 16)) == 55_296 + 18_432 + 2_560
+    assert count_params(net) == 216 + 16 + (288 + 4) + (2560 + 10)
+
+
+def test_self_attention_by_hand() -> None:
+    # in = out = 8 channels, 2 heads, ratio 0.5 -> attention width 4 (2 per head); 6x5 = 30 tokens.
+    op = EfficientSelfAttention(8, 8, 1, heads=2, ratio=0.5)
+    n = 30
+    reduce = 8 * 4 * n
+    qkv = 3 * 4 * 4 * n
+    attention = 2 * (2 * n * n * 2)  # QK^T and AV, per head N*N*d with d = 2
+    expand = 4 * 8 * n
+    assert count_macs(op, (6, 5), in_chs=8) == reduce + qkv + attention + expand == 10_560
+    # reduce conv 32 + BN 8, q/k/v 3*(16+4), BN 8, expand conv 32 + BN 16; no FFN, no bypass
+    assert count_params(op) == 32 + 8 + 60 + 8 + 32 + 16
+
+
+def test_network_counts_grow_with_size_and_width() -> None:
+    conv_only = Arch.from_official(
+        {"ops": [[1, 2, 3, 1, 2, 1]], "downs": [[0, 1, 0, 1, 0, 0]], "widths": [[1.0] * 5], "lasts": [2]}
+    )
+    net = build(conv_only, base_channels=4)
+    # Convs are linear in pixels, except the squeeze-excitation convs on pooled 1x1 features.
+    se = sum(m.in_channels * m.out_channels for m in net.ffm.se if isinstance(m, nn.Conv2d))
+    assert se > 0
+    assert (count_macs(net, (128, 256)) - se) * 4 + se == count_macs(net, (256, 512))
+    m = build(get_preset("hyctas-m"), base_channels=4)
+    assert count_macs(m, (128, 256)) * 4 < count_macs(m, (256, 512))  # attention: quadratic
+    wide = build(get_preset("hyctas-m"), base_channels=8)
+    assert 3.0 < count_params(wide) / count_params(m) < 4.2
+
+
+def test_measure_latency_reports_a_distribution() -> None:
+    net = build(get_preset("hyctas-s"), base_channels=4).eval()
+    stats = measure_latency(net, (64, 128), duration_s=0.2, min_runs=5)
+    assert stats.runs >= 5
+    assert 0 < stats.p10_ms <= stats.median_ms <= stats.p90_ms
+    assert stats.fps == 1000.0 / stats.median_ms
+    assert stats.device == "cpu"
