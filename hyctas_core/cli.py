@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from hyctas_core.cli_utils import fail, parse_size
 
 if TYPE_CHECKING:
     from hyctas_core.network import HyCTASNet
@@ -21,23 +23,6 @@ __all__ = ["app", "main"]
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="HyCTAS: hybrid conv-transformer NAS for real-time segmentation."
 )
-
-
-def fail(message: str) -> NoReturn:
-    """One line on stderr, exit status 2."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"512x1024"`` -> ``(512, 1024)`` (height x width)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        fail(f"input size {text!r} must look like HxW, e.g. 512x1024")
-    if not (16 <= h <= 8192 and 16 <= w <= 8192):
-        fail(f"input size {text!r}: height and width must be in 16..8192")
-    return h, w
 
 
 def load_arch(preset: str | None, from_json: Path | None) -> Arch:
@@ -170,6 +155,22 @@ def export(
     else:
         export_torchscript(net, size, out)
     typer.echo(f"wrote {out}")
+
+
+def _mount() -> None:
+    """Sub-commands living in their own modules (their heavy imports stay inside the commands)."""
+    from hyctas_core import cli_metrics, cli_search, cli_train
+
+    app.add_typer(cli_metrics.app, name="metrics", help="mIoU and panoptic quality of prediction files.")
+    app.add_typer(cli_train.latency_app, name="latency")
+    app.command("train-supernet")(cli_train.train_supernet)
+    app.command("evaluate")(cli_train.evaluate)
+    app.command("search")(cli_search.search)
+    app.command("pareto")(cli_search.pareto)
+    app.command("export-arch")(cli_search.export_arch)
+
+
+_mount()
 
 
 def main() -> None:

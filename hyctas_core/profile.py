@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from hyctas_core.layers import SDPAttention
 
-__all__ = ["LatencyStats", "count_macs", "count_params", "measure_latency"]
+__all__ = ["LatencyStats", "count_macs", "count_params", "measure_latency", "time_fn"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -92,6 +93,42 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_fn(
+    fn: Callable[[], object],
+    *,
+    duration_s: float = 2.0,
+    warmup_runs: int = 3,
+    min_runs: int = 5,
+    max_runs: int = 10_000,
+    device: torch.device | str = "cpu",
+) -> LatencyStats:
+    """Call ``fn`` after ``warmup_runs`` warm-up calls, for ``duration_s`` (at least ``min_runs``).
+
+    On CUDA every run is synchronised, so the time covers the kernels, not just the launch.
+    """
+    dev = torch.device(device)
+    for _ in range(warmup_runs):
+        fn()
+    _sync(dev)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < duration_s):
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    times.sort()
+    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    return LatencyStats(
+        median_ms=statistics.median(times),
+        mean_ms=statistics.fmean(times),
+        p10_ms=q[0],
+        p90_ms=q[-1],
+        runs=len(times),
+        device=str(dev),
+    )
+
+
 @torch.inference_mode()
 def measure_latency(
     model: nn.Module,
@@ -106,7 +143,6 @@ def measure_latency(
 ) -> LatencyStats:
     """Time ``model`` at batch 1: warm-up, then runs for ``duration_s`` (at least ``min_runs``).
 
-    On CUDA every run is synchronised; ``torch.backends.cudnn.benchmark`` is left as set.
     The paper times for 6 s; the default here is shorter for interactive use.
     """
     if device is None:
@@ -115,23 +151,11 @@ def measure_latency(
     dev = torch.device(device)
     model = model.to(dev).eval()
     x = torch.randn(1, in_chs, *input_size, device=dev)
-    for _ in range(warmup_runs):
-        model(x)
-    _sync(dev)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < duration_s):
-        t0 = time.perf_counter()
-        model(x)
-        _sync(dev)
-        times.append((time.perf_counter() - t0) * 1000.0)
-    times.sort()
-    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-    return LatencyStats(
-        median_ms=statistics.median(times),
-        mean_ms=statistics.fmean(times),
-        p10_ms=q[0],
-        p90_ms=q[-1],
-        runs=len(times),
-        device=str(dev),
+    return time_fn(
+        lambda: model(x),
+        duration_s=duration_s,
+        warmup_runs=warmup_runs,
+        min_runs=min_runs,
+        max_runs=max_runs,
+        device=dev,
     )

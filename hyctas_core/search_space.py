@@ -514,18 +514,32 @@ class VectorCodec:
         validate(arch, num_layers=L)
         return arch
 
-    def repair(self, x: Sequence[int] | np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def repair(
+        self, x: Sequence[int] | np.ndarray, rng: np.random.Generator, *, num_branches: int | None = None
+    ) -> np.ndarray:
         """Closest-effort canonical vector of a valid arch (used on NSGA-II offspring).
 
-        Clips to bounds, activates one random block if none is active, zeroes inactive
-        blocks, sorts and de-duplicates down positions (re-drawing collisions across
-        branches) and replaces ``skip`` at down-sampling cells by a random non-skip op.
+        Clips to bounds; makes the number of active blocks (outputs) ``num_branches`` if given,
+        else at least one (deactivating random extras, activating random blocks with random
+        genes); zeroes inactive blocks; sorts and de-duplicates down positions (re-drawing
+        collisions across branches) and replaces ``skip`` at down-sampling cells by a random
+        non-skip op. A valid canonical vector with the right branch count is left unchanged.
         """
+        if num_branches is not None and num_branches not in (1, 2, 3):
+            raise ArchError(f"num_branches must be 1, 2 or 3, got {num_branches}")
         v = np.clip(np.asarray(x).astype(np.int64), self.lower, self.upper)
         L = self.num_layers
-        actives = [v[start] == 1 for start, _ in self._blocks]
-        if not any(actives):
-            v[self._blocks[int(rng.integers(3))][0]] = 1
+        active = [int(start) for start, _ in self._blocks if v[start] == 1]
+        inactive = [int(start) for start, _ in self._blocks if v[start] != 1]
+        want = num_branches if num_branches is not None else max(1, len(active))
+        while len(active) > want:
+            v[active.pop(int(rng.integers(len(active))))] = 0
+        while len(active) < want:
+            start = inactive.pop(int(rng.integers(len(inactive))))
+            end = start + 1 + next(k for s, k in self._blocks if s == start) + 2 * L - 1
+            v[start:end] = rng.integers(self.lower[start:end], self.upper[start:end] + 1)
+            v[start] = 1
+            active.append(start)
         taken: set[int] = set()
         for start, k in self._blocks:
             end = start + 1 + k + 2 * L - 1

@@ -1,0 +1,219 @@
+"""CLI commands for supernet training, candidate evaluation and latency tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from hyctas_core.cli_utils import fail, parse_size
+
+if TYPE_CHECKING:
+    from hyctas_core.data.cityscapes import CityscapesDataset
+    from hyctas_core.train import SupernetTrainConfig
+
+__all__ = ["evaluate", "latency_app", "train_supernet"]
+
+latency_app = typer.Typer(help="Latency lookup tables (per device, per input size).", no_args_is_help=True)
+
+
+def _dataset(root: Path, split: str, **kwargs: Any) -> CityscapesDataset:
+    from hyctas_core.data.base import DatasetError
+    from hyctas_core.data.cityscapes import CityscapesDataset
+
+    if not root.is_dir():
+        fail(f"data directory {str(root)!r} does not exist")
+    try:
+        return CityscapesDataset(root, split, **kwargs)
+    except DatasetError as e:
+        fail(str(e))
+
+
+def _load_config(config: Path | None, overrides: dict[str, Any]) -> SupernetTrainConfig:
+    from hyctas_core.train import SupernetTrainConfig
+
+    try:
+        cfg = SupernetTrainConfig.from_yaml(config) if config is not None else SupernetTrainConfig()
+        data = cfg.to_dict()
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return SupernetTrainConfig.from_dict(data)
+    except (OSError, ValueError) as e:
+        fail(str(e).splitlines()[0])
+
+
+def train_supernet(
+    data: Annotated[Path, typer.Option("--data", help="dataset root in the Cityscapes layout")],
+    out: Annotated[Path, typer.Option("--out", help="run directory (checkpoints, log)")],
+    config: Annotated[Path | None, typer.Option("--config", help="YAML training config")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
+    epochs: Annotated[int | None, typer.Option(min=1, help="override the config's epochs")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:N]")] = "cpu",
+) -> None:
+    """Train the weight-sharing supernet, sampling one sub-network per step."""
+    import yaml
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from hyctas_core.data.transforms import SegTransform
+    from hyctas_core.train import SupernetTrainer
+
+    if config is not None and not config.is_file():
+        fail(f"config file {str(config)!r} does not exist")
+    cfg = _load_config(config, {"epochs": epochs})
+    has_ckpt = (out / "last.pt").exists()
+    if has_ckpt and not resume:
+        fail(f"{out} already holds a run (last.pt): pass --resume to continue it, or choose another --out")
+    if resume and not has_ckpt:
+        fail(f"--resume: no checkpoint {out / 'last.pt'} to resume from")
+    transform = SegTransform(crop_size=cfg.crop_size, scale_range=cfg.scale_range, base_size=cfg.base_size)
+    dataset = _dataset(data, "train", transform=transform, seed=cfg.seed)
+    try:
+        trainer = SupernetTrainer(cfg, dataset, out, device=device)
+        if resume:
+            trainer.resume()
+    except ValueError as e:
+        fail(str(e))
+    if trainer.finished:
+        typer.echo(f"the run in {out} already finished ({trainer.step} steps); nothing to do")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    columns = [
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]:.3f}  {task.fields[rate]:.1f} img/s"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(
+            "train", total=trainer.total_steps, completed=trainer.step, epoch=trainer.epoch, loss=0.0, rate=0.0
+        )
+        summary = trainer.fit(
+            progress=lambda p: bar.update(task, completed=p.step, epoch=p.epoch, loss=p.loss, rate=p.images_per_s)
+        )
+    typer.echo(json.dumps(summary))
+
+
+def evaluate(
+    supernet: Annotated[Path, typer.Option("--supernet", help="supernet checkpoint (supernet.pt or last.pt)")],
+    data: Annotated[Path, typer.Option("--data", help="dataset root in the Cityscapes layout")],
+    arch: Annotated[Path | None, typer.Option("--arch", help="arch in the official JSON format")] = None,
+    preset: Annotated[str | None, typer.Option("--preset")] = None,
+    calib_images: Annotated[int, typer.Option(min=0, help="training images for BN recalibration (0: none)")] = 64,
+    val_images: Annotated[int, typer.Option(min=1, help="validation images scored")] = 32,
+    eval_size: Annotated[str | None, typer.Option(help="resize images to HxW before scoring")] = None,
+    input_size: Annotated[str | None, typer.Option(help="HxW for latency and FLOPs (default: image size)")] = None,
+    latency_table: Annotated[Path | None, typer.Option(help="predict latency from this table")] = None,
+    latency_seconds: Annotated[float, typer.Option(min=0.05, help="measurement duration")] = 2.0,
+    seed: Annotated[int, typer.Option(help="fixes the calibration / validation subsets")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:N]")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Score one architecture with the supernet's weights: BN recalibration, mIoU, latency, FLOPs."""
+    from hyctas_core.cli import load_arch
+    from hyctas_core.data.transforms import SegTransform
+    from hyctas_core.evaluate import CandidateEvaluator
+    from hyctas_core.latency import LatencyModel, LatencyTable, LookupTableLatency, MeasuredLatency
+    from hyctas_core.search_space import ArchError
+    from hyctas_core.train import load_supernet
+
+    candidate = load_arch(preset, arch)
+    try:
+        net = load_supernet(supernet, device=device)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    if candidate.num_layers > net.cfg.num_layers:
+        fail(f"the arch has {candidate.num_layers} cells per branch; the supernet has {net.cfg.num_layers}")
+    base = parse_size(eval_size) if eval_size else None
+    transform = SegTransform(crop_size=None, train=False, base_size=base)
+    calib = _dataset(data, "train", transform=transform, seed=seed)
+    val = _dataset(data, "val", transform=transform, seed=seed)
+    size: tuple[int, int] = (
+        parse_size(input_size) if input_size else (int(val[0]["image"].shape[-2]), int(val[0]["image"].shape[-1]))
+    )
+    latency: LatencyModel
+    if latency_table is not None:
+        try:
+            table = LatencyTable.load(latency_table)
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e))
+        if tuple(table.input_size) != size or table.model != net.cfg.to_dict():
+            fail(f"latency table {latency_table} was built for input {table.input_size} and another model config")
+        latency = LookupTableLatency(table)
+    else:
+        latency = MeasuredLatency(net.cfg, size, duration_s=latency_seconds, device=device)
+    evaluator = CandidateEvaluator(
+        net,
+        calib,
+        val,
+        latency,
+        input_size=size,
+        calib_images=max(calib_images, 1),
+        val_images=val_images,
+        seed=seed,
+        device=device,
+    )
+    try:
+        result = evaluator.evaluate(candidate, recalibrate=calib_images > 0)
+    except ArchError as e:
+        fail(str(e))
+    out = {"arch": candidate.to_official(), **result.to_dict(), "input_size": list(size)}
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    typer.echo(
+        f"arch {result.arch_hash}: mIoU {100 * result.miou:.2f}  latency {result.latency_ms:.2f} ms "
+        f"({result.latency_source})  {result.gmacs:.2f} GMACs  {result.params_m:.3f} M params  "
+        f"[{result.calib_images} calibration / {result.val_images} validation images, {result.seconds:.1f} s]"
+    )
+
+
+@latency_app.command("build-table")
+def build_table_cmd(
+    out: Annotated[Path, typer.Option("--out", help="table file (JSON)")],
+    input_size: Annotated[str, typer.Option("--input-size", help="HxW the table is for")] = "512x1024",
+    device: Annotated[str, typer.Option(help="cpu or cuda[:N]; part of the table's identity")] = "cpu",
+    supernet: Annotated[Path | None, typer.Option(help="take the model config from this checkpoint")] = None,
+    base_channels: Annotated[int, typer.Option(min=1, max=256)] = 12,
+    output_stride: Annotated[int, typer.Option(help="8 or 4")] = 8,
+    seconds_per_entry: Annotated[float, typer.Option(min=0.001)] = 0.1,
+) -> None:
+    """Time every op configuration of the search space at one input size on one device."""
+    from rich.progress import Progress
+
+    from hyctas_core.config import ModelConfig
+    from hyctas_core.latency import build_table
+
+    size = parse_size(input_size)
+    if not out.parent.is_dir():
+        fail(f"output directory {str(out.parent)!r} does not exist")
+    if device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            fail(f"device {device!r} requested but CUDA is not available here")
+    if supernet is not None:
+        from hyctas_core.train import load_supernet
+
+        try:
+            cfg = load_supernet(supernet).cfg
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e))
+    else:
+        try:
+            cfg = ModelConfig(base_channels=base_channels, output_stride=output_stride)
+        except ValueError as e:
+            fail(str(e))
+    with Progress() as bar:
+        task = bar.add_task("timing ops", total=None)
+        table = build_table(
+            cfg,
+            size,
+            device=device,
+            duration_s=seconds_per_entry,
+            progress=lambda d, t, k: bar.update(task, completed=d, total=t),
+        )
+    table.save(out)
+    typer.echo(f"wrote {len(table.entries)} entries for {table.device_name} at {size[0]}x{size[1]} to {out}")

@@ -1,0 +1,242 @@
+"""Latency of a sub-network: measured, or predicted from a per-op lookup table.
+
+The lookup table (FasterSeg style) times every op configuration the search space can
+produce at one input size on one device, keyed by op, feature size, input and output
+channels and stride (``conv_downup_H64_W128_Cin96_Cout64_s1``), plus the stem, the branch
+fusion nodes and the aggregation heads. :meth:`LookupTableLatency.predict` sums the entries
+of an architecture's cells (shared cells once) without running it. The device, the model
+configuration and the input size are part of the table's identity.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import json
+import platform
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hyctas_core.config import ModelConfig
+from hyctas_core.heads import upsample_logits
+from hyctas_core.layers import half_size
+from hyctas_core.network import (
+    HyCTASNet,
+    _new_aggregation,
+    _new_fusion,
+    _new_stem,
+    combo_key,
+    plan_network,
+    stem_widths,
+)
+from hyctas_core.ops import OPS, create_op
+from hyctas_core.profile import measure_latency, time_fn
+from hyctas_core.search_space import SCALES, WIDTHS, Arch, num_filters
+
+__all__ = ["LatencyModel", "LatencyTable", "LookupTableLatency", "MeasuredLatency", "build_table", "op_key"]
+
+TABLE_FORMAT = "hyctas-latency-table/1"
+
+
+def op_key(op: str, h: int, w: int, cin: int, cout: int, stride: int) -> str:
+    return f"{op}_H{h}_W{w}_Cin{cin}_Cout{cout}_s{stride}"
+
+
+def _fusion_key(end_scale: int, skip_chs: tuple[int, ...]) -> str:
+    return f"fusion{end_scale}_" + "_".join(f"skip{c}" for c in skip_chs)
+
+
+def _agg_key(combination: tuple[int, ...]) -> str:
+    return f"agg_{combo_key(combination)}"
+
+
+def device_name(device: str) -> str:
+    """A human name of the device the table was built on (part of its identity)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+class LatencyModel(abc.ABC):
+    """Latency (ms, batch 1) of an architecture at the configured input size."""
+
+    @abc.abstractmethod
+    def latency_ms(self, arch: Arch, net: nn.Module | None = None) -> tuple[float, str]:
+        """(milliseconds, source) for ``arch``; ``net`` may be its already built network."""
+
+
+class MeasuredLatency(LatencyModel):
+    """Times the network: warm-up, then ``duration_s`` of batch-1 runs, median."""
+
+    def __init__(
+        self, cfg: ModelConfig, input_size: tuple[int, int], *, duration_s: float = 1.0, device: str = "cpu"
+    ) -> None:
+        self.cfg, self.input_size, self.duration_s, self.device = cfg, input_size, duration_s, device
+
+    def latency_ms(self, arch: Arch, net: nn.Module | None = None) -> tuple[float, str]:
+        model = net if net is not None else HyCTASNet(arch, self.cfg)
+        stats = measure_latency(model, self.input_size, duration_s=self.duration_s, device=self.device)
+        return stats.median_ms, f"measured:{self.device}"
+
+
+@dataclass
+class LatencyTable:
+    device: str
+    device_name: str
+    input_size: tuple[int, int]
+    model: dict[str, Any]
+    torch_version: str
+    entries: dict[str, float] = field(default_factory=dict)
+    format: str = TABLE_FORMAT
+
+    def save(self, path: Path) -> None:
+        data = asdict(self)
+        data["input_size"] = list(self.input_size)
+        Path(path).write_text(json.dumps(data, indent=1, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: Path) -> LatencyTable:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"latency table {str(path)!r} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a JSON latency table ({e})") from None
+        if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
+            raise ValueError(f"{path}: not a HyCTAS latency table (format {TABLE_FORMAT})")
+        data["input_size"] = tuple(data["input_size"])
+        return cls(**data)
+
+
+class LookupTableLatency(LatencyModel):
+    """Predicts latency as the sum of table entries (no network is run)."""
+
+    def __init__(self, table: LatencyTable) -> None:
+        self.table = table
+        self.cfg = ModelConfig.from_dict(table.model)
+
+    def predict(self, arch: Arch) -> float:
+        """Milliseconds; raises ``KeyError`` naming an op configuration the table lacks."""
+        plan = plan_network(arch, self.cfg)
+        sizes = _feature_sizes(self.table.input_size)
+        keys = ["stem"]
+        for c in plan.cells:
+            h, w = sizes[c.in_scale]
+            keys.append(op_key(c.op, h, w, c.in_chs, c.out_chs, c.stride))
+        keys += [_fusion_key(b.end_scale, b.skip_chs) for b in plan.branches if b.end_scale > 8]
+        keys.append(_agg_key(plan.combination))
+        total = 0.0
+        for key in keys:
+            if key not in self.table.entries:
+                raise KeyError(f"latency table ({self.table.device}, {self.table.input_size}) has no entry {key}")
+            total += self.table.entries[key]
+        return total
+
+    def latency_ms(self, arch: Arch, net: nn.Module | None = None) -> tuple[float, str]:
+        return self.predict(arch), f"lut:{self.table.device}"
+
+
+def _feature_sizes(input_size: tuple[int, int]) -> dict[int, tuple[int, int]]:
+    sizes, size = {}, input_size
+    for s in (2, 4, 8, 16, 32):
+        size = half_size(size)
+        sizes[s] = size
+    return sizes
+
+
+def _widths(scale: int, cfg: ModelConfig) -> list[int]:
+    return sorted({num_filters(scale, cfg.base_channels, w) for w in WIDTHS})
+
+
+def _entries(
+    cfg: ModelConfig, input_size: tuple[int, int], device: torch.device
+) -> Iterator[tuple[str, Callable[[], object] | None]]:
+    """(key, a zero-argument callable running that piece once, or None if free) per entry."""
+    sizes = _feature_sizes(input_size)
+    stem_chs = stem_widths(cfg)
+    stem = _new_stem(cfg).to(device).eval()
+    image = torch.randn(1, 3, *input_size, device=device)
+    yield "stem", lambda: stem(image)
+    for k, scale in enumerate(SCALES):
+        h, w = sizes[scale]
+        in_options = set(_widths(scale, cfg)) | ({stem_chs[2]} if scale == 8 else set())
+        for op in OPS:
+            strides = [1] if op == "skip" or k == len(SCALES) - 1 else [1, 2]
+            for stride in strides:
+                for cin in sorted(in_options):
+                    for cout in _widths(scale * stride, cfg):
+                        if op == "skip" and cin == cout:
+                            yield op_key(op, h, w, cin, cout, stride), None  # identity: costs nothing
+                            continue
+                        module = create_op(
+                            op,
+                            cin,
+                            cout,
+                            stride,
+                            heads=cfg.attn_heads,
+                            ratio=cfg.attn_ratio,
+                            align_corners=cfg.align_corners,
+                        )
+                        module = module.to(device).eval()
+                        x = torch.randn(1, cin, h, w, device=device)
+                        yield op_key(op, h, w, cin, cout, stride), functools.partial(module, x)
+    skip8 = sorted(set(_widths(8, cfg)) | {stem_chs[2]})
+    for end_scale, skip_sets in ((16, [(c,) for c in skip8]), (32, [(a, b) for a in _widths(16, cfg) for b in skip8])):
+        for skip_chs in skip_sets:
+            fusion = _new_fusion(end_scale, cfg, list(skip_chs), False).to(device).eval()
+            x = torch.randn(1, num_filters(end_scale, cfg.base_channels), *sizes[end_scale], device=device)
+            finer = [s for s in SCALES if s < end_scale][::-1]
+            skips = [torch.randn(1, c, *sizes[s], device=device) for c, s in zip(skip_chs, finer, strict=True)]
+            yield _fusion_key(end_scale, skip_chs), functools.partial(fusion, x, skips)
+    for mask in range(1, 2 ** len(SCALES)):
+        combination = tuple(s for i, s in enumerate(SCALES) if mask >> i & 1)
+        ffm, head = _new_aggregation(combination, cfg)
+        ffm, head = ffm.to(device).eval(), head.to(device).eval()
+        x = torch.randn(1, num_filters(8, cfg.base_channels) * len(combination), *sizes[8], device=device)
+        s4 = torch.randn(1, stem_chs[1], *sizes[4], device=device) if cfg.output_stride == 4 else None
+
+        def run(f: nn.Module = ffm, hd: nn.Module = head, t: torch.Tensor = x, s: torch.Tensor | None = s4) -> object:
+            return upsample_logits(hd(f(t), s), input_size, cfg.align_corners)
+
+        yield _agg_key(combination), run
+
+
+@torch.inference_mode()
+def build_table(
+    cfg: ModelConfig,
+    input_size: tuple[int, int],
+    *,
+    device: str = "cpu",
+    duration_s: float = 0.1,
+    min_runs: int = 5,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> LatencyTable:
+    """Time every op configuration the space can produce (plus stem, fusions, heads).
+
+    Args:
+        cfg: model configuration (widths, heads, output stride).
+        input_size: the deployment input size (H, W).
+        device: where to time ("cpu" or a CUDA device).
+        duration_s: timing duration per entry (median of the runs is stored).
+        progress: called with (done, total, key) after each entry.
+    """
+    dev = torch.device(device)
+    entries = list(_entries(cfg, input_size, dev))
+    table = LatencyTable(device, device_name(device), input_size, cfg.to_dict(), torch.__version__)
+    for i, (key, fn) in enumerate(entries):
+        if fn is None:
+            table.entries[key] = 0.0
+        else:
+            table.entries[key] = time_fn(
+                fn, duration_s=duration_s, min_runs=min_runs, warmup_runs=2, device=dev
+            ).median_ms
+        if progress is not None:
+            progress(i + 1, len(entries), key)
+    return table

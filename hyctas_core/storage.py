@@ -1,0 +1,283 @@
+"""Persistence of searches behind one small interface (after Optuna's ``BaseStorage``).
+
+Implementations: ``InMemoryStorage`` (tests, throw-away runs) here, and ``SQLStorage`` over
+SQLite (the embedded default) or PostgreSQL in ``services/storage``. Every implementation
+passes the same contract suite (``hyctas_core/testing/storage_contract.py``).
+
+Guarantees every implementation keeps:
+
+- :meth:`SearchStorage.commit_generation` is atomic: the generation row, its individuals,
+  the evaluation-cache entries and the search's ``generation`` counter are written in one
+  transaction, or not at all. Generations are committed in order (0, 1, 2, ...), never twice.
+- Returned records are copies: mutating them changes nothing stored.
+- Unknown ids raise ``KeyError``; illegal state transitions raise :class:`IllegalTransition`;
+  a duplicate search name (per owner) raises :class:`DuplicateName`; backend failures raise
+  :class:`StorageError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "DuplicateName",
+    "EvaluationRecord",
+    "GenerationRecord",
+    "IllegalTransition",
+    "IndividualRecord",
+    "JobRecord",
+    "JobState",
+    "SearchRecord",
+    "SearchState",
+    "SearchStorage",
+    "StorageError",
+]
+
+
+class StorageError(RuntimeError):
+    """The backend failed (connection, integrity, ...); the message is one line."""
+
+
+class DuplicateName(StorageError):
+    """A search with this name already exists for this owner."""
+
+
+class IllegalTransition(StorageError):
+    """A state change the state machine does not allow (e.g. cancel a finished search)."""
+
+
+class SearchState(enum.StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def is_finished(self) -> bool:
+        return self in (SearchState.SUCCEEDED, SearchState.FAILED, SearchState.CANCELLED)
+
+
+# Allowed transitions (from -> to). RUNNING -> RUNNING is allowed: a resumed search.
+SEARCH_TRANSITIONS: dict[SearchState, frozenset[SearchState]] = {
+    SearchState.CREATED: frozenset({SearchState.RUNNING, SearchState.CANCELLED, SearchState.FAILED}),
+    SearchState.RUNNING: frozenset(
+        {SearchState.RUNNING, SearchState.SUCCEEDED, SearchState.FAILED, SearchState.CANCELLED}
+    ),
+    SearchState.FAILED: frozenset({SearchState.RUNNING}),  # resume after a crash
+    SearchState.SUCCEEDED: frozenset(),
+    SearchState.CANCELLED: frozenset(),
+}
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def is_finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset({JobState.QUEUED, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+@dataclass
+class SearchRecord:
+    id: int
+    name: str
+    owner: str | None
+    config: dict[str, Any]  # the full search config: a run can be replayed from the DB alone
+    state: SearchState
+    generation: int  # index of the last committed generation, -1 before the first
+    reference_point: list[float] | None  # fixed hypervolume reference, set once
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class GenerationRecord:
+    index: int
+    hypervolume: float
+    front: list[str]  # hashes of the non-dominated archs among all evaluated so far, by cost
+    n_evaluated: int  # distinct archs evaluated so far in the search (cumulative)
+    n_new: int  # archs evaluated in this generation (cache misses)
+    algorithm_state: bytes  # everything needed to continue (pickled pymoo algorithm + RNG)
+    timings: dict[str, float] = field(default_factory=dict)  # e.g. eval_s, loop_s, storage_s
+    created_at: datetime | None = None
+
+
+@dataclass
+class IndividualRecord:
+    generation: int
+    arch_hash: str
+    arch: dict[str, Any]  # official JSON format
+    num_branches: int
+    objectives: dict[str, float]  # e.g. {"miou": 0.41, "latency_ms": 12.3, "gmacs": 1.2, "params_m": 0.8}
+    status: str = "evaluated"  # or "failed"
+
+
+@dataclass
+class EvaluationRecord:
+    """A cached evaluation: valid for every search that shares ``cache_key``."""
+
+    cache_key: str  # hash of (supernet checkpoint, data, evaluation settings)
+    arch_hash: str
+    result: dict[str, Any]
+
+
+@dataclass
+class JobRecord:
+    id: int
+    kind: str  # "train_supernet", "search", "retrain", "deploy"
+    owner: str | None
+    state: JobState
+    payload: dict[str, Any]
+    attempts: int
+    worker: str | None
+    heartbeat_at: datetime | None
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SearchStorage(abc.ABC):
+    """Persists searches, generations, individuals, cached evaluations and jobs."""
+
+    # -- searches -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_search(self, name: str, config: dict[str, Any], *, owner: str | None = None) -> int:
+        """Create a search in state CREATED with ``generation = -1``.
+
+        Returns:
+            The new search id.
+        Raises:
+            DuplicateName: ``name`` exists for ``owner``.
+        """
+
+    @abc.abstractmethod
+    def get_search(self, search_id: int) -> SearchRecord:
+        """Raises: KeyError: unknown id."""
+
+    @abc.abstractmethod
+    def find_search(self, name: str, *, owner: str | None = None) -> SearchRecord | None:
+        """The search called ``name`` of ``owner``, or None."""
+
+    @abc.abstractmethod
+    def list_searches(
+        self, *, owner: str | None = None, state: SearchState | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[SearchRecord], int]:
+        """(page of searches ordered by id, total count matching the filters).
+
+        ``owner=None`` lists every owner's searches.
+        """
+
+    @abc.abstractmethod
+    def set_search_state(self, search_id: int, state: SearchState, *, error: str | None = None) -> None:
+        """Raises: KeyError: unknown id. IllegalTransition: not allowed by ``SEARCH_TRANSITIONS``."""
+
+    @abc.abstractmethod
+    def set_reference_point(self, search_id: int, point: list[float]) -> None:
+        """Fix the hypervolume reference point. Raises: IllegalTransition: already set."""
+
+    # -- generations ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def commit_generation(
+        self,
+        search_id: int,
+        generation: GenerationRecord,
+        individuals: list[IndividualRecord],
+        evaluations: list[EvaluationRecord],
+    ) -> None:
+        """Atomically store one generation and advance the search's ``generation`` counter.
+
+        Raises:
+            KeyError: unknown search.
+            IllegalTransition: ``generation.index`` is not ``search.generation + 1``, or the
+                search is finished.
+        """
+
+    @abc.abstractmethod
+    def get_generation(self, search_id: int, index: int) -> GenerationRecord:
+        """Raises: KeyError: unknown search or generation."""
+
+    @abc.abstractmethod
+    def list_generations(self, search_id: int) -> list[GenerationRecord]:
+        """All generations in order; ``algorithm_state`` may be returned empty (b"") to save I/O."""
+
+    @abc.abstractmethod
+    def list_individuals(self, search_id: int, *, generation: int | None = None) -> list[IndividualRecord]:
+        """Individuals of one generation, or of all (ordered by generation, then insertion)."""
+
+    # -- evaluation cache -----------------------------------------------------------------
+    @abc.abstractmethod
+    def get_evaluations(self, cache_key: str, arch_hashes: list[str]) -> dict[str, dict[str, Any]]:
+        """Cached results among ``arch_hashes`` (missing ones are absent from the dict)."""
+
+    # -- jobs -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_job(self, kind: str, payload: dict[str, Any], *, owner: str | None = None) -> int:
+        """A new job in state QUEUED with 0 attempts; returns its id."""
+
+    @abc.abstractmethod
+    def get_job(self, job_id: int) -> JobRecord:
+        """Raises: KeyError: unknown id."""
+
+    @abc.abstractmethod
+    def list_jobs(
+        self, *, owner: str | None = None, state: JobState | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[JobRecord], int]:
+        """(page of jobs ordered by id, total count)."""
+
+    @abc.abstractmethod
+    def start_job(self, job_id: int, worker: str) -> JobRecord:
+        """QUEUED -> RUNNING, ``attempts += 1``, ``worker`` and ``heartbeat_at = now``.
+
+        Raises: KeyError. IllegalTransition: the job is not QUEUED.
+        """
+
+    @abc.abstractmethod
+    def heartbeat_job(self, job_id: int, worker: str) -> None:
+        """Refresh ``heartbeat_at``. Raises: IllegalTransition: not RUNNING on ``worker``."""
+
+    @abc.abstractmethod
+    def finish_job(
+        self, job_id: int, state: JobState, *, result: dict[str, Any] | None = None, error: str | None = None
+    ) -> None:
+        """RUNNING -> SUCCEEDED / FAILED / CANCELLED, or QUEUED -> CANCELLED; finished jobs are immutable.
+
+        Raises: KeyError. IllegalTransition.
+        """
+
+    @abc.abstractmethod
+    def requeue_stale_jobs(self, older_than_s: float) -> list[int]:
+        """RUNNING jobs whose heartbeat is older than ``older_than_s`` go back to QUEUED; returns their ids."""
+
+    # -- convenience (concrete) -----------------------------------------------------------
+    def latest_generation(self, search_id: int) -> GenerationRecord | None:
+        """The last committed generation (with its algorithm state), or None."""
+        search = self.get_search(search_id)
+        return None if search.generation < 0 else self.get_generation(search_id, search.generation)
+
+    def pareto_front(self, search_id: int) -> list[IndividualRecord]:
+        """The archs on the last generation's front (over everything evaluated so far), in front order."""
+        latest = self.latest_generation(search_id)
+        if latest is None:
+            return []
+        first: dict[str, IndividualRecord] = {}
+        for ind in self.list_individuals(search_id):
+            first.setdefault(ind.arch_hash, ind)
+        return [first[h] for h in latest.front if h in first]

@@ -1,0 +1,371 @@
+"""Supernet training: one sampled sub-network per step, exact checkpoint / resume.
+
+Paper recipe (section "Supernet training" of DESIGN.md): each step samples a sub-network
+with P(1, 2, 3 branches) = 0.2 / 0.3 / 0.5, everything else uniform; SGD momentum 0.9 with
+weight decay, LR 0.02 decayed by 0.992 per epoch; top-k (or OHEM) cross-entropy plus the
+auxiliary head. Parameters a step's sub-network does not use get no gradient, so SGD leaves
+them (and their momentum) untouched.
+
+Resume is exact: a checkpoint holds the weights, optimiser, scheduler, the arch sampler's
+RNG, the torch RNG and the position in the epoch; the data order of an epoch and each
+sample's augmentation are pure functions of (seed, epoch, index). A run stopped and resumed
+ends with bit-identical weights on CPU (``tests/core/test_train.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from hyctas_core.config import ModelConfig
+from hyctas_core.losses import build_loss
+from hyctas_core.search_space import BRANCH_PRIOR, sample_arch
+from hyctas_core.supernet import Supernet
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "SupernetTrainConfig",
+    "SupernetTrainer",
+    "TrainProgress",
+    "load_supernet",
+]
+
+CHECKPOINT_FORMAT = "hyctas-supernet/1"
+
+
+@dataclass(frozen=True)
+class SupernetTrainConfig:
+    """Everything a supernet training run depends on (stored in every checkpoint)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 0.02
+    lr_decay: float = 0.992  # ExponentialLR gamma, per epoch (paper)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    loss: str = "topk"  # "topk" (official DeepLabCE, top 20 %), "ohem" (FasterSeg) or "ce"
+    top_k: float = 0.2
+    aux_weight: float = 0.2  # official lamb for each auxiliary head
+    crop_size: tuple[int, int] = (256, 512)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    # Resize images to this size before augmenting (e.g. half resolution); None keeps them.
+    base_size: tuple[int, int] | None = None
+    branch_prior: tuple[float, float, float] = BRANCH_PRIOR
+    seed: int = 0
+    num_workers: int = 0
+    grad_clip: float | None = None
+    steps_per_epoch: int | None = None  # cap; None = one pass over the training set
+    checkpoint_every: int = 50  # steps
+    log_every: int = 10  # steps
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr > 0 and 0 < lr_decay <= 1 required, got {self.lr}, {self.lr_decay}")
+        if self.loss not in ("topk", "ohem", "ce"):
+            raise ValueError(f"loss must be topk, ohem or ce, got {self.loss!r}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["model"] = self.model.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SupernetTrainConfig:
+        """Build from a plain dict (YAML / JSON); unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config key(s) {unknown}; known: {sorted(known)}")
+        kwargs = dict(data)
+        if "model" in kwargs:
+            if not isinstance(kwargs["model"], dict):
+                raise ValueError("'model' must be a mapping of ModelConfig fields")
+            kwargs["model"] = ModelConfig.from_dict(kwargs["model"])
+        for key in ("crop_size", "scale_range", "base_size", "branch_prior"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> SupernetTrainConfig:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the config must be a mapping")
+        return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    lr: float
+    images_per_s: float
+    branches: int
+
+
+class EpochAware(Protocol):
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class SupernetTrainer:
+    """Trains a :class:`Supernet` on a segmentation dataset; used by the CLI and by workers.
+
+    Args:
+        cfg: the run configuration.
+        dataset: items are dicts with ``"image"`` (float 3xHxW) and ``"label"`` (int64 HxW,
+            255 = ignore), all of one size (random crops); ``set_epoch(e)`` is called if present.
+        run_dir: checkpoints (``last.pt``, ``supernet.pt``) and ``train_log.jsonl`` go here.
+        device: ``"cpu"`` or a CUDA device.
+    """
+
+    def __init__(
+        self, cfg: SupernetTrainConfig, dataset: Dataset[dict[str, Any]], run_dir: Path, *, device: str = "cpu"
+    ) -> None:
+        self.cfg = cfg
+        self.dataset = dataset
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
+        n = len(dataset)  # type: ignore[arg-type]
+        full = n // cfg.batch_size
+        if full < 1:
+            raise ValueError(f"the training set has {n} images, fewer than one batch of {cfg.batch_size}")
+        self.steps_per_epoch = min(full, cfg.steps_per_epoch) if cfg.steps_per_epoch else full
+        torch.manual_seed(cfg.seed)
+        self.supernet = Supernet(cfg.model).to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=cfg.lr_decay)
+        self.criterion = build_loss(cfg.loss, top_k=cfg.top_k)
+        self.arch_rng = np.random.default_rng([cfg.seed, 2])
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.step = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.epochs * self.steps_per_epoch
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.epochs
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "model": self.supernet.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "arch_rng": self.arch_rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "step": self.step,
+        }
+
+    def save(self) -> Path:
+        """Write ``last.pt`` atomically (a crash mid-write leaves the previous one intact)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / "last.pt"
+        _atomic_save(self.state_dict(), path)
+        return path
+
+    def load(self, path: Path) -> None:
+        """Restore a checkpoint written by :meth:`save`; the config must be the same."""
+        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: not a supernet training checkpoint (format {ckpt.get('format')!r})")
+        if ckpt["config"] != self.cfg.to_dict():
+            diff = sorted(k for k in ckpt["config"] if ckpt["config"][k] != self.cfg.to_dict().get(k))
+            raise ValueError(f"{path}: checkpoint was trained with a different config (differs in {diff})")
+        self.supernet.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.arch_rng.bit_generator.state = ckpt["arch_rng"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        self.epoch, self.step_in_epoch, self.step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]
+        self._truncate_log()
+
+    def resume(self) -> bool:
+        """Load ``run_dir/last.pt`` if it exists; returns whether it did."""
+        path = self.run_dir / "last.pt"
+        if not path.exists():
+            return False
+        self.load(path)
+        return True
+
+    # -- training -------------------------------------------------------------------------
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The shuffled sample order of ``epoch``: a pure function of (seed, epoch)."""
+        n = len(self.dataset)  # type: ignore[arg-type]
+        return np.random.default_rng([self.cfg.seed, 1, epoch]).permutation(n)
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        order = self.epoch_order(self.epoch)
+        start = self.step_in_epoch * self.cfg.batch_size
+        indices: Sequence[int] = order[start : self.steps_per_epoch * self.cfg.batch_size].tolist()
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.cfg.batch_size,
+            sampler=indices,
+            drop_last=True,
+            num_workers=self.cfg.num_workers,
+        )
+        yield from loader
+
+    def train_step(self, batch: dict[str, Any]) -> tuple[float, int]:
+        """One SGD step on a freshly sampled sub-network; returns (loss, branch count)."""
+        arch = sample_arch(self.arch_rng, self.cfg.model.num_layers, branch_prior=self.cfg.branch_prior)
+        self.supernet.train()
+        images = batch["image"].to(self.device, non_blocking=True)
+        labels = batch["label"].to(self.device, non_blocking=True)
+        out = self.supernet(images, arch)
+        loss = self.criterion(out["out"], labels)
+        if "aux" in out and self.cfg.aux_weight > 0:
+            loss = loss + self.cfg.aux_weight * self.criterion(out["aux"], labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.supernet.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach()), arch.num_branches
+
+    def fit(
+        self, *, max_steps: int | None = None, progress: Callable[[TrainProgress], None] | None = None
+    ) -> dict[str, Any]:
+        """Train until the configured epochs are done (or ``max_steps`` global steps).
+
+        Checkpoints every ``checkpoint_every`` steps, at each epoch end and when stopping;
+        on completion also writes ``supernet.pt`` (config + weights, for evaluation).
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        t_start, images_seen = time.perf_counter(), 0
+        while not self.finished:
+            for batch in self._batches():
+                t0 = time.perf_counter()
+                loss, branches = self.train_step(batch)
+                self.step += 1
+                self.step_in_epoch += 1
+                images_seen += self.cfg.batch_size
+                rate = self.cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
+                info = TrainProgress(
+                    self.step,
+                    self.total_steps,
+                    self.epoch,
+                    loss,
+                    float(self.scheduler.get_last_lr()[0]),
+                    rate,
+                    branches,
+                )
+                if progress is not None:
+                    progress(info)
+                if self.step % self.cfg.log_every == 0:
+                    self._log({"event": "step", **dataclasses.asdict(info)})
+                stop = max_steps is not None and self.step >= max_steps
+                if self.step % self.cfg.checkpoint_every == 0 or stop:
+                    self.save()
+                if stop:
+                    return self._summary(t_start, images_seen, stopped=True)
+                if self.step_in_epoch >= self.steps_per_epoch:
+                    break
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.scheduler.step()
+            self._log({"event": "epoch", "epoch": self.epoch, "step": self.step, "lr": self.scheduler.get_last_lr()[0]})
+            self.save()
+        final = self.run_dir / "supernet.pt"
+        _atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": self.cfg.to_dict(),
+                "model": self.supernet.state_dict(),
+                "step": self.step,
+            },
+            final,
+        )
+        return self._summary(t_start, images_seen, stopped=False)
+
+    def _summary(self, t_start: float, images: int, *, stopped: bool) -> dict[str, Any]:
+        elapsed = time.perf_counter() - t_start
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "stopped": stopped,
+            "seconds": round(elapsed, 3),
+            "images_per_s": round(images / elapsed, 3) if elapsed > 0 else None,
+            "run_dir": str(self.run_dir),
+        }
+
+    # -- log ------------------------------------------------------------------------------
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "train_log.jsonl"
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with self.log_path.open("a") as f:
+            f.write(json.dumps({"time": time.time(), **record}) + "\n")
+
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+        if not self.log_path.exists():
+            return
+        kept = [
+            ln for ln in self.log_path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= self.step
+        ]
+        self.log_path.write_text("".join(ln + "\n" for ln in kept))
+
+
+def load_supernet(path: Path, *, device: str = "cpu") -> Supernet:
+    """A :class:`Supernet` with the weights of a ``supernet.pt`` or ``last.pt`` checkpoint.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a HyCTAS supernet checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"supernet checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # any unpickling failure means "not a checkpoint"
+        raise ValueError(f"{path}: cannot be read as a checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a HyCTAS supernet checkpoint")
+    cfg = SupernetTrainConfig.from_dict(ckpt["config"])
+    supernet = Supernet(cfg.model).to(device)
+    supernet.load_state_dict(ckpt["model"])
+    return supernet.eval()

@@ -1,0 +1,1 @@
+"""HyCTAS workers: Ray actors wrapping :mod:`hyctas_core` evaluation and training."""

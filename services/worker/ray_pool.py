@@ -1,0 +1,129 @@
+"""A pool of Ray actors evaluating architectures, one CPU or GPU each.
+
+Each actor builds its :class:`~hyctas_core.evaluate.CandidateEvaluator` once (supernet
+checkpoint, calibration and validation data) and then scores architectures sent to it. The
+pool hands out work dynamically (a free actor takes the next arch), keeps results in the
+order asked, retries an arch on another actor when an actor or its node dies, and grows to
+the cluster's resources between batches (``workers=None``), so a GPU node added mid-search
+adds evaluators.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from hyctas_core.evaluate import EvaluatorSpec, objectives_of
+from hyctas_core.search_space import Arch
+
+__all__ = ["EvaluatorActor", "RayEvaluatorPool"]
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(max_restarts=2)
+class EvaluatorActor:
+    """Holds one evaluator (model and data loaded once) in a Ray worker process."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.evaluator = EvaluatorSpec.from_dict(spec).build()
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def evaluate(self, arch_json: dict[str, Any]) -> dict[str, Any]:
+        return objectives_of(self.evaluator.evaluate(Arch.from_official(arch_json)))
+
+
+class RayEvaluatorPool:
+    """Evaluates batches of archs on Ray actors; same results as :class:`LocalEvaluator`.
+
+    Args:
+        spec: what each actor loads; ``spec.threads`` should be 1 on a shared CPU host.
+        workers: number of actors; None sizes the pool to the cluster (GPUs if the spec's
+            device is CUDA, else CPUs) and re-checks before every batch.
+        address: Ray cluster address; None starts (or joins) a local Ray.
+        max_retries: attempts per arch on other actors after an actor failure.
+    """
+
+    def __init__(
+        self, spec: EvaluatorSpec, workers: int | None = None, *, address: str | None = None, max_retries: int = 3
+    ) -> None:
+        self.spec = spec
+        self.cache_key = spec.cache_key()
+        self.fixed_size = workers
+        self.max_retries = max_retries
+        self._started_ray = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+            if address:
+                kwargs["address"] = address
+            ray.init(**kwargs)
+            self._started_ray = True
+        self.use_gpu = spec.device.startswith("cuda")
+        self.actors: list[Any] = []
+        self._resize()
+
+    def _target_size(self) -> int:
+        if self.fixed_size is not None:
+            return self.fixed_size
+        resources = ray.cluster_resources()
+        return max(1, int(resources.get("GPU" if self.use_gpu else "CPU", 1)))
+
+    def _resize(self) -> None:
+        want = self._target_size()
+        options: dict[str, Any] = {"num_cpus": 1, "num_gpus": 1 if self.use_gpu else 0}
+        actor_cls: Any = EvaluatorActor  # a Ray actor class: .options() / .remote() are added by @ray.remote
+        new = [actor_cls.options(**options).remote(self.spec.to_dict()) for _ in range(want - len(self.actors))]
+        if new:
+            ray.get([a.ready.remote() for a in new])  # load once, fail early
+            self.actors += new
+            log.info("evaluator pool: %d actors", len(self.actors))
+
+    @property
+    def size(self) -> int:
+        return len(self.actors)
+
+    def evaluate(self, archs: list[Arch]) -> list[dict[str, Any]]:
+        """Objectives per arch, in order; an arch whose actor died is retried elsewhere."""
+        self._resize()
+        results: list[dict[str, Any] | None] = [None] * len(archs)
+        pending: deque[tuple[int, int]] = deque((i, 0) for i in range(len(archs)))
+        idle = deque(self.actors)
+        running: dict[Any, tuple[int, int, Any]] = {}
+        while pending or running:
+            while pending and idle:
+                i, attempt = pending.popleft()
+                actor = idle.popleft()
+                running[actor.evaluate.remote(archs[i].to_official())] = (i, attempt, actor)
+            done, _ = ray.wait(list(running), num_returns=1)
+            ref = done[0]
+            i, attempt, actor = running.pop(ref)
+            try:
+                results[i] = ray.get(ref)
+                idle.append(actor)
+            except RayActorError:
+                if attempt + 1 > self.max_retries:
+                    raise
+                log.warning("actor died evaluating arch %s; retrying on another actor", archs[i].hash)
+                pending.append((i, attempt + 1))
+                self.actors.remove(actor)
+                if not self.actors:
+                    self._resize()
+                    idle.extend(self.actors)
+            except RayTaskError as e:
+                raise RuntimeError(f"evaluating arch {archs[i].hash} failed: {e.cause!r}") from None
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False

@@ -1,0 +1,74 @@
+"""Latency lookup table: coverage of the space, arithmetic of predictions, identity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hyctas_core.config import ModelConfig
+from hyctas_core.latency import LatencyTable, LookupTableLatency, MeasuredLatency, build_table, op_key
+from hyctas_core.network import plan_network
+from hyctas_core.presets import get_preset
+from hyctas_core.search_space import sample_arch
+
+CFG = ModelConfig(base_channels=4, num_layers=6, num_classes=5)
+SIZE = (48, 80)
+
+
+@pytest.fixture(scope="module")
+def table() -> LatencyTable:
+    return build_table(CFG, SIZE, duration_s=0.0, min_runs=1)
+
+
+def test_table_covers_every_sampled_arch(table: LatencyTable) -> None:
+    lut = LookupTableLatency(table)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        assert lut.predict(sample_arch(rng, 6)) > 0
+    assert all(v >= 0 for v in table.entries.values())
+    assert table.device == "cpu" and table.input_size == SIZE and table.model == CFG.to_dict()
+
+
+def test_prediction_is_the_sum_of_the_arch_entries(table: LatencyTable) -> None:
+    arch = get_preset("hyctas-l")
+    cfg = ModelConfig(base_channels=4, num_layers=20, num_classes=5)
+    big = build_table(cfg, SIZE, duration_s=0.0, min_runs=1)
+    plan = plan_network(arch, cfg)
+    h8, w8 = 6, 10  # 48x80 -> 24x40 -> 12x20 -> 6x10 at stride 8
+    assert op_key("conv", h8, w8, 32, 32, 1) in big.entries
+    expected = big.entries["stem"] + big.entries["agg_8_16_32"]
+    sizes = {8: (6, 10), 16: (3, 5), 32: (2, 3)}
+    for c in plan.cells:  # shared trunk cells once
+        expected += big.entries[op_key(c.op, *sizes[c.in_scale], c.in_chs, c.out_chs, c.stride)]
+    expected += big.entries["fusion16_skip32"] + big.entries["fusion32_skip64_skip32"]
+    assert LookupTableLatency(big).predict(arch) == pytest.approx(expected)
+
+
+def test_identity_skip_costs_nothing(table: LatencyTable) -> None:
+    assert table.entries[op_key("skip", 6, 10, 32, 32, 1)] == 0.0
+    assert table.entries[op_key("skip", 6, 10, 32, 16, 1)] > 0.0
+
+
+def test_save_load_and_identity_errors(table: LatencyTable, tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    table.save(path)
+    loaded = LatencyTable.load(path)
+    assert loaded == table
+    arch = sample_arch(np.random.default_rng(2), 6)
+    c = plan_network(arch, CFG).cells[0]
+    key = op_key(c.op, 6, 10, c.in_chs, c.out_chs, c.stride)
+    partial = LatencyTable(**{**vars(loaded), "entries": {k: v for k, v in loaded.entries.items() if k != key}})
+    with pytest.raises(KeyError, match=f"has no entry {key}"):
+        LookupTableLatency(partial).predict(arch)
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="not a HyCTAS latency table"):
+        LatencyTable.load(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError):
+        LatencyTable.load(tmp_path / "missing.json")
+
+
+def test_measured_latency_source() -> None:
+    ms, source = MeasuredLatency(CFG, SIZE, duration_s=0.05).latency_ms(sample_arch(np.random.default_rng(1), 6))
+    assert ms > 0 and source == "measured:cpu"

@@ -1,0 +1,139 @@
+"""Supernet training: exact resume, sampling prior, losses, config handling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from hyctas_core.config import ModelConfig
+from hyctas_core.losses import OhemCrossEntropy, TopKCrossEntropy
+from hyctas_core.train import SupernetTrainConfig, SupernetTrainer, load_supernet
+
+
+class ToyScenes(Dataset[dict[str, Any]]):
+    """Tiny deterministic scenes: class = which vertical band, with epoch-dependent noise."""
+
+    def __init__(self, n: int = 12, size: tuple[int, int] = (48, 64)) -> None:
+        self.n, self.size, self.epoch = n, size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(1000 * self.epoch + i)
+        h, w = self.size
+        label = (torch.arange(w) * 3 // w).expand(h, w).clone()
+        label[: h // 4] = 255
+        image = torch.randn(3, h, w, generator=g) * 0.3 + label.clamp(max=2).float().unsqueeze(0)
+        return {"image": image, "label": label.long()}
+
+
+def _cfg(**kw: Any) -> SupernetTrainConfig:
+    model = ModelConfig(base_channels=4, num_layers=5, num_classes=3)
+    base: dict[str, Any] = {"model": model, "epochs": 3, "batch_size": 4, "checkpoint_every": 2, "log_every": 1}
+    return SupernetTrainConfig(**{**base, **kw})
+
+
+def _weights(trainer: SupernetTrainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.supernet.state_dict().items()}
+
+
+@pytest.mark.parametrize("stop_at", [1, 4, 5])
+def test_resume_is_bit_identical(tmp_path: Path, stop_at: int) -> None:
+    full = SupernetTrainer(_cfg(), ToyScenes(), tmp_path / "full")
+    full.fit()
+    assert full.step == 9 and full.finished
+
+    first = SupernetTrainer(_cfg(), ToyScenes(), tmp_path / "resumed")
+    summary = first.fit(max_steps=stop_at)
+    assert summary["stopped"] and first.step == stop_at
+    del first  # the process "dies": only the checkpoint survives
+    second = SupernetTrainer(_cfg(), ToyScenes(), tmp_path / "resumed")
+    assert second.resume() and second.step == stop_at
+    second.fit()
+    ref, got = _weights(full), _weights(second)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+    assert second.optimizer.state_dict()["state"].keys() == full.optimizer.state_dict()["state"].keys()
+    # the log holds each step once, as in the uninterrupted run
+    steps = [
+        ln for ln in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines() if '"event": "step"' in ln
+    ]
+    assert len(steps) == 9
+
+
+def test_training_reduces_loss_and_updates_shared_weights(tmp_path: Path) -> None:
+    cfg = _cfg(epochs=6, lr=0.05, loss="ce")
+    trainer = SupernetTrainer(cfg, ToyScenes(16), tmp_path)
+    before = _weights(trainer)
+    losses: list[float] = []
+    trainer.fit(progress=lambda p: losses.append(p.loss))
+    assert len(losses) == 24
+    assert np.mean(losses[-6:]) < np.mean(losses[:6])
+    after = trainer.supernet.state_dict()
+    assert not torch.equal(before["stem.to_s4.0.conv.weight"], after["stem.to_s4.0.conv.weight"])
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(0.05 * 0.992**6)
+    supernet = load_supernet(tmp_path / "supernet.pt")
+    for k, v in supernet.state_dict().items():
+        assert torch.equal(v, after[k])
+
+
+def test_step_samples_follow_the_branch_prior(tmp_path: Path) -> None:
+    trainer = SupernetTrainer(_cfg(), ToyScenes(), tmp_path)
+    from hyctas_core.search_space import sample_arch
+
+    counts = np.bincount([sample_arch(trainer.arch_rng, 5).num_branches for _ in range(3000)], minlength=4)[1:]
+    np.testing.assert_allclose(counts / counts.sum(), [0.2, 0.3, 0.5], atol=0.03)
+
+
+def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
+    SupernetTrainer(_cfg(), ToyScenes(), tmp_path).fit(max_steps=2)
+    other = SupernetTrainer(_cfg(lr=0.5), ToyScenes(), tmp_path)
+    with pytest.raises(ValueError, match=r"different config \(differs in \['lr'\]\)"):
+        other.resume()
+
+
+def test_config_from_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 2\ncrop_size: [64, 128]\nmodel:\n  base_channels: 8\n  num_layers: 6\n")
+    cfg = SupernetTrainConfig.from_yaml(path)
+    assert cfg.epochs == 2 and cfg.crop_size == (64, 128) and cfg.model.base_channels == 8
+    assert SupernetTrainConfig.from_dict(cfg.to_dict()) == cfg
+    path.write_text("epoch: 2\n")
+    with pytest.raises(ValueError, match=r"unknown training config key\(s\) \['epoch'\]"):
+        SupernetTrainConfig.from_yaml(path)
+    with pytest.raises(ValueError, match="loss must be"):
+        SupernetTrainConfig(loss="focal")
+
+
+def test_losses_mine_hard_pixels() -> None:
+    logits = torch.zeros(1, 2, 1, 10)
+    logits[0, 0, 0, :8] = 5.0  # 8 easy pixels of class 0, 2 hard ones (uniform logits)
+    target = torch.zeros(1, 1, 10, dtype=torch.long)
+    target[0, 0, 9] = 255
+    ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=255, reduction="none").flatten()
+    top = TopKCrossEntropy(top_k=0.1)(logits, target)
+    assert top.item() == pytest.approx(ce.max().item())  # 1 of 10 pixels
+    ohem = OhemCrossEntropy(thresh=0.7, min_kept=1)(logits, target)
+    assert ohem.item() == pytest.approx(float(np.log(2)))  # only the uniform pixel (p = 0.5 < 0.7)
+
+
+def test_load_supernet_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_supernet(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_supernet(bad)
+    torch.save({"weights": 1}, bad)
+    with pytest.raises(ValueError, match="not a HyCTAS supernet checkpoint"):
+        load_supernet(bad)

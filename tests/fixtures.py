@@ -1,0 +1,64 @@
+"""Small datasets written in real on-disk formats, for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# Cityscapes label ids used by the toy scenes: road, sidewalk, building, vegetation, sky, car, and void 0.
+_IDS = (7, 8, 11, 21, 23, 26)
+_COLORS = {
+    7: (128, 64, 128),
+    8: (200, 180, 200),
+    11: (90, 90, 90),
+    21: (60, 140, 40),
+    23: (100, 150, 220),
+    26: (20, 20, 160),
+}
+
+
+def toy_scene(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A crude street: sky / building / vegetation bands, road and sidewalk, a few cars; noisy colours."""
+    h, w = size
+    label = np.full((h, w), 23, dtype=np.uint8)
+    horizon = int(h * rng.uniform(0.35, 0.5))
+    label[int(h * 0.15) : horizon, : w // 2] = 11
+    label[int(h * 0.2) : horizon, w // 2 :] = 21
+    label[horizon:] = 7
+    side = int(w * rng.uniform(0.1, 0.25))
+    label[horizon:, :side] = 8
+    label[horizon:, w - side :] = 8
+    for _ in range(int(rng.integers(1, 4))):
+        ch, cw = int(rng.integers(h // 10, h // 5)), int(rng.integers(w // 10, w // 5))
+        y, x = int(rng.integers(horizon, h - ch)), int(rng.integers(0, w - cw))
+        label[y : y + ch, x : x + cw] = 26
+    label[0, :] = 0  # a void row, as Cityscapes has ego-vehicle / border pixels
+    image = np.zeros((h, w, 3), dtype=np.float64)
+    for i, color in _COLORS.items():
+        image[label == i] = color
+    image += rng.normal(0, 12, size=image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), label
+
+
+def write_cityscapes(root: Path, *, train: int, val: int, size: tuple[int, int] = (64, 128), seed: int = 0) -> Path:
+    """Write ``train`` + ``val`` toy frames in the Cityscapes layout under ``root``."""
+    for split, n in (("train", train), ("val", val)):
+        for i in range(n):
+            rng = np.random.default_rng([seed, 0 if split == "train" else 1, i])
+            image, label = toy_scene(rng, size)
+            city = "toyville" if i % 2 == 0 else "mocktown"
+            prefix = f"{city}_{i:06d}_000019"
+            img_dir = root / "leftImg8bit" / split / city
+            gt_dir = root / "gtFine" / split / city
+            img_dir.mkdir(parents=True, exist_ok=True)
+            gt_dir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(img_dir / f"{prefix}_leftImg8bit.png")
+            Image.fromarray(label).save(gt_dir / f"{prefix}_gtFine_labelIds.png")
+            instances = label.astype(np.int32)
+            instances[label == 26] = 26000
+            Image.fromarray(instances.astype(np.uint16)).save(
+                gt_dir / f"{prefix}_gtFine_instanceIds.png"
+            )  # 16-bit, as Cityscapes
+    return root
