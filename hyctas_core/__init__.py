@@ -1,14 +1,46 @@
 """HyCTAS: hybrid convolutional-transformer architecture search for real-time segmentation.
 
 The method as a library (search space, supernet, search, evaluation), importable without any
-service. Paper: Yu et al., arXiv 2403.10413.
+service. Paper: Yu et al., arXiv 2403.10413. The names below are imported lazily, so that
+``import hyctas_core.storage`` (used by the services) does not pay for importing torch.
 """
 
-from hyctas_core.config import ModelConfig
-from hyctas_core.network import HyCTASNet, build
-from hyctas_core.presets import get_preset
-from hyctas_core.search_space import Arch, ArchError, Branch, Cell, MemoryBudget, VectorCodec, sample_arch, validate
-from hyctas_core.supernet import Supernet
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hyctas_core.config import ModelConfig
+    from hyctas_core.network import HyCTASNet, build
+    from hyctas_core.presets import get_preset
+    from hyctas_core.search_space import (
+        Arch,
+        ArchError,
+        Branch,
+        Cell,
+        MemoryBudget,
+        VectorCodec,
+        sample_arch,
+        validate,
+    )
+    from hyctas_core.supernet import Supernet
+
+_EXPORTS = {
+    "ModelConfig": "hyctas_core.config",
+    "HyCTASNet": "hyctas_core.network",
+    "build": "hyctas_core.network",
+    "get_preset": "hyctas_core.presets",
+    "Arch": "hyctas_core.search_space",
+    "ArchError": "hyctas_core.search_space",
+    "Branch": "hyctas_core.search_space",
+    "Cell": "hyctas_core.search_space",
+    "MemoryBudget": "hyctas_core.search_space",
+    "VectorCodec": "hyctas_core.search_space",
+    "sample_arch": "hyctas_core.search_space",
+    "validate": "hyctas_core.search_space",
+    "Supernet": "hyctas_core.supernet",
+}
 
 __all__ = [
     "Arch",
@@ -26,3 +58,9 @@ __all__ = [
     "validate",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'hyctas_core' has no attribute {name!r}")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from hyctas_core.cli_utils import fail, parse_size
+from hyctas_core.config import ModelConfig
 
 if TYPE_CHECKING:
     from hyctas_core.network import HyCTASNet
@@ -157,9 +158,49 @@ def export(
     typer.echo(f"wrote {out}")
 
 
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="where every output goes")] = Path("runs/demo"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a previous demo in --out")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+    quick: Annotated[bool, typer.Option("--quick", help="a much smaller run (about a minute)")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:N]")] = "cpu",
+) -> None:
+    """The whole method end to end on a synthetic dataset: data, supernet, search, retrain, segment."""
+    from dataclasses import replace
+
+    from hyctas_core.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(seed=seed)
+    if quick:
+        cfg = replace(
+            cfg,
+            image_size=(64, 128),
+            train_images=16,
+            val_images=4,
+            model=ModelConfig(base_channels=4, num_layers=6, num_classes=19),
+            supernet_epochs=2,
+            batch_size=4,
+            pop_size=6,
+            generations=2,
+            calib_images=4,
+            search_val_images=4,
+            retrain_epochs=2,
+            latency_seconds=0.2,
+        )
+    try:
+        summary = run_demo(out, cfg, overwrite=overwrite, device=device)
+    except FileExistsError as e:
+        fail(str(e))
+    typer.echo("\nDone in {:.0f} s. Outputs:".format(summary["seconds"]))
+    for key, value in summary["outputs"].items():
+        typer.echo(f"  {key:14s} {value}")
+    typer.echo(f"  {'summary':14s} {out / 'demo.json'}")
+
+
 def _mount() -> None:
     """Sub-commands living in their own modules (their heavy imports stay inside the commands)."""
-    from hyctas_core import cli_metrics, cli_search, cli_train
+    from hyctas_core import cli_metrics, cli_retrain, cli_search, cli_train
 
     app.add_typer(cli_metrics.app, name="metrics", help="mIoU and panoptic quality of prediction files.")
     app.add_typer(cli_train.latency_app, name="latency")
@@ -168,6 +209,8 @@ def _mount() -> None:
     app.command("search")(cli_search.search)
     app.command("pareto")(cli_search.pareto)
     app.command("export-arch")(cli_search.export_arch)
+    app.command("retrain")(cli_retrain.retrain)
+    app.add_typer(cli_search.db_app, name="db")
 
 
 _mount()

@@ -14,7 +14,7 @@ from hyctas_core.cli_utils import fail, parse_size
 if TYPE_CHECKING:
     from hyctas_core.storage import IndividualRecord, SearchRecord, SearchStorage
 
-__all__ = ["DEFAULT_DB", "export_arch", "open_storage", "pareto", "search"]
+__all__ = ["DEFAULT_DB", "db_app", "export_arch", "open_storage", "pareto", "search"]
 
 DEFAULT_DB = "sqlite:///runs/hyctas.db"
 
@@ -33,6 +33,19 @@ def open_storage(url: str) -> SearchStorage:
         db_path = Path(url.removeprefix("sqlite:///"))
         if db_path.parent and not db_path.parent.exists():
             db_path.parent.mkdir(parents=True, exist_ok=True)
+    from services.storage.sql import create_storage_engine, mask_url, one_line
+
+    try:
+        engine = create_storage_engine(url, pooled=False)
+    except StorageError as e:
+        fail(str(e))
+    try:
+        with engine.connect():
+            pass
+    except Exception as e:  # the DBAPI's own connection errors
+        fail(f"cannot connect to {mask_url(url)}: {one_line(e)}")
+    finally:
+        engine.dispose()
     try:
         return SQLStorage(url, create=True)
     except StorageError as e:
@@ -296,3 +309,31 @@ def export_arch(
         f"wrote {chosen.arch_hash} ({chosen.num_branches} branches, "
         f"mIoU {100 * chosen.objectives['miou']:.2f}) to {out}"
     )
+
+
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOpt = DEFAULT_DB, revision: Annotated[str, typer.Option()] = "head") -> None:
+    """Migrate the database schema to ``revision`` (default: the newest)."""
+    from hyctas_core.storage import StorageError
+    from services.storage.migrate import current_revision, upgrade_database
+
+    try:
+        upgrade_database(db, revision)
+        typer.echo(f"database at revision {current_revision(db)}")
+    except StorageError as e:
+        fail(str(e))
+
+
+@db_app.command("current")
+def db_current(db: DbOpt = DEFAULT_DB) -> None:
+    """Print the schema revision of the database (none if never migrated)."""
+    from hyctas_core.storage import StorageError
+    from services.storage.migrate import current_revision, head_revision
+
+    try:
+        typer.echo(f"current: {current_revision(db) or 'none'}  head: {head_revision()}")
+    except StorageError as e:
+        fail(str(e))

@@ -15,6 +15,7 @@ from torch import nn
 
 __all__ = [
     "ConvNormAct",
+    "DropPath",
     "SDPAttention",
     "SlimBatchNorm2d",
     "SlimConv2d",
@@ -144,3 +145,49 @@ def copy_sliced(dst: nn.Module, src: nn.Module) -> None:
         if t.dim() != s.dim() or any(a > b for a, b in zip(t.shape, s.shape, strict=True)):
             raise ValueError(f"{name}: cannot slice {tuple(s.shape)} to {tuple(t.shape)}")
         t.copy_(s[tuple(slice(0, n) for n in t.shape)] if t.dim() else s)
+
+
+class DropPath(nn.Module):
+    """Per-sample stochastic depth: zero a whole sample's tensor with probability ``p``.
+
+    In training mode each sample of the batch is kept with probability ``1 - p`` and scaled by
+    ``1 / (1 - p)`` (so the expectation is unchanged), or zeroed; ``p = 1`` zeroes every sample.
+    In eval mode, or with ``p = 0``, the input is returned as is (the very same tensor). Put it
+    on a residual branch only: dropping a path that has no bypass zeroes the feature map.
+
+    The keep/drop draw (one uniform number per sample, drawn on the generator's device and
+    moved to the input's) comes from ``generator``, a ``torch.Generator`` the owner sets and
+    may share between modules (see :meth:`hyctas_core.network.HyCTASNet.set_drop_path`).
+
+    Args:
+        p: drop probability in ``[0, 1]``.
+        generator: the source of the draws; required whenever ``p > 0`` in training.
+    """
+
+    def __init__(self, p: float = 0.0, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.p = 0.0
+        self.set_p(p)
+        self.generator = generator
+
+    def set_p(self, p: float) -> None:
+        """Set the drop probability; raises ``ValueError`` outside ``[0, 1]``."""
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"drop path probability must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.generator is None:
+            raise RuntimeError("DropPath with p > 0 in training needs a torch.Generator (set .generator)")
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        u = torch.rand(shape, generator=self.generator, device=self.generator.device).to(x.device)
+        mask = (u < keep).to(x.dtype)  # (B, 1, ..., 1): 1 keeps the sample, 0 drops it
+        if keep > 0.0:
+            mask = mask / keep
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

@@ -8,6 +8,22 @@ branch is brought to stride 8 by its fusion node, the branch outputs are concate
 fused, and the head predicts at stride 8 (or 4); ``forward`` returns ``{"out": logits}`` at
 the input size, plus ``"aux"`` (a light head on the coarsest branch) in training mode when
 built with ``aux=True``.
+
+Drop path (scheduled stochastic depth, used when retraining an architecture from scratch) is
+applied only where a cell op has a residual form, to the branch that is summed onto a bypass:
+
+- ``conv_downup`` / ``conv_2x_downup`` with stride 1: the low-resolution conv path, before it
+  is up-sampled and added to the 1x1 bypass;
+- ``sa`` (both strides): the attention path (the output of the expanding 1x1 conv-BN), before
+  it is added to the shortcut (identity, or the projection).
+
+``skip``, ``conv`` and the stride-2 light convs have no bypass: dropping their output would
+zero the feature map for every later cell, so they are never dropped. A :class:`DropPath`
+takes the place of the (identity) activation of the last conv-BN of each such branch, so
+parameter names are unchanged, eval-mode outputs are bit-for-bit those of a network without
+drop path, and so are training-mode outputs at probability 0. ``HyCTASNet.set_drop_path(p)``
+sets the probability of every dropped branch at once (0 after construction); the per-sample
+draws come from the network's ``drop_path_generator`` (a seeded ``torch.Generator``).
 """
 
 from __future__ import annotations
@@ -19,7 +35,8 @@ from torch import nn
 
 from hyctas_core.config import ModelConfig
 from hyctas_core.heads import BranchFusion, FeatureFusion, SegHead, Stem, upsample_logits
-from hyctas_core.ops import create_op
+from hyctas_core.layers import ConvNormAct, DropPath
+from hyctas_core.ops import EfficientSelfAttention, LightConv, create_op
 from hyctas_core.search_space import SCALES, Arch, ArchError, num_filters, validate
 
 __all__ = ["BranchPlan", "CellPlan", "HyCTASNet", "NetPlan", "build", "plan_network"]
@@ -186,6 +203,25 @@ def _new_stem(cfg: ModelConfig) -> Stem:
     return Stem(3, *stem_widths(cfg))
 
 
+def _attach_drop_path(op: nn.Module, generator: torch.Generator) -> DropPath | None:
+    """Put a :class:`DropPath` on the residual branch of ``op``, if it has one (see the module doc).
+
+    The branch's last conv-BN has no activation (``nn.Identity``); the drop path replaces it,
+    so the op's parameters and its eval-mode function are unchanged.
+    """
+    block: nn.Module | None = None
+    if isinstance(op, LightConv) and op.bypass is not None:
+        block = op.convs[-1]
+    elif isinstance(op, EfficientSelfAttention):
+        block = op.expand
+    if block is None:
+        return None
+    assert isinstance(block, ConvNormAct) and isinstance(block.act, nn.Identity), "residual branch ends in an act"
+    drop = DropPath(0.0, generator)
+    block.add_module("act", drop)  # replaces the nn.Identity; no parameter names change
+    return drop
+
+
 class HyCTASNet(_HyCTASBase):
     """A plain (non-slimmable) network for one architecture.
 
@@ -210,6 +246,11 @@ class HyCTASNet(_HyCTASBase):
                 for c in self.plan.cells
             }
         )  # fmt: skip
+        self.drop_path_generator = torch.Generator().manual_seed(0)
+        self.drop_path_p = 0.0
+        self._drop_paths = [
+            d for op in self.cells.values() if (d := _attach_drop_path(op, self.drop_path_generator)) is not None
+        ]
         self.fusions = nn.ModuleDict(
             {
                 str(b.end_scale): _new_fusion(b.end_scale, cfg, b.skip_chs, False)
@@ -231,6 +272,31 @@ class HyCTASNet(_HyCTASBase):
 
     def _aux_head(self, end_scale: int) -> nn.Module | None:
         return self.aux_head
+
+    @property
+    def drop_path_modules(self) -> tuple[DropPath, ...]:
+        """The drop-path modules, one per residual cell branch (empty if the arch has none)."""
+        return tuple(self._drop_paths)
+
+    def set_drop_path(self, p: float, *, generator: torch.Generator | None = None) -> None:
+        """Set the drop probability of every residual cell branch (training mode only).
+
+        Args:
+            p: probability in ``[0, 1]`` that a sample's residual branch is zeroed.
+            generator: a new source for the per-sample draws (kept for later calls); the
+                default keeps the current ``drop_path_generator``.
+
+        Raises:
+            ValueError: ``p`` is outside ``[0, 1]``.
+        """
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"drop path probability must be in [0, 1], got {p}")
+        if generator is not None:
+            self.drop_path_generator = generator
+        for d in self._drop_paths:
+            d.set_p(p)
+            d.generator = self.drop_path_generator
+        self.drop_path_p = float(p)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self._run(x, self.plan)

@@ -72,7 +72,7 @@ class RayEvaluatorPool:
     def _target_size(self) -> int:
         if self.fixed_size is not None:
             return self.fixed_size
-        resources = ray.cluster_resources()
+        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
         return max(1, int(resources.get("GPU" if self.use_gpu else "CPU", 1)))
 
     def _resize(self) -> None:

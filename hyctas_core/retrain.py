@@ -1,0 +1,534 @@
+"""Retraining a chosen architecture from scratch: the last step of the HyCTAS pipeline.
+
+Recipe (paper, with the official code where the paper is silent): SGD with momentum 0.9 and
+weight decay 5e-4; a poly learning-rate schedule ``lr * (1 - i / N) ** 0.9`` updated every
+iteration ``i`` of the ``N`` iterations of the run, optionally after a linear warm-up; top-k
+cross-entropy on the main output plus ``aux_weight`` times the same loss on the auxiliary
+head; scheduled drop path, its probability growing linearly from 0 in the first epoch to
+``drop_path_max`` in the last one (updated once per epoch, at its start; see
+:mod:`hyctas_core.network` for which branches are dropped). The paper gives a base LR of
+0.005, the official code 0.05; the default here, 0.01, lies between them.
+
+Checkpoints: ``last.pt`` (weights, optimiser, position, drop-path and torch RNG states, best
+mIoU so far) is written atomically every ``checkpoint_every`` steps, at every epoch end and
+when stopping; ``best.pt`` (weights only) whenever the validation mIoU improves. Both hold the
+configuration and the architecture (official JSON), so :func:`load_model` rebuilds the network
+from a checkpoint alone. Resume is exact: the data order of an epoch and each sample's
+augmentation are pure functions of (seed, epoch, index), the LR is a pure function of the
+step, and drop path draws from its own generator whose state is checkpointed, so a run stopped
+and resumed ends with bit-identical weights on CPU (``tests/core/test_retrain.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from hyctas_core.config import ModelConfig
+from hyctas_core.evaluate import evaluate_miou, subset_indices
+from hyctas_core.losses import build_loss
+from hyctas_core.network import HyCTASNet
+from hyctas_core.search_space import Arch, ArchError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "RetrainConfig",
+    "RetrainProgress",
+    "Retrainer",
+    "drop_path_at",
+    "load_model",
+    "poly_lr",
+    "read_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "hyctas-retrain/1"
+
+
+def poly_lr(step: int, total_steps: int, base_lr: float, power: float = 0.9, warmup_iters: int = 0) -> float:
+    """The learning rate of iteration ``step`` (0-based) of ``total_steps``.
+
+    ``base_lr * (1 - step / total_steps) ** power``, times ``(step + 1) / warmup_iters`` during
+    the first ``warmup_iters`` iterations; 0 from ``total_steps`` on.
+
+    Raises:
+        ValueError: ``step < 0`` or ``total_steps < 1``.
+    """
+    if step < 0 or total_steps < 1:
+        raise ValueError(f"need step >= 0 and total_steps >= 1, got {step}, {total_steps}")
+    lr = base_lr * float(max(0.0, 1.0 - step / total_steps) ** power)
+    if step < warmup_iters:
+        lr *= (step + 1) / warmup_iters
+    return lr
+
+
+def drop_path_at(epoch: int, epochs: int, max_p: float) -> float:
+    """Scheduled drop-path probability of ``epoch`` (0-based): linear from 0 to ``max_p``.
+
+    Epoch 0 gets 0 and the last epoch (``epochs - 1``) exactly ``max_p``; a one-epoch run gets 0.
+    """
+    if epochs <= 1:
+        return 0.0
+    return max_p * min(max(epoch, 0), epochs - 1) / (epochs - 1)
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Everything a retraining run depends on (stored in every checkpoint)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 300
+    batch_size: int = 16
+    lr: float = 0.01  # paper 0.005, official code 0.05
+    lr_power: float = 0.9  # poly schedule, per iteration
+    warmup_iters: int = 0  # linear LR warm-up iterations
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    loss: str = "topk"  # "topk" (official DeepLabCE, top 20 %), "ohem" or "ce"
+    top_k: float = 0.2
+    aux_weight: float = 0.4  # 0 builds no auxiliary head
+    crop_size: tuple[int, int] = (512, 1024)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    # Resize every image (training and validation) to this size first; None keeps them.
+    base_size: tuple[int, int] | None = None
+    drop_path_max: float = 0.2  # reached in the last epoch, linearly from 0
+    eval_every: int = 1  # epochs between validations (the last epoch is always validated)
+    val_images: int | None = None  # a fixed, seeded subset of the validation set; None = all
+    seed: int = 0
+    num_workers: int = 0
+    grad_clip: float | None = None
+    steps_per_epoch: int | None = None  # cap; None = one pass over the training set
+    checkpoint_every: int = 100  # steps
+    log_every: int = 10  # steps
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.lr_power < 0:
+            raise ValueError(f"lr > 0 and lr_power >= 0 required, got {self.lr}, {self.lr_power}")
+        if self.warmup_iters < 0:
+            raise ValueError(f"warmup_iters must be >= 0, got {self.warmup_iters}")
+        if self.loss not in ("topk", "ohem", "ce"):
+            raise ValueError(f"loss must be topk, ohem or ce, got {self.loss!r}")
+        if self.aux_weight < 0:
+            raise ValueError(f"aux_weight must be >= 0, got {self.aux_weight}")
+        if not 0.0 <= self.drop_path_max <= 1.0:
+            raise ValueError(f"drop_path_max must be in [0, 1], got {self.drop_path_max}")
+        for name in ("val_images", "steps_per_epoch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or null, got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["model"] = self.model.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RetrainConfig:
+        """Build from a plain dict (YAML / JSON); unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown retraining config key(s) {unknown}; known: {sorted(known)}")
+        kwargs = dict(data)
+        if "model" in kwargs:
+            if not isinstance(kwargs["model"], dict):
+                raise ValueError("'model' must be a mapping of ModelConfig fields")
+            kwargs["model"] = ModelConfig.from_dict(kwargs["model"])
+        for key in ("crop_size", "scale_range", "base_size"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = tuple(kwargs[key])
+        try:
+            return cls(**kwargs)
+        except TypeError as e:  # e.g. a number where a pair belongs
+            raise ValueError(f"bad retraining config: {e}") from None
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> RetrainConfig:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the config must be a mapping")
+        return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class RetrainProgress:
+    """Reported after every step (and again after each validation, with the new mIoU)."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    lr: float
+    images_per_s: float
+    drop_path: float
+    miou: float | None  # the latest validation mIoU (0-1), None before the first
+    best_miou: float | None
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Retrainer:
+    """Trains a freshly initialised :class:`HyCTASNet` for one architecture.
+
+    Args:
+        cfg: the run configuration.
+        arch: the architecture to train.
+        train_set: items are dicts with ``"image"`` (float 3xHxW) and ``"label"`` (int64 HxW,
+            255 = ignore), all of one size (random crops); ``set_epoch(e)`` is called if present.
+        val_set: validation items (any size, batch 1), or None for no validation (and no
+            ``best.pt``).
+        run_dir: ``last.pt``, ``best.pt`` and ``train_log.jsonl`` go here.
+        device: ``"cpu"`` or a CUDA device.
+
+    Raises:
+        ArchError: the arch does not fit ``cfg.model``.
+        ValueError: the training set holds less than one batch.
+    """
+
+    def __init__(
+        self,
+        cfg: RetrainConfig,
+        arch: Arch,
+        train_set: Dataset[dict[str, Any]],
+        val_set: Dataset[dict[str, Any]] | None,
+        run_dir: Path,
+        *,
+        device: str = "cpu",
+    ) -> None:
+        self.cfg = cfg
+        self.arch = arch.canonical()
+        self.train_set, self.val_set = train_set, val_set
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
+        n = len(train_set)  # type: ignore[arg-type]
+        full = n // cfg.batch_size
+        if full < 1:
+            raise ValueError(f"the training set has {n} images, fewer than one batch of {cfg.batch_size}")
+        self.steps_per_epoch = min(full, cfg.steps_per_epoch) if cfg.steps_per_epoch else full
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left alone
+            torch.manual_seed(cfg.seed)
+            self.model = HyCTASNet(self.arch, cfg.model, aux=cfg.aux_weight > 0).to(self.device)
+        drop_seed = int(np.random.default_rng([cfg.seed, 6]).integers(2**62))
+        self.drop_rng = torch.Generator().manual_seed(drop_seed)
+        self.model.set_drop_path(0.0, generator=self.drop_rng)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        self.criterion = build_loss(cfg.loss, top_k=cfg.top_k)
+        self.val_indices: list[int] = []
+        if val_set is not None:
+            n_val = len(val_set)  # type: ignore[arg-type]
+            k = n_val if cfg.val_images is None else cfg.val_images
+            self.val_indices = subset_indices(n_val, k, cfg.seed, stream=5)
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.step = 0
+        self.best_miou: float | None = None
+        self.last_miou: float | None = None
+        self._log_lines = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.epochs * self.steps_per_epoch
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.epochs
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of global iteration ``step`` (0-based)."""
+        return poly_lr(step, self.total_steps, self.cfg.lr, self.cfg.lr_power, self.cfg.warmup_iters)
+
+    def drop_path_at(self, epoch: int) -> float:
+        """The drop-path probability used throughout ``epoch``."""
+        return drop_path_at(epoch, self.cfg.epochs, self.cfg.drop_path_max)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _header(self, kind: str) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "kind": kind,
+            "config": self.cfg.to_dict(),
+            "arch": self.arch.to_official(),
+            "model": self.model.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **self._header("last"),
+            "optimizer": self.optimizer.state_dict(),
+            "drop_rng": self.drop_rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step_in_epoch": self.step_in_epoch,
+            "best_miou": self.best_miou,
+            "last_miou": self.last_miou,
+            "log_lines": self._log_lines,
+        }
+
+    def save(self) -> Path:
+        """Write ``last.pt`` atomically (a crash mid-write leaves the previous one intact)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / "last.pt"
+        _atomic_save(self.state_dict(), path)
+        return path
+
+    def _save_best(self, miou: float) -> Path:
+        path = self.run_dir / "best.pt"
+        _atomic_save({**self._header("best"), "miou": miou}, path)
+        return path
+
+    def load(self, path: Path) -> None:
+        """Restore a ``last.pt`` written by :meth:`save`; config and arch must be the same.
+
+        Raises:
+            ValueError: not a retraining checkpoint, or one of another config or arch.
+        """
+        ckpt = _read(Path(path), self.device)
+        if ckpt.get("kind") != "last":
+            raise ValueError(f"{path}: holds weights only ({ckpt.get('kind')!r}); resume needs last.pt")
+        mine = self.cfg.to_dict()
+        if ckpt["config"] != mine:
+            diff = sorted(k for k in set(mine) | set(ckpt["config"]) if ckpt["config"].get(k) != mine.get(k))
+            raise ValueError(f"{path}: checkpoint was trained with a different config (differs in {diff})")
+        if ckpt["arch"] != self.arch.to_official():
+            raise ValueError(f"{path}: checkpoint was trained for another architecture")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.drop_rng.set_state(ckpt["drop_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        self.epoch, self.step_in_epoch, self.step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]
+        self.best_miou, self.last_miou = ckpt["best_miou"], ckpt["last_miou"]
+        self._log_lines = int(ckpt["log_lines"])
+        self._truncate_log()
+
+    def resume(self) -> bool:
+        """Load ``run_dir/last.pt`` if it exists; returns whether it did."""
+        path = self.run_dir / "last.pt"
+        if not path.exists():
+            return False
+        self.load(path)
+        return True
+
+    # -- training -------------------------------------------------------------------------
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The shuffled sample order of ``epoch``: a pure function of (seed, epoch)."""
+        n = len(self.train_set)  # type: ignore[arg-type]
+        return np.random.default_rng([self.cfg.seed, 1, epoch]).permutation(n)
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(self.epoch)
+        order = self.epoch_order(self.epoch)
+        start = self.step_in_epoch * self.cfg.batch_size
+        indices: Sequence[int] = order[start : self.steps_per_epoch * self.cfg.batch_size].tolist()
+        loader = DataLoader(
+            self.train_set,
+            batch_size=self.cfg.batch_size,
+            sampler=indices,
+            drop_last=True,
+            num_workers=self.cfg.num_workers,
+        )
+        yield from loader
+
+    def train_step(self, batch: dict[str, Any]) -> tuple[float, float]:
+        """One SGD step at the scheduled LR of the current step; returns (loss, lr)."""
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        images = batch["image"].to(self.device, non_blocking=True)
+        labels = batch["label"].to(self.device, non_blocking=True)
+        out = self.model(images)
+        loss = self.criterion(out["out"], labels)
+        if "aux" in out and self.cfg.aux_weight > 0:
+            loss = loss + self.cfg.aux_weight * self.criterion(out["aux"], labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach()), lr
+
+    def validate(self) -> float | None:
+        """mIoU (0-1) of the current weights on the validation subset; None without one."""
+        if self.val_set is None or not self.val_indices:
+            return None
+        cm = evaluate_miou(self.model, self.val_set, self.val_indices, self.cfg.model.num_classes, device=self.device)
+        miou = cm.miou
+        return None if math.isnan(miou) else miou
+
+    def fit(
+        self, *, max_steps: int | None = None, progress: Callable[[RetrainProgress], None] | None = None
+    ) -> dict[str, Any]:
+        """Train until the configured epochs are done (or ``max_steps`` global steps).
+
+        Validates every ``eval_every`` epochs and after the last one, writing ``best.pt`` on
+        each improvement; checkpoints ``last.pt`` every ``checkpoint_every`` steps, at each
+        epoch end and when stopping. Returns a summary dict.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._truncate_log()  # a fresh run starts a fresh log; a resumed one is already cut
+        t_start, images_seen = time.perf_counter(), 0
+        info: RetrainProgress | None = None
+        while not self.finished:
+            self.model.set_drop_path(self.drop_path_at(self.epoch))
+            for batch in self._batches():
+                t0 = time.perf_counter()
+                loss, lr = self.train_step(batch)
+                self.step += 1
+                self.step_in_epoch += 1
+                images_seen += self.cfg.batch_size
+                rate = self.cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
+                info = RetrainProgress(
+                    self.step,
+                    self.total_steps,
+                    self.epoch,
+                    loss,
+                    lr,
+                    rate,
+                    self.model.drop_path_p,
+                    self.last_miou,
+                    self.best_miou,
+                )
+                if progress is not None:
+                    progress(info)
+                if self.step % self.cfg.log_every == 0:
+                    self._log({"event": "step", **dataclasses.asdict(info)})
+                stop = max_steps is not None and self.step >= max_steps
+                if self.step % self.cfg.checkpoint_every == 0 or stop:
+                    self.save()
+                if stop:
+                    return self._summary(t_start, images_seen, stopped=True)
+                if self.step_in_epoch >= self.steps_per_epoch:
+                    break
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self._end_epoch(info, progress)
+        return self._summary(t_start, images_seen, stopped=False)
+
+    def _end_epoch(self, info: RetrainProgress | None, progress: Callable[[RetrainProgress], None] | None) -> None:
+        miou = None
+        if self.epoch % self.cfg.eval_every == 0 or self.finished:
+            miou = self.validate()
+        record: dict[str, Any] = {"event": "epoch", "epoch": self.epoch, "step": self.step}
+        record["drop_path"] = self.drop_path_at(self.epoch - 1)
+        if miou is not None:
+            self.last_miou = miou
+            record["miou"] = miou
+            if self.best_miou is None or miou > self.best_miou:
+                self.best_miou = miou
+                self._save_best(miou)
+                record["best"] = True
+        self._log(record)
+        self.save()
+        if miou is not None and progress is not None:
+            if info is None:  # resumed exactly at an epoch end: no step ran in this call
+                dp = self.drop_path_at(self.epoch - 1)
+                info = RetrainProgress(self.step, self.total_steps, self.epoch - 1, math.nan, 0.0, 0.0, dp, None, None)
+            progress(dataclasses.replace(info, miou=self.last_miou, best_miou=self.best_miou))
+
+    def _summary(self, t_start: float, images: int, *, stopped: bool) -> dict[str, Any]:
+        elapsed = time.perf_counter() - t_start
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "stopped": stopped,
+            "best_miou": self.best_miou,
+            "last_miou": self.last_miou,
+            "seconds": round(elapsed, 3),
+            "images_per_s": round(images / elapsed, 3) if elapsed > 0 else None,
+            "run_dir": str(self.run_dir),
+        }
+
+    # -- log ------------------------------------------------------------------------------
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "train_log.jsonl"
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with self.log_path.open("a") as f:
+            f.write(json.dumps({"time": time.time(), **record}) + "\n")
+        self._log_lines += 1
+
+    def _truncate_log(self) -> None:
+        """Keep the log lines the current state has written (later ones will be redone)."""
+        if not self.log_path.exists():
+            return
+        lines = self.log_path.read_text().splitlines(keepends=True)
+        if len(lines) != self._log_lines:
+            self.log_path.write_text("".join(lines[: self._log_lines]))
+
+
+def _read(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # any unpickling failure means "not a checkpoint"
+        raise ValueError(f"{path}: cannot be read as a checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a HyCTAS retraining checkpoint")
+    return ckpt
+
+
+def read_checkpoint(path: Path) -> tuple[RetrainConfig, Arch, dict[str, Any]]:
+    """Config, arch and bookkeeping (``kind``, ``epoch``, ``step``, mIoU) of a checkpoint.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a HyCTAS retraining checkpoint.
+    """
+    ckpt = _read(Path(path))
+    try:
+        cfg = RetrainConfig.from_dict(ckpt["config"])
+        arch = Arch.from_official(ckpt["arch"])
+    except (KeyError, ArchError) as e:
+        raise ValueError(f"{path}: damaged retraining checkpoint ({e})") from None
+    info = {k: ckpt.get(k) for k in ("kind", "epoch", "step", "best_miou", "last_miou", "miou")}
+    return cfg, arch, info
+
+
+def load_model(path: Path, *, device: str = "cpu") -> tuple[HyCTASNet, Arch, RetrainConfig]:
+    """Rebuild the trained network of a ``last.pt`` or ``best.pt`` checkpoint (eval mode).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a HyCTAS retraining checkpoint.
+    """
+    path = Path(path)
+    ckpt = _read(path, device)
+    try:
+        cfg = RetrainConfig.from_dict(ckpt["config"])
+        arch = Arch.from_official(ckpt["arch"])
+        state = ckpt["model"]
+    except (KeyError, ArchError) as e:
+        raise ValueError(f"{path}: damaged retraining checkpoint ({e})") from None
+    aux = any(k.startswith("aux_head.") for k in state)
+    net = HyCTASNet(arch, cfg.model, aux=aux).to(device)
+    net.load_state_dict(state)
+    return net.eval(), net.arch, cfg

@@ -1,0 +1,451 @@
+"""``InMemoryStorage``: the :class:`~hyctas_core.storage.SearchStorage` kept in process memory.
+
+For tests and throw-away runs. Everything is lost when the process ends. It behaves like the
+SQL backend wherever the interface leaves room: JSON payloads (configs, objectives, results,
+...) go through a JSON round trip on the way in, so tuples come back as lists, non-string keys
+as strings, and a value JSON cannot hold (an arbitrary object, NaN or infinity) is refused with
+:class:`~hyctas_core.storage.StorageError` exactly where a database would refuse it.
+
+Thread-safe: one lock guards all state; every method is atomic.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hyctas_core.storage import (
+    JOB_TRANSITIONS,
+    SEARCH_TRANSITIONS,
+    DuplicateName,
+    EvaluationRecord,
+    GenerationRecord,
+    IllegalTransition,
+    IndividualRecord,
+    JobRecord,
+    JobState,
+    SearchRecord,
+    SearchState,
+    SearchStorage,
+    StorageError,
+)
+
+__all__ = ["InMemoryStorage"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json_copy(value: Any, what: str) -> Any:
+    """A deep copy of ``value`` through JSON, as a database would store it.
+
+    Raises:
+        StorageError: ``value`` is not representable in strict JSON.
+    """
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def _check_page(offset: int, limit: int) -> None:
+    if offset < 0 or limit < 0:
+        raise ValueError(f"offset and limit must be >= 0, got offset={offset}, limit={limit}")
+
+
+@dataclass
+class _SearchData:
+    record: SearchRecord
+    generations: list[GenerationRecord] = field(default_factory=list)  # position == index
+    individuals: list[IndividualRecord] = field(default_factory=list)  # in commit order
+
+
+class InMemoryStorage(SearchStorage):
+    """A complete, thread-safe, in-process :class:`~hyctas_core.storage.SearchStorage`.
+
+    Records are deep-copied on the way in and on the way out: mutating an argument after the
+    call, or a returned record, changes nothing stored.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._searches: dict[int, _SearchData] = {}
+        self._evaluations: dict[tuple[str, str], dict[str, Any]] = {}
+        self._jobs: dict[int, JobRecord] = {}
+        self._next_search_id = 1
+        self._next_job_id = 1
+
+    # -- helpers (call with the lock held) --------------------------------------------------
+    def _search(self, search_id: int) -> _SearchData:
+        try:
+            return self._searches[search_id]
+        except KeyError:
+            raise KeyError(f"unknown search id {search_id}") from None
+
+    def _job(self, job_id: int) -> JobRecord:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise KeyError(f"unknown job id {job_id}") from None
+
+    def _find(self, name: str, owner: str | None) -> _SearchData | None:
+        for data in self._searches.values():
+            if data.record.name == name and data.record.owner == owner:
+                return data
+        return None
+
+    # -- searches -------------------------------------------------------------------------
+    def create_search(self, name: str, config: dict[str, Any], *, owner: str | None = None) -> int:
+        """Create a search in state CREATED with ``generation = -1``.
+
+        Args:
+            name: Unique per owner.
+            config: The full search config (JSON-serialisable).
+            owner: The owner, or None.
+
+        Returns:
+            The new search id.
+
+        Raises:
+            DuplicateName: ``name`` exists for ``owner``.
+            StorageError: ``config`` is not JSON-serialisable.
+        """
+        stored_config = _json_copy(config, "search config")
+        with self._lock:
+            if self._find(name, owner) is not None:
+                raise DuplicateName(f"a search named {name!r} already exists for owner {owner!r}")
+            search_id = self._next_search_id
+            self._next_search_id += 1
+            now = _now()
+            self._searches[search_id] = _SearchData(
+                SearchRecord(
+                    id=search_id,
+                    name=name,
+                    owner=owner,
+                    config=stored_config,
+                    state=SearchState.CREATED,
+                    generation=-1,
+                    reference_point=None,
+                    error=None,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            return search_id
+
+    def get_search(self, search_id: int) -> SearchRecord:
+        """The search ``search_id``.
+
+        Raises:
+            KeyError: unknown id.
+        """
+        with self._lock:
+            return copy.deepcopy(self._search(search_id).record)
+
+    def find_search(self, name: str, *, owner: str | None = None) -> SearchRecord | None:
+        """The search called ``name`` of ``owner`` (None: the search without owner), or None."""
+        with self._lock:
+            data = self._find(name, owner)
+            return None if data is None else copy.deepcopy(data.record)
+
+    def list_searches(
+        self, *, owner: str | None = None, state: SearchState | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[SearchRecord], int]:
+        """(page of searches ordered by id, total count matching the filters).
+
+        ``owner=None`` lists every owner's searches.
+
+        Raises:
+            ValueError: negative ``offset`` or ``limit``.
+        """
+        _check_page(offset, limit)
+        with self._lock:
+            matching = [
+                d.record
+                for _, d in sorted(self._searches.items())
+                if (owner is None or d.record.owner == owner) and (state is None or d.record.state == state)
+            ]
+            return copy.deepcopy(matching[offset : offset + limit]), len(matching)
+
+    def set_search_state(self, search_id: int, state: SearchState, *, error: str | None = None) -> None:
+        """Move the search to ``state``; ``error`` replaces the stored error (None clears it).
+
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: not allowed by ``SEARCH_TRANSITIONS``.
+        """
+        state = SearchState(state)
+        with self._lock:
+            record = self._search(search_id).record
+            if state not in SEARCH_TRANSITIONS[record.state]:
+                raise IllegalTransition(
+                    f"search {search_id}: {record.state.value} -> {state.value} is not allowed"
+                    f" (allowed: {sorted(s.value for s in SEARCH_TRANSITIONS[record.state]) or 'none'})"
+                )
+            record.state = state
+            record.error = error
+            record.updated_at = _now()
+
+    def set_reference_point(self, search_id: int, point: list[float]) -> None:
+        """Fix the hypervolume reference point.
+
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: already set.
+            StorageError: ``point`` is not JSON-serialisable (e.g. NaN).
+        """
+        stored = _json_copy([float(x) for x in point], "reference point")
+        with self._lock:
+            record = self._search(search_id).record
+            if record.reference_point is not None:
+                raise IllegalTransition(f"search {search_id}: the reference point is already set")
+            record.reference_point = stored
+            record.updated_at = _now()
+
+    # -- generations ----------------------------------------------------------------------
+    def commit_generation(
+        self,
+        search_id: int,
+        generation: GenerationRecord,
+        individuals: list[IndividualRecord],
+        evaluations: list[EvaluationRecord],
+    ) -> None:
+        """Atomically store one generation and advance the search's ``generation`` counter.
+
+        Existing evaluation-cache entries are kept (the first write of a key wins).
+
+        Raises:
+            KeyError: unknown search.
+            IllegalTransition: ``generation.index`` is not ``search.generation + 1``, or the
+                search is finished.
+            ValueError: an individual belongs to another generation.
+            StorageError: a payload is not JSON-serialisable; nothing is stored.
+        """
+        for ind in individuals:
+            if ind.generation != generation.index:
+                raise ValueError(
+                    f"individual {ind.arch_hash!r} has generation {ind.generation}, expected {generation.index}"
+                )
+        # Copy (and validate) everything before touching the state: a failure stores nothing.
+        gen = GenerationRecord(
+            index=generation.index,
+            hypervolume=float(generation.hypervolume),
+            front=_json_copy(list(generation.front), "generation front"),
+            n_evaluated=generation.n_evaluated,
+            n_new=generation.n_new,
+            algorithm_state=bytes(generation.algorithm_state),
+            timings=_json_copy(dict(generation.timings), "generation timings"),
+            created_at=None,
+        )
+        inds = [
+            IndividualRecord(
+                generation=ind.generation,
+                arch_hash=ind.arch_hash,
+                arch=_json_copy(ind.arch, f"arch of individual {ind.arch_hash!r}"),
+                num_branches=ind.num_branches,
+                objectives=_json_copy(ind.objectives, f"objectives of individual {ind.arch_hash!r}"),
+                status=ind.status,
+            )
+            for ind in individuals
+        ]
+        evals = [
+            ((ev.cache_key, ev.arch_hash), _json_copy(ev.result, f"evaluation of {ev.arch_hash!r}"))
+            for ev in evaluations
+        ]
+        with self._lock:
+            data = self._search(search_id)
+            record = data.record
+            if record.state.is_finished():
+                raise IllegalTransition(f"search {search_id} is {record.state.value}: cannot commit a generation")
+            if generation.index != record.generation + 1:
+                raise IllegalTransition(
+                    f"search {search_id}: generation {generation.index} cannot follow {record.generation}"
+                    f" (expected {record.generation + 1})"
+                )
+            now = _now()
+            gen.created_at = now
+            data.generations.append(gen)
+            data.individuals.extend(inds)
+            for key, result in evals:
+                self._evaluations.setdefault(key, result)
+            record.generation = generation.index
+            record.updated_at = now
+
+    def get_generation(self, search_id: int, index: int) -> GenerationRecord:
+        """Generation ``index`` of the search, with its algorithm state.
+
+        Raises:
+            KeyError: unknown search or generation.
+        """
+        with self._lock:
+            data = self._search(search_id)
+            if not 0 <= index < len(data.generations):
+                raise KeyError(f"search {search_id} has no generation {index}")
+            return copy.deepcopy(data.generations[index])
+
+    def list_generations(self, search_id: int) -> list[GenerationRecord]:
+        """All generations in order, with ``algorithm_state`` returned empty (b"").
+
+        Raises:
+            KeyError: unknown search.
+        """
+        with self._lock:
+            data = self._search(search_id)
+            return [copy.deepcopy(replace(g, algorithm_state=b"")) for g in data.generations]
+
+    def list_individuals(self, search_id: int, *, generation: int | None = None) -> list[IndividualRecord]:
+        """Individuals of one generation, or of all (ordered by generation, then insertion).
+
+        Raises:
+            KeyError: unknown search.
+        """
+        with self._lock:
+            data = self._search(search_id)
+            return copy.deepcopy([i for i in data.individuals if generation is None or i.generation == generation])
+
+    # -- evaluation cache -----------------------------------------------------------------
+    def get_evaluations(self, cache_key: str, arch_hashes: list[str]) -> dict[str, dict[str, Any]]:
+        """Cached results among ``arch_hashes`` (missing ones are absent from the dict)."""
+        with self._lock:
+            found = {h: self._evaluations[(cache_key, h)] for h in arch_hashes if (cache_key, h) in self._evaluations}
+            return copy.deepcopy(found)
+
+    # -- jobs -----------------------------------------------------------------------------
+    def create_job(self, kind: str, payload: dict[str, Any], *, owner: str | None = None) -> int:
+        """A new job in state QUEUED with 0 attempts.
+
+        Returns:
+            The new job id.
+
+        Raises:
+            StorageError: ``payload`` is not JSON-serialisable.
+        """
+        stored = _json_copy(payload, "job payload")
+        with self._lock:
+            job_id = self._next_job_id
+            self._next_job_id += 1
+            now = _now()
+            self._jobs[job_id] = JobRecord(
+                id=job_id,
+                kind=kind,
+                owner=owner,
+                state=JobState.QUEUED,
+                payload=stored,
+                attempts=0,
+                worker=None,
+                heartbeat_at=None,
+                result=None,
+                error=None,
+                created_at=now,
+                updated_at=now,
+            )
+            return job_id
+
+    def get_job(self, job_id: int) -> JobRecord:
+        """The job ``job_id``.
+
+        Raises:
+            KeyError: unknown id.
+        """
+        with self._lock:
+            return copy.deepcopy(self._job(job_id))
+
+    def list_jobs(
+        self, *, owner: str | None = None, state: JobState | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[JobRecord], int]:
+        """(page of jobs ordered by id, total count matching the filters); ``owner=None``: every owner.
+
+        Raises:
+            ValueError: negative ``offset`` or ``limit``.
+        """
+        _check_page(offset, limit)
+        with self._lock:
+            matching = [
+                j
+                for _, j in sorted(self._jobs.items())
+                if (owner is None or j.owner == owner) and (state is None or j.state == state)
+            ]
+            return copy.deepcopy(matching[offset : offset + limit]), len(matching)
+
+    def start_job(self, job_id: int, worker: str) -> JobRecord:
+        """QUEUED -> RUNNING, ``attempts += 1``, ``worker`` and ``heartbeat_at = now``.
+
+        Returns:
+            The updated job.
+
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: the job is not QUEUED.
+        """
+        with self._lock:
+            job = self._job(job_id)
+            if job.state is not JobState.QUEUED:
+                raise IllegalTransition(f"job {job_id} is {job.state.value}, not queued: cannot start it")
+            now = _now()
+            job.state = JobState.RUNNING
+            job.attempts += 1
+            job.worker = worker
+            job.heartbeat_at = now
+            job.updated_at = now
+            return copy.deepcopy(job)
+
+    def heartbeat_job(self, job_id: int, worker: str) -> None:
+        """Refresh ``heartbeat_at``.
+
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: not RUNNING on ``worker``.
+        """
+        with self._lock:
+            job = self._job(job_id)
+            if job.state is not JobState.RUNNING or job.worker != worker:
+                raise IllegalTransition(
+                    f"job {job_id} is {job.state.value} on worker {job.worker!r}, not running on {worker!r}"
+                )
+            now = _now()
+            job.heartbeat_at = now
+            job.updated_at = now
+
+    def finish_job(
+        self, job_id: int, state: JobState, *, result: dict[str, Any] | None = None, error: str | None = None
+    ) -> None:
+        """RUNNING -> SUCCEEDED / FAILED / CANCELLED, or QUEUED -> CANCELLED; finished jobs are immutable.
+
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: ``state`` is not a finished state, or the move is not allowed.
+            StorageError: ``result`` is not JSON-serialisable.
+        """
+        state = JobState(state)
+        stored = None if result is None else _json_copy(result, "job result")
+        with self._lock:
+            job = self._job(job_id)
+            if not state.is_finished() or state not in JOB_TRANSITIONS[job.state]:
+                raise IllegalTransition(f"job {job_id}: cannot finish {job.state.value} -> {state.value}")
+            job.state = state
+            job.result = stored
+            job.error = error
+            job.updated_at = _now()
+
+    def requeue_stale_jobs(self, older_than_s: float) -> list[int]:
+        """RUNNING jobs whose heartbeat is older than ``older_than_s`` go back to QUEUED (worker cleared).
+
+        Returns:
+            The requeued job ids, ascending.
+        """
+        with self._lock:
+            now = _now()
+            cutoff = now - timedelta(seconds=older_than_s)
+            stale = []
+            for job_id, job in sorted(self._jobs.items()):
+                if job.state is JobState.RUNNING and job.heartbeat_at is not None and job.heartbeat_at < cutoff:
+                    job.state = JobState.QUEUED
+                    job.worker = None
+                    job.updated_at = now
+                    stale.append(job_id)
+            return stale

@@ -1,0 +1,1 @@
+"""Alembic migration environment of the storage schema (a package so that it ships in the wheel)."""

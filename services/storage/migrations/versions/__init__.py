@@ -1,0 +1,1 @@
+"""Alembic revisions of the storage schema (Alembic skips this file)."""

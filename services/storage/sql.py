@@ -1,0 +1,786 @@
+"""``SQLStorage``: :class:`~hyctas_core.storage.SearchStorage` over SQLAlchemy (SQLite or PostgreSQL).
+
+URLs: ``sqlite:///path/to/hyctas.db`` (the embedded default) or
+``postgresql+psycopg://user:password@host:5432/db``. The schema comes from the Alembic
+migrations (:func:`services.storage.migrate.upgrade_database`); ``SQLStorage(url, create=True)``
+runs them, :meth:`SQLStorage.connect` checks the connection and the schema revision eagerly.
+
+Concurrency:
+
+- Every method is one transaction (:meth:`SQLStorage._session_scope`), so a process killed at
+  any point leaves either the whole write or nothing.
+- Writes that read then modify a row lock it first: ``SELECT ... FOR UPDATE`` on PostgreSQL;
+  on SQLite write transactions start with ``BEGIN IMMEDIATE`` (one writer at a time, waiting up
+  to the busy timeout) while readers use plain ``BEGIN`` and, with WAL, never block.
+- ``(search_id, index)`` is the primary key of ``generations``: two writers can never both
+  commit the same generation; the loser gets :class:`~hyctas_core.storage.IllegalTransition`.
+- Evaluation-cache inserts are ``ON CONFLICT DO NOTHING`` in key order (first write wins, no
+  deadlock between searches that share a cache key).
+
+JSON payloads are serialised strictly (NaN and infinity are refused, as PostgreSQL's JSON type
+would refuse them) with the same semantics as :class:`~hyctas_core.storage_memory.InMemoryStorage`.
+All backend failures surface as :class:`~hyctas_core.storage.StorageError` with a one-line
+message; passwords never appear in messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.orm import Session, defer
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
+
+from hyctas_core.storage import (
+    JOB_TRANSITIONS,
+    SEARCH_TRANSITIONS,
+    DuplicateName,
+    EvaluationRecord,
+    GenerationRecord,
+    IllegalTransition,
+    IndividualRecord,
+    JobRecord,
+    JobState,
+    SearchRecord,
+    SearchState,
+    SearchStorage,
+    StorageError,
+)
+from services.storage.models import EvaluationRow, GenerationRow, IndividualRow, JobRow, SearchRow
+
+__all__ = ["SQLStorage", "create_storage_engine", "mask_url", "one_line"]
+
+_WRITE_OPTION = "hyctas_write"  # execution option: the SQLite transaction starts with BEGIN IMMEDIATE
+_MAX_MESSAGE = 400
+_IN_CHUNK = 500  # bound on bind parameters per IN (...) clause
+
+
+def mask_url(url: str | URL) -> str:
+    """``url`` with its password replaced by ``***`` (safe for messages and logs)."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line description of ``exc``: the DBAPI error's class and message, whitespace collapsed.
+
+    SQLAlchemy's own messages carry the SQL, the parameters and a documentation link on extra
+    lines; only the underlying reason is kept.
+    """
+    orig = getattr(exc, "orig", None)
+    cause = orig if isinstance(orig, BaseException) else exc
+    text = str(cause).split("\n[SQL:", 1)[0]
+    text = " ".join(text.split()) or type(cause).__name__
+    message = f"{type(cause).__name__}: {text}"
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's implicit BEGIN is deferred
+    # and would make a reader-turned-writer fail with SQLITE_BUSY instead of waiting).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a killed process never loses or tears a committed transaction; only an
+        # OS crash / power loss may drop the last commits (never corrupting the file).
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _on_sqlite_begin(conn: Any) -> None:
+    write = conn.get_execution_options().get(_WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def create_storage_engine(
+    url: str, *, connect_timeout_s: float = 5.0, busy_timeout_s: float = 30.0, pooled: bool = True
+) -> Engine:
+    """The engine :class:`SQLStorage` and the migrations use for ``url``.
+
+    SQLite: WAL journal (``synchronous=NORMAL``), foreign keys on, ``busy_timeout_s`` for a writer waiting on another,
+    ``BEGIN IMMEDIATE`` for transactions run with the ``hyctas_write`` execution option.
+    PostgreSQL: ``connect_timeout_s``, pre-ping of pooled connections. Both: strict JSON.
+
+    Args:
+        url: A SQLAlchemy URL.
+        connect_timeout_s: How long to wait for a network database to accept a connection.
+        busy_timeout_s: How long a SQLite writer waits for the database lock.
+        pooled: False for a throw-away engine (no connection pool).
+
+    Raises:
+        StorageError: the URL is invalid or names a driver that is not installed.
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise StorageError(f"invalid database URL {mask_url(url)!r}: {one_line(exc)}") from None
+    kwargs: dict[str, Any] = {
+        "json_serializer": functools.partial(json.dumps, allow_nan=False),
+        "json_deserializer": json.loads,
+    }
+    if not pooled:
+        kwargs["poolclass"] = NullPool
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        kwargs["connect_args"] = {"timeout": busy_timeout_s}
+    elif backend == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": max(1, math.ceil(connect_timeout_s))}
+        kwargs["pool_pre_ping"] = pooled
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise StorageError(f"unsupported database URL {mask_url(parsed)!r}: {one_line(exc)}") from None
+    if backend == "sqlite":
+        event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(engine, "begin", _on_sqlite_begin)
+    return engine
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_page(offset: int, limit: int) -> None:
+    if offset < 0 or limit < 0:
+        raise ValueError(f"offset and limit must be >= 0, got offset={offset}, limit={limit}")
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _IN_CHUNK):
+        yield items[start : start + _IN_CHUNK]
+
+
+def _search_record(row: SearchRow) -> SearchRecord:
+    return SearchRecord(
+        id=row.id,
+        name=row.name,
+        owner=row.owner,
+        config=row.config,
+        state=SearchState(row.state),
+        generation=row.generation,
+        reference_point=row.reference_point,
+        error=row.error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _generation_record(row: GenerationRow, *, with_state: bool) -> GenerationRecord:
+    return GenerationRecord(
+        index=row.index,
+        hypervolume=row.hypervolume,
+        front=row.front,
+        n_evaluated=row.n_evaluated,
+        n_new=row.n_new,
+        algorithm_state=bytes(row.algorithm_state) if with_state else b"",
+        timings=row.timings,
+        created_at=row.created_at,
+    )
+
+
+def _individual_record(row: IndividualRow) -> IndividualRecord:
+    return IndividualRecord(
+        generation=row.generation,
+        arch_hash=row.arch_hash,
+        arch=row.arch,
+        num_branches=row.num_branches,
+        objectives=row.objectives,
+        status=row.status,
+    )
+
+
+def _job_record(row: JobRow) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        kind=row.kind,
+        owner=row.owner,
+        state=JobState(row.state),
+        payload=row.payload,
+        attempts=row.attempts,
+        worker=row.worker,
+        heartbeat_at=row.heartbeat_at,
+        result=row.result,
+        error=row.error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class SQLStorage(SearchStorage):
+    """:class:`~hyctas_core.storage.SearchStorage` over a SQL database (SQLite or PostgreSQL).
+
+    Thread-safe (one session per call over a connection pool); several processes may share
+    one database. Records are built from freshly loaded rows, so they are independent copies.
+
+    Args:
+        url: ``sqlite:///path.db`` or ``postgresql+psycopg://user:password@host/db``.
+        create: Bring the schema up to date first (:func:`~services.storage.migrate.upgrade_database`).
+        connect_timeout_s: How long to wait for a network database to accept a connection.
+        busy_timeout_s: How long a SQLite writer waits for another writer.
+
+    Raises:
+        StorageError: invalid URL, or (with ``create``) the migration failed.
+    """
+
+    def __init__(
+        self, url: str, *, create: bool = False, connect_timeout_s: float = 5.0, busy_timeout_s: float = 30.0
+    ) -> None:
+        self._display_url = mask_url(url)
+        if create:
+            from services.storage.migrate import upgrade_database
+
+            upgrade_database(url, connect_timeout_s=connect_timeout_s)
+        self._engine = create_storage_engine(url, connect_timeout_s=connect_timeout_s, busy_timeout_s=busy_timeout_s)
+
+    @classmethod
+    def connect(
+        cls, url: str, *, create: bool = False, connect_timeout_s: float = 5.0, busy_timeout_s: float = 30.0
+    ) -> SQLStorage:
+        """A storage whose connection and schema revision were checked (see :meth:`verify`).
+
+        Raises:
+            StorageError: ``cannot connect to <url>: <reason>`` within about ``connect_timeout_s``
+                when the database is unreachable; a request to run the migrations when the schema
+                is missing or behind.
+        """
+        storage = cls(url, create=create, connect_timeout_s=connect_timeout_s, busy_timeout_s=busy_timeout_s)
+        try:
+            storage.verify()
+        except BaseException:
+            storage.close()
+            raise
+        return storage
+
+    @property
+    def url(self) -> str:
+        """The database URL, password masked."""
+        return self._display_url
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for health checks and tests; do not write through it)."""
+        return self._engine
+
+    def verify(self) -> None:
+        """Connect and check that the schema is at the migrations' head revision.
+
+        A SQLite file that does not exist is reported, not created.
+
+        Raises:
+            StorageError: unreachable database, missing / old schema (run ``hyctas db upgrade``),
+                or a schema newer than this code.
+        """
+        from services.storage.migrate import UPGRADE_HINT, check_revision, revision_of
+
+        url = self._engine.url
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            if not url.query.get("uri") and not Path(url.database).exists():  # connecting would create it
+                raise StorageError(f"cannot connect to {self._display_url}: the file does not exist ({UPGRADE_HINT})")
+        try:
+            with self._engine.connect() as conn:
+                revision = revision_of(conn)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot connect to {self._display_url}: {one_line(exc)}") from exc
+        check_revision(revision, self._display_url)
+
+    def close(self) -> None:
+        """Close the pooled connections (the storage reconnects if used again)."""
+        self._engine.dispose()
+
+    def __enter__(self) -> SQLStorage:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLStorage({self._display_url!r})"
+
+    # -- transactions ---------------------------------------------------------------------
+    @contextmanager
+    def _session_scope(self, *, write: bool = False) -> Iterator[Session]:
+        """One transaction: commit on success, roll back on any error, always close.
+
+        SQLAlchemy / DBAPI errors become :class:`StorageError` with a one-line message; the
+        storage's own errors (KeyError, IllegalTransition, ...) pass through unchanged.
+
+        Args:
+            write: The transaction will write: on SQLite it starts with ``BEGIN IMMEDIATE``.
+        """
+        session = Session(self._engine, autoflush=False, expire_on_commit=False)
+        try:
+            if write:
+                session.connection(execution_options={_WRITE_OPTION: True})
+            yield session
+            session.commit()
+        except BaseException as exc:
+            try:
+                session.rollback()
+            except SQLAlchemyError:
+                pass  # the connection is gone; the database rolls back on its own
+            if isinstance(exc, SQLAlchemyError):
+                raise StorageError(f"database {self._display_url}: {one_line(exc)}") from exc
+            raise
+        finally:
+            session.close()
+
+    @staticmethod
+    def _owner_is(column: Any, owner: str | None) -> Any:
+        return column.is_(None) if owner is None else column == owner
+
+    @staticmethod
+    def _locked_search(session: Session, search_id: int) -> SearchRow:
+        row = session.get(SearchRow, search_id, with_for_update=True)
+        if row is None:
+            raise KeyError(f"unknown search id {search_id}")
+        return row
+
+    @staticmethod
+    def _locked_job(session: Session, job_id: int) -> JobRow:
+        row = session.get(JobRow, job_id, with_for_update=True)
+        if row is None:
+            raise KeyError(f"unknown job id {job_id}")
+        return row
+
+    @staticmethod
+    def _require_search(session: Session, search_id: int) -> None:
+        if session.scalar(select(SearchRow.id).where(SearchRow.id == search_id)) is None:
+            raise KeyError(f"unknown search id {search_id}")
+
+    # -- searches -------------------------------------------------------------------------
+    def create_search(self, name: str, config: dict[str, Any], *, owner: str | None = None) -> int:
+        """Create a search in state CREATED with ``generation = -1``.
+
+        Returns:
+            The new search id.
+
+        Raises:
+            DuplicateName: ``name`` exists for ``owner``.
+            StorageError: backend failure, or ``config`` is not JSON-serialisable.
+        """
+        with self._session_scope(write=True) as session:
+            existing = session.scalar(
+                select(SearchRow.id).where(SearchRow.name == name, self._owner_is(SearchRow.owner, owner))
+            )
+            if existing is not None:
+                raise DuplicateName(f"a search named {name!r} already exists for owner {owner!r}")
+            now = _now()
+            row = SearchRow(
+                name=name,
+                owner=owner,
+                config=config,
+                state=SearchState.CREATED.value,
+                generation=-1,
+                reference_point=None,
+                error=None,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            try:
+                session.flush()
+            except IntegrityError:  # a concurrent create won the race
+                raise DuplicateName(f"a search named {name!r} already exists for owner {owner!r}") from None
+            return row.id
+
+    def get_search(self, search_id: int) -> SearchRecord:
+        """The search ``search_id``.
+
+        Raises:
+            KeyError: unknown id.
+        """
+        with self._session_scope() as session:
+            row = session.get(SearchRow, search_id)
+            if row is None:
+                raise KeyError(f"unknown search id {search_id}")
+            return _search_record(row)
+
+    def find_search(self, name: str, *, owner: str | None = None) -> SearchRecord | None:
+        """The search called ``name`` of ``owner`` (None: the search without owner), or None."""
+        with self._session_scope() as session:
+            row = session.scalar(
+                select(SearchRow).where(SearchRow.name == name, self._owner_is(SearchRow.owner, owner))
+            )
+            return None if row is None else _search_record(row)
+
+    def list_searches(
+        self, *, owner: str | None = None, state: SearchState | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[SearchRecord], int]:
+        """(page of searches ordered by id, total count matching the filters).
+
+        ``owner=None`` lists every owner's searches.
+
+        Raises:
+            ValueError: negative ``offset`` or ``limit``.
+        """
+        _check_page(offset, limit)
+        conditions = []
+        if owner is not None:
+            conditions.append(SearchRow.owner == owner)
+        if state is not None:
+            conditions.append(SearchRow.state == SearchState(state).value)
+        with self._session_scope() as session:
+            total = session.scalar(select(func.count()).select_from(SearchRow).where(*conditions)) or 0
+            rows = session.scalars(
+                select(SearchRow).where(*conditions).order_by(SearchRow.id).offset(offset).limit(limit)
+            ).all()
+            return [_search_record(r) for r in rows], total
+
+    def set_search_state(self, search_id: int, state: SearchState, *, error: str | None = None) -> None:
+        """Move the search to ``state``; ``error`` replaces the stored error (None clears it).
+
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: not allowed by ``SEARCH_TRANSITIONS``.
+        """
+        state = SearchState(state)
+        with self._session_scope(write=True) as session:
+            row = self._locked_search(session, search_id)
+            current = SearchState(row.state)
+            if state not in SEARCH_TRANSITIONS[current]:
+                raise IllegalTransition(
+                    f"search {search_id}: {current.value} -> {state.value} is not allowed"
+                    f" (allowed: {sorted(s.value for s in SEARCH_TRANSITIONS[current]) or 'none'})"
+                )
+            row.state = state.value
+            row.error = error
+            row.updated_at = _now()
+
+    def set_reference_point(self, search_id: int, point: list[float]) -> None:
+        """Fix the hypervolume reference point.
+
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: already set.
+        """
+        values = [float(x) for x in point]
+        with self._session_scope(write=True) as session:
+            row = self._locked_search(session, search_id)
+            if row.reference_point is not None:
+                raise IllegalTransition(f"search {search_id}: the reference point is already set")
+            row.reference_point = values
+            row.updated_at = _now()
+
+    # -- generations ----------------------------------------------------------------------
+    def commit_generation(
+        self,
+        search_id: int,
+        generation: GenerationRecord,
+        individuals: list[IndividualRecord],
+        evaluations: list[EvaluationRecord],
+    ) -> None:
+        """Atomically store one generation and advance the search's ``generation`` counter.
+
+        One transaction: the search row is locked, the generation, its individuals and the
+        new evaluation-cache entries (existing keys are kept: the first write wins) are
+        inserted, and the counter moves; any failure rolls all of it back.
+
+        Raises:
+            KeyError: unknown search.
+            IllegalTransition: ``generation.index`` is not ``search.generation + 1`` (also when a
+                concurrent writer committed it first), or the search is finished.
+            ValueError: an individual belongs to another generation.
+            StorageError: backend failure, or a payload is not JSON-serialisable.
+        """
+        index = generation.index
+        for ind in individuals:
+            if ind.generation != index:
+                raise ValueError(f"individual {ind.arch_hash!r} has generation {ind.generation}, expected {index}")
+        with self._session_scope(write=True) as session:
+            search = self._locked_search(session, search_id)
+            state = SearchState(search.state)
+            if state.is_finished():
+                raise IllegalTransition(f"search {search_id} is {state.value}: cannot commit a generation")
+            if index != search.generation + 1:
+                raise IllegalTransition(
+                    f"search {search_id}: generation {index} cannot follow {search.generation}"
+                    f" (expected {search.generation + 1})"
+                )
+            now = _now()
+            try:
+                session.execute(
+                    insert(GenerationRow).values(
+                        search_id=search_id,
+                        index=index,
+                        hypervolume=float(generation.hypervolume),
+                        front=list(generation.front),
+                        n_evaluated=generation.n_evaluated,
+                        n_new=generation.n_new,
+                        algorithm_state=bytes(generation.algorithm_state),
+                        timings=dict(generation.timings),
+                        created_at=now,
+                    )
+                )
+            except IntegrityError:  # the primary key (search_id, index): another writer was first
+                raise IllegalTransition(
+                    f"search {search_id}: generation {index} was committed concurrently by another writer"
+                ) from None
+            if individuals:
+                session.execute(
+                    insert(IndividualRow),
+                    [
+                        {
+                            "search_id": search_id,
+                            "generation": index,
+                            "arch_hash": ind.arch_hash,
+                            "arch": ind.arch,
+                            "num_branches": ind.num_branches,
+                            "objectives": ind.objectives,
+                            "status": ind.status,
+                        }
+                        for ind in individuals
+                    ],
+                )
+            self._insert_evaluations(session, evaluations, now)
+            search.generation = index
+            search.updated_at = now
+
+    def _insert_evaluations(self, session: Session, evaluations: list[EvaluationRecord], now: datetime) -> None:
+        first: dict[tuple[str, str], dict[str, Any]] = {}
+        for ev in evaluations:
+            first.setdefault((ev.cache_key, ev.arch_hash), ev.result)
+        if not first:
+            return
+        # Sorted: concurrent transactions lock the same keys in the same order (no deadlock).
+        rows = [
+            {"cache_key": key, "arch_hash": arch_hash, "result": result, "created_at": now}
+            for (key, arch_hash), result in sorted(first.items(), key=lambda item: item[0])
+        ]
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            session.execute(pg_insert(EvaluationRow).on_conflict_do_nothing(), rows)
+        elif dialect == "sqlite":
+            session.execute(sqlite_insert(EvaluationRow).on_conflict_do_nothing(), rows)
+        else:  # portable fallback: skip the keys already there
+            existing = {
+                (k, h) for k, h in session.execute(select(EvaluationRow.cache_key, EvaluationRow.arch_hash)).all()
+            }
+            missing = [r for r in rows if (r["cache_key"], r["arch_hash"]) not in existing]
+            if missing:
+                session.execute(insert(EvaluationRow), missing)
+
+    def get_generation(self, search_id: int, index: int) -> GenerationRecord:
+        """Generation ``index`` of the search, with its algorithm state.
+
+        Raises:
+            KeyError: unknown search or generation.
+        """
+        with self._session_scope() as session:
+            row = session.get(GenerationRow, (search_id, index))
+            if row is None:
+                self._require_search(session, search_id)
+                raise KeyError(f"search {search_id} has no generation {index}")
+            return _generation_record(row, with_state=True)
+
+    def list_generations(self, search_id: int) -> list[GenerationRecord]:
+        """All generations in order, with ``algorithm_state`` returned empty (b"") to save I/O.
+
+        Raises:
+            KeyError: unknown search.
+        """
+        with self._session_scope() as session:
+            self._require_search(session, search_id)
+            rows = session.scalars(
+                select(GenerationRow)
+                .options(defer(GenerationRow.algorithm_state, raiseload=True))
+                .where(GenerationRow.search_id == search_id)
+                .order_by(GenerationRow.index)
+            ).all()
+            return [_generation_record(r, with_state=False) for r in rows]
+
+    def list_individuals(self, search_id: int, *, generation: int | None = None) -> list[IndividualRecord]:
+        """Individuals of one generation, or of all (ordered by generation, then insertion).
+
+        Raises:
+            KeyError: unknown search.
+        """
+        with self._session_scope() as session:
+            self._require_search(session, search_id)
+            query = select(IndividualRow).where(IndividualRow.search_id == search_id)
+            if generation is not None:
+                query = query.where(IndividualRow.generation == generation)
+            rows = session.scalars(query.order_by(IndividualRow.generation, IndividualRow.id)).all()
+            return [_individual_record(r) for r in rows]
+
+    # -- evaluation cache -----------------------------------------------------------------
+    def get_evaluations(self, cache_key: str, arch_hashes: list[str]) -> dict[str, dict[str, Any]]:
+        """Cached results among ``arch_hashes`` (missing ones are absent from the dict)."""
+        wanted = sorted(set(arch_hashes))
+        found: dict[str, dict[str, Any]] = {}
+        if not wanted:
+            return found
+        with self._session_scope() as session:
+            for chunk in _chunks(wanted):
+                rows = session.execute(
+                    select(EvaluationRow.arch_hash, EvaluationRow.result).where(
+                        EvaluationRow.cache_key == cache_key, EvaluationRow.arch_hash.in_(chunk)
+                    )
+                ).all()
+                found.update({arch_hash: result for arch_hash, result in rows})
+        return found
+
+    # -- jobs -----------------------------------------------------------------------------
+    def create_job(self, kind: str, payload: dict[str, Any], *, owner: str | None = None) -> int:
+        """A new job in state QUEUED with 0 attempts.
+
+        Returns:
+            The new job id.
+
+        Raises:
+            StorageError: backend failure, or ``payload`` is not JSON-serialisable.
+        """
+        with self._session_scope(write=True) as session:
+            now = _now()
+            row = JobRow(
+                kind=kind,
+                owner=owner,
+                state=JobState.QUEUED.value,
+                payload=payload,
+                attempts=0,
+                worker=None,
+                heartbeat_at=None,
+                result=None,
+                error=None,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def get_job(self, job_id: int) -> JobRecord:
+        """The job ``job_id``.
+
+        Raises:
+            KeyError: unknown id.
+        """
+        with self._session_scope() as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise KeyError(f"unknown job id {job_id}")
+            return _job_record(row)
+
+    def list_jobs(
+        self, *, owner: str | None = None, state: JobState | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[JobRecord], int]:
+        """(page of jobs ordered by id, total count matching the filters); ``owner=None``: every owner.
+
+        Raises:
+            ValueError: negative ``offset`` or ``limit``.
+        """
+        _check_page(offset, limit)
+        conditions = []
+        if owner is not None:
+            conditions.append(JobRow.owner == owner)
+        if state is not None:
+            conditions.append(JobRow.state == JobState(state).value)
+        with self._session_scope() as session:
+            total = session.scalar(select(func.count()).select_from(JobRow).where(*conditions)) or 0
+            rows = session.scalars(
+                select(JobRow).where(*conditions).order_by(JobRow.id).offset(offset).limit(limit)
+            ).all()
+            return [_job_record(r) for r in rows], total
+
+    def start_job(self, job_id: int, worker: str) -> JobRecord:
+        """QUEUED -> RUNNING, ``attempts += 1``, ``worker`` and ``heartbeat_at = now``.
+
+        Returns:
+            The updated job.
+
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: the job is not QUEUED (e.g. another worker started it first).
+        """
+        with self._session_scope(write=True) as session:
+            row = self._locked_job(session, job_id)
+            if row.state != JobState.QUEUED.value:
+                raise IllegalTransition(f"job {job_id} is {row.state}, not queued: cannot start it")
+            now = _now()
+            row.state = JobState.RUNNING.value
+            row.attempts += 1
+            row.worker = worker
+            row.heartbeat_at = now
+            row.updated_at = now
+            session.flush()
+            return _job_record(row)
+
+    def heartbeat_job(self, job_id: int, worker: str) -> None:
+        """Refresh ``heartbeat_at``.
+
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: not RUNNING on ``worker``.
+        """
+        with self._session_scope(write=True) as session:
+            row = self._locked_job(session, job_id)
+            if row.state != JobState.RUNNING.value or row.worker != worker:
+                raise IllegalTransition(
+                    f"job {job_id} is {row.state} on worker {row.worker!r}, not running on {worker!r}"
+                )
+            now = _now()
+            row.heartbeat_at = now
+            row.updated_at = now
+
+    def finish_job(
+        self, job_id: int, state: JobState, *, result: dict[str, Any] | None = None, error: str | None = None
+    ) -> None:
+        """RUNNING -> SUCCEEDED / FAILED / CANCELLED, or QUEUED -> CANCELLED; finished jobs are immutable.
+
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: ``state`` is not a finished state, or the move is not allowed.
+            StorageError: backend failure, or ``result`` is not JSON-serialisable.
+        """
+        state = JobState(state)
+        with self._session_scope(write=True) as session:
+            row = self._locked_job(session, job_id)
+            current = JobState(row.state)
+            if not state.is_finished() or state not in JOB_TRANSITIONS[current]:
+                raise IllegalTransition(f"job {job_id}: cannot finish {current.value} -> {state.value}")
+            row.state = state.value
+            row.result = result
+            row.error = error
+            row.updated_at = _now()
+
+    def requeue_stale_jobs(self, older_than_s: float) -> list[int]:
+        """RUNNING jobs whose heartbeat is older than ``older_than_s`` go back to QUEUED (worker cleared).
+
+        Returns:
+            The requeued job ids, ascending.
+        """
+        with self._session_scope(write=True) as session:
+            now = _now()
+            cutoff = now - timedelta(seconds=older_than_s)
+            rows = session.scalars(
+                select(JobRow)
+                .where(JobRow.state == JobState.RUNNING.value, JobRow.heartbeat_at < cutoff)
+                .order_by(JobRow.id)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                row.state = JobState.QUEUED.value
+                row.worker = None
+                row.updated_at = now
+            return [row.id for row in rows]
