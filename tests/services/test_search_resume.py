@@ -38,8 +38,8 @@ def _cmd(setup: tuple[Path, Path], db: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "hyctas_core.cli", "search", "--supernet", str(ckpt), "--data", str(root),
         "--objective", "flops", "--pop", "6", "--generations", "3", "--branches", "1,3", "--seed", "3",
-        "--calib-images", "4", "--val-images", "4", "--latency-seconds", "0.05", "--db", f"sqlite:///{db}", "--name", "s",
-        "--out", str(db.parent / "out"), *extra,
+        "--calib-images", "4", "--val-images", "4", "--latency-seconds", "0.05",
+        "--db", f"sqlite:///{db}", "--name", "s", "--out", str(db.parent / "out"), *extra,
     ]  # fmt: skip
 
 
