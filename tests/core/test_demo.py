@@ -1,0 +1,38 @@
+"""`hyctas demo --quick`: every stage runs and every promised output exists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from hyctas_core.cli import app
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["status"] == "succeeded"
+    for key, value in summary["outputs"].items():
+        if key not in ("database", "search"):
+            assert Path(value).exists(), key
+    assert summary["search"]["evaluated"] >= 6 and summary["search"]["front_size"] >= 1
+    assert 0.0 <= summary["retrained"]["val_miou"] <= 1.0 and summary["retrained"]["fps"] > 0
+    overlay = np.asarray(Image.open(summary["outputs"]["overlay"]))
+    assert overlay.shape == (64, 128, 3)
+    png = Image.open(summary["outputs"]["pareto_plot"])
+    assert png.size[0] > 400
+    # A second run refuses to clobber the first unless asked.
+    again = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("user data")
+    refused = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path / "other"), "--overwrite"])
+    assert refused.exit_code == 2 and (tmp_path / "other" / "keep.txt").exists()
