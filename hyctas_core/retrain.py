@@ -24,9 +24,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from hyctas_core._epochs import atomic_save, epoch_batches, epoch_order, steps_per_epoch
 from hyctas_core.config import ModelConfig
 from hyctas_core.evaluate import evaluate_miou, subset_indices
 from hyctas_core.losses import build_loss
@@ -184,12 +184,6 @@ class RetrainProgress:
     best_miou: float | None
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class Retrainer:
     """Trains a freshly initialised :class:`HyCTASNet` for one architecture.
 
@@ -223,11 +217,7 @@ class Retrainer:
         self.train_set, self.val_set = train_set, val_set
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
-        n = len(train_set)  # type: ignore[arg-type]
-        full = n // cfg.batch_size
-        if full < 1:
-            raise ValueError(f"the training set has {n} images, fewer than one batch of {cfg.batch_size}")
-        self.steps_per_epoch = min(full, cfg.steps_per_epoch) if cfg.steps_per_epoch else full
+        self.steps_per_epoch = steps_per_epoch(train_set, cfg.batch_size, cfg.steps_per_epoch)  # type: ignore[arg-type]
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left alone
             torch.manual_seed(cfg.seed)
             self.model = HyCTASNet(self.arch, cfg.model, aux=cfg.aux_weight > 0).to(self.device)
@@ -294,12 +284,12 @@ class Retrainer:
         """Write ``last.pt`` atomically (a crash mid-write leaves the previous one intact)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / "last.pt"
-        _atomic_save(self.state_dict(), path)
+        atomic_save(self.state_dict(), path)
         return path
 
     def _save_best(self, miou: float) -> Path:
         path = self.run_dir / "best.pt"
-        _atomic_save({**self._header("best"), "miou": miou}, path)
+        atomic_save({**self._header("best"), "miou": miou}, path)
         return path
 
     def load(self, path: Path) -> None:
@@ -337,23 +327,18 @@ class Retrainer:
     # -- training -------------------------------------------------------------------------
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The shuffled sample order of ``epoch``: a pure function of (seed, epoch)."""
-        n = len(self.train_set)  # type: ignore[arg-type]
-        return np.random.default_rng([self.cfg.seed, 1, epoch]).permutation(n)
+        return epoch_order(len(self.train_set), self.cfg.seed, epoch)  # type: ignore[arg-type]
 
     def _batches(self) -> Iterator[dict[str, Any]]:
-        if hasattr(self.train_set, "set_epoch"):
-            self.train_set.set_epoch(self.epoch)
-        order = self.epoch_order(self.epoch)
-        start = self.step_in_epoch * self.cfg.batch_size
-        indices: Sequence[int] = order[start : self.steps_per_epoch * self.cfg.batch_size].tolist()
-        loader = DataLoader(
+        return epoch_batches(
             self.train_set,
+            seed=self.cfg.seed,
+            epoch=self.epoch,
+            first_step=self.step_in_epoch,
+            steps=self.steps_per_epoch,
             batch_size=self.cfg.batch_size,
-            sampler=indices,
-            drop_last=True,
             num_workers=self.cfg.num_workers,
         )
-        yield from loader
 
     def train_step(self, batch: dict[str, Any]) -> tuple[float, float]:
         """One SGD step at the scheduled LR of the current step; returns (loss, lr)."""

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,8 +25,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from hyctas_core._epochs import atomic_save, epoch_batches, epoch_order, steps_per_epoch
 from hyctas_core.config import ModelConfig
 from hyctas_core.losses import build_loss
 from hyctas_core.search_space import BRANCH_PRIOR, sample_arch
@@ -131,12 +131,6 @@ class EpochAware(Protocol):
     def set_epoch(self, epoch: int) -> None: ...
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class SupernetTrainer:
     """Trains a :class:`Supernet` on a segmentation dataset; used by the CLI and by workers.
 
@@ -155,11 +149,7 @@ class SupernetTrainer:
         self.dataset = dataset
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
-        n = len(dataset)  # type: ignore[arg-type]
-        full = n // cfg.batch_size
-        if full < 1:
-            raise ValueError(f"the training set has {n} images, fewer than one batch of {cfg.batch_size}")
-        self.steps_per_epoch = min(full, cfg.steps_per_epoch) if cfg.steps_per_epoch else full
+        self.steps_per_epoch = steps_per_epoch(dataset, cfg.batch_size, cfg.steps_per_epoch)  # type: ignore[arg-type]
         torch.manual_seed(cfg.seed)
         self.supernet = Supernet(cfg.model).to(self.device)
         self.optimizer = torch.optim.SGD(
@@ -199,7 +189,7 @@ class SupernetTrainer:
         """Write ``last.pt`` atomically (a crash mid-write leaves the previous one intact)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / "last.pt"
-        _atomic_save(self.state_dict(), path)
+        atomic_save(self.state_dict(), path)
         return path
 
     def load(self, path: Path) -> None:
@@ -229,23 +219,18 @@ class SupernetTrainer:
     # -- training -------------------------------------------------------------------------
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The shuffled sample order of ``epoch``: a pure function of (seed, epoch)."""
-        n = len(self.dataset)  # type: ignore[arg-type]
-        return np.random.default_rng([self.cfg.seed, 1, epoch]).permutation(n)
+        return epoch_order(len(self.dataset), self.cfg.seed, epoch)  # type: ignore[arg-type]
 
     def _batches(self) -> Iterator[dict[str, Any]]:
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(self.epoch)
-        order = self.epoch_order(self.epoch)
-        start = self.step_in_epoch * self.cfg.batch_size
-        indices: Sequence[int] = order[start : self.steps_per_epoch * self.cfg.batch_size].tolist()
-        loader = DataLoader(
+        return epoch_batches(
             self.dataset,
+            seed=self.cfg.seed,
+            epoch=self.epoch,
+            first_step=self.step_in_epoch,
+            steps=self.steps_per_epoch,
             batch_size=self.cfg.batch_size,
-            sampler=indices,
-            drop_last=True,
             num_workers=self.cfg.num_workers,
         )
-        yield from loader
 
     def train_step(self, batch: dict[str, Any]) -> tuple[float, int]:
         """One SGD step on a freshly sampled sub-network; returns (loss, branch count)."""
@@ -308,7 +293,7 @@ class SupernetTrainer:
             self._log({"event": "epoch", "epoch": self.epoch, "step": self.step, "lr": self.scheduler.get_last_lr()[0]})
             self.save()
         final = self.run_dir / "supernet.pt"
-        _atomic_save(
+        atomic_save(
             {
                 "format": CHECKPOINT_FORMAT,
                 "config": self.cfg.to_dict(),
