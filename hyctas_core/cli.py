@@ -200,8 +200,9 @@ def demo(
 
 def _mount() -> None:
     """Sub-commands living in their own modules (their heavy imports stay inside the commands)."""
-    from hyctas_core import cli_metrics, cli_retrain, cli_search, cli_train
+    from hyctas_core import cli_data, cli_metrics, cli_retrain, cli_search, cli_train
 
+    app.add_typer(cli_data.app, name="data", help="Datasets: the built-in synthetic street scenes.")
     app.add_typer(cli_metrics.app, name="metrics", help="mIoU and panoptic quality of prediction files.")
     app.add_typer(cli_train.latency_app, name="latency")
     app.command("train-supernet")(cli_train.train_supernet)
