@@ -24,7 +24,7 @@ from torch import nn
 
 from hyctas_core.config import ModelConfig
 from hyctas_core.heads import upsample_logits
-from hyctas_core.layers import half_size
+from hyctas_core.layers import feature_sizes
 from hyctas_core.network import (
     HyCTASNet,
     _new_aggregation,
@@ -125,7 +125,7 @@ class LookupTableLatency(LatencyModel):
     def predict(self, arch: Arch) -> float:
         """Milliseconds; raises ``KeyError`` naming an op configuration the table lacks."""
         plan = plan_network(arch, self.cfg)
-        sizes = _feature_sizes(self.table.input_size)
+        sizes = feature_sizes(self.table.input_size)
         keys = ["stem"]
         for c in plan.cells:
             h, w = sizes[c.in_scale]
@@ -143,14 +143,6 @@ class LookupTableLatency(LatencyModel):
         return self.predict(arch), f"lut:{self.table.device}"
 
 
-def _feature_sizes(input_size: tuple[int, int]) -> dict[int, tuple[int, int]]:
-    sizes, size = {}, input_size
-    for s in (2, 4, 8, 16, 32):
-        size = half_size(size)
-        sizes[s] = size
-    return sizes
-
-
 def _widths(scale: int, cfg: ModelConfig) -> list[int]:
     return sorted({num_filters(scale, cfg.base_channels, w) for w in WIDTHS})
 
@@ -159,7 +151,7 @@ def _entries(
     cfg: ModelConfig, input_size: tuple[int, int], device: torch.device
 ) -> Iterator[tuple[str, Callable[[], object] | None]]:
     """(key, a zero-argument callable running that piece once, or None if free) per entry."""
-    sizes = _feature_sizes(input_size)
+    sizes = feature_sizes(input_size)
     stem_chs = stem_widths(cfg)
     stem = _new_stem(cfg).to(device).eval()
     image = torch.randn(1, 3, *input_size, device=device)

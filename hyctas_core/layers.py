@@ -20,6 +20,7 @@ __all__ = [
     "SlimBatchNorm2d",
     "SlimConv2d",
     "copy_sliced",
+    "feature_sizes",
     "half_size",
     "resize",
 ]
@@ -28,6 +29,15 @@ __all__ = [
 def half_size(size: tuple[int, int]) -> tuple[int, int]:
     """Spatial size after a stride-2 step, ``ceil(x / 2)``: what a padded 3x3/s2 conv gives."""
     return (size[0] + 1) // 2, (size[1] + 1) // 2
+
+
+def feature_sizes(input_size: tuple[int, int], max_stride: int = 64) -> dict[int, tuple[int, int]]:
+    """Spatial size of the features at strides 1, 2, 4, ... ``max_stride`` (``half_size`` per step)."""
+    sizes, size, stride = {1: input_size}, input_size, 1
+    while stride < max_stride:
+        size, stride = half_size(size), stride * 2
+        sizes[stride] = size
+    return sizes
 
 
 def resize(x: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hyctas_core.config import ModelConfig
-from hyctas_core.layers import half_size
+from hyctas_core.layers import feature_sizes
 from hyctas_core.network import NetPlan, plan_network, stem_widths
 from hyctas_core.ops import attn_dim
 from hyctas_core.search_space import Arch, num_filters
@@ -36,20 +36,9 @@ class MemoryEstimate:
         return self.activation_bytes + self.param_bytes
 
 
-def _sizes(input_size: tuple[int, int]) -> dict[int, int]:
-    """Pixels per image at strides 1..32 with the ceil(x/2) rule of the network."""
-    out, size = {1: input_size[0] * input_size[1]}, input_size
-    for s in (2, 4, 8, 16, 32):
-        size = half_size(size)
-        out[s] = size[0] * size[1]
-    return out
-
-
-def _half_area(input_size: tuple[int, int], scale: int) -> int:
-    h, w = input_size
-    for _ in range(scale.bit_length()):  # down to `scale`, then one more halving
-        h, w = (h + 1) // 2, (w + 1) // 2
-    return h * w
+def _areas(input_size: tuple[int, int]) -> dict[int, int]:
+    """Pixels per image at strides 1..64 with the ceil(x/2) rule of the network."""
+    return {stride: h * w for stride, (h, w) in feature_sizes(input_size).items()}
 
 
 def _cell_elements(
@@ -95,7 +84,7 @@ def activation_elements(
     plan: NetPlan, cfg: ModelConfig, input_size: tuple[int, int], *, attention_map: bool = False
 ) -> tuple[int, int, str]:
     """(activation elements per image, params, description of the largest cell)."""
-    area = _sizes(input_size)
+    area = _areas(input_size)
     s2, s4, s8 = stem_widths(cfg)
     F = cfg.base_channels
     # Stem: the input image (saved by the first conv) and 2 tensors per conv-BN-ReLU.
@@ -109,7 +98,7 @@ def activation_elements(
             c.out_chs,
             c.stride,
             area[c.in_scale],
-            _half_area(input_size, c.in_scale),
+            area[2 * c.in_scale],
             cfg,
             attention_map,
         )
