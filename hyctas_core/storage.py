@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 __all__ = [
+    "ApiKeyRecord",
     "DuplicateName",
     "EvaluationRecord",
     "GenerationRecord",
@@ -31,6 +32,7 @@ __all__ = [
     "IndividualRecord",
     "JobRecord",
     "JobState",
+    "ModelRecord",
     "SearchRecord",
     "SearchState",
     "SearchStorage",
@@ -93,6 +95,13 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
+# A model follows its job's states; it may also fail before it starts (its job failed first).
+MODEL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    **JOB_TRANSITIONS,
+    JobState.QUEUED: JOB_TRANSITIONS[JobState.QUEUED] | {JobState.FAILED},
+}
+
+
 @dataclass
 class SearchRecord:
     id: int
@@ -152,6 +161,39 @@ class JobRecord:
     error: str | None
     created_at: datetime
     updated_at: datetime
+    progress: dict[str, Any] | None = None  # live progress the worker reports with its heartbeats
+
+
+@dataclass
+class ModelRecord:
+    """A model to retrain (or retrained) from scratch: one architecture, its job and its results."""
+
+    id: int
+    owner: str | None
+    job_id: int | None  # the retrain job that trains it
+    name: str
+    arch: dict[str, Any]  # official JSON format
+    arch_hash: str
+    task: str  # "semantic" or "panoptic"
+    source: dict[str, Any]  # where the arch came from, e.g. {"search_id": 3, "generation": 7}
+    state: JobState
+    metrics: dict[str, Any]  # e.g. {"miou": 0.41, "epoch": 12, "fps": 95.0}
+    checkpoint_uri: str | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class ApiKeyRecord:
+    """An API key; only a hash of the secret is stored, with a short prefix to recognise it."""
+
+    id: int
+    user: str
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None = None
 
 
 class SearchStorage(abc.ABC):
@@ -243,15 +285,24 @@ class SearchStorage(abc.ABC):
         """(page of jobs ordered by id, total count)."""
 
     @abc.abstractmethod
-    def start_job(self, job_id: int, worker: str) -> JobRecord:
+    def start_job(self, job_id: int, worker: str, *, stale_after_s: float | None = None) -> JobRecord:
         """QUEUED -> RUNNING, ``attempts += 1``, ``worker`` and ``heartbeat_at = now``.
 
-        Raises: KeyError. IllegalTransition: the job is not QUEUED.
+        Args:
+            job_id: The job.
+            worker: Who runs it.
+            stale_after_s: Also take over a RUNNING job whose heartbeat is older than this
+                (its worker went silent): ``attempts += 1`` and the new ``worker``.
+
+        Raises: KeyError. IllegalTransition: the job is not QUEUED (nor a stale RUNNING one).
         """
 
     @abc.abstractmethod
-    def heartbeat_job(self, job_id: int, worker: str) -> None:
-        """Refresh ``heartbeat_at``. Raises: IllegalTransition: not RUNNING on ``worker``."""
+    def heartbeat_job(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None) -> None:
+        """Refresh ``heartbeat_at`` (and store ``progress`` when given).
+
+        Raises: IllegalTransition: not RUNNING on ``worker`` (the lease was lost or the job cancelled).
+        """
 
     @abc.abstractmethod
     def finish_job(
@@ -265,6 +316,67 @@ class SearchStorage(abc.ABC):
     @abc.abstractmethod
     def requeue_stale_jobs(self, older_than_s: float) -> list[int]:
         """RUNNING jobs whose heartbeat is older than ``older_than_s`` go back to QUEUED; returns their ids."""
+
+    # -- models ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_model(
+        self,
+        name: str,
+        arch: dict[str, Any],
+        arch_hash: str,
+        *,
+        owner: str | None = None,
+        job_id: int | None = None,
+        task: str = "semantic",
+        source: dict[str, Any] | None = None,
+    ) -> int:
+        """A new model in state QUEUED with no metrics; returns its id.
+
+        Raises: KeyError: unknown ``job_id``. StorageError: ``arch`` / ``source`` not JSON.
+        """
+
+    @abc.abstractmethod
+    def get_model(self, model_id: int) -> ModelRecord:
+        """Raises: KeyError: unknown id."""
+
+    @abc.abstractmethod
+    def list_models(
+        self, *, owner: str | None = None, job_id: int | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[ModelRecord], int]:
+        """(page of models ordered by id, total count); ``owner=None``: every owner."""
+
+    @abc.abstractmethod
+    def update_model(
+        self,
+        model_id: int,
+        *,
+        state: JobState | None = None,
+        metrics: dict[str, Any] | None = None,
+        checkpoint_uri: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Change what is given; ``metrics`` are merged into the stored ones.
+
+        Raises: KeyError. IllegalTransition: the model is finished (SUCCEEDED, FAILED or
+        CANCELLED) and ``state`` would move it (re-setting its own state is allowed).
+        """
+
+    # -- API keys -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_api_key(self, user: str, key_hash: str, *, name: str = "", prefix: str = "") -> int:
+        """Store a key's hash for ``user``; returns its id. Raises: DuplicateName: the hash exists."""
+
+    @abc.abstractmethod
+    def get_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        """The key with this hash (revoked ones too: check ``revoked_at``), or None."""
+
+    @abc.abstractmethod
+    def list_api_keys(self, user: str | None = None) -> list[ApiKeyRecord]:
+        """Keys of ``user`` (every user's when None), ordered by id."""
+
+    @abc.abstractmethod
+    def revoke_api_key(self, key_id: int) -> None:
+        """Revoke a key (idempotent). Raises: KeyError: unknown id."""
 
     # -- convenience (concrete) -----------------------------------------------------------
     def latest_generation(self, search_id: int) -> GenerationRecord | None:

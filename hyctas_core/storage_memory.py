@@ -20,7 +20,9 @@ from typing import Any
 
 from hyctas_core.storage import (
     JOB_TRANSITIONS,
+    MODEL_TRANSITIONS,
     SEARCH_TRANSITIONS,
+    ApiKeyRecord,
     DuplicateName,
     EvaluationRecord,
     GenerationRecord,
@@ -28,6 +30,7 @@ from hyctas_core.storage import (
     IndividualRecord,
     JobRecord,
     JobState,
+    ModelRecord,
     SearchRecord,
     SearchState,
     SearchStorage,
@@ -77,8 +80,12 @@ class InMemoryStorage(SearchStorage):
         self._searches: dict[int, _SearchData] = {}
         self._evaluations: dict[tuple[str, str], dict[str, Any]] = {}
         self._jobs: dict[int, JobRecord] = {}
+        self._models: dict[int, ModelRecord] = {}
+        self._api_keys: dict[int, tuple[str, ApiKeyRecord]] = {}  # id -> (hash, record)
         self._next_search_id = 1
         self._next_job_id = 1
+        self._next_model_id = 1
+        self._next_key_id = 1
 
     # -- helpers (call with the lock held) --------------------------------------------------
     def _search(self, search_id: int) -> _SearchData:
@@ -372,21 +379,26 @@ class InMemoryStorage(SearchStorage):
             ]
             return copy.deepcopy(matching[offset : offset + limit]), len(matching)
 
-    def start_job(self, job_id: int, worker: str) -> JobRecord:
-        """QUEUED -> RUNNING, ``attempts += 1``, ``worker`` and ``heartbeat_at = now``.
+    def start_job(self, job_id: int, worker: str, *, stale_after_s: float | None = None) -> JobRecord:
+        """QUEUED (or a RUNNING job silent for ``stale_after_s``) -> RUNNING on ``worker``, ``attempts += 1``.
 
         Returns:
             The updated job.
 
         Raises:
             KeyError: unknown id.
-            IllegalTransition: the job is not QUEUED.
+            IllegalTransition: the job is not QUEUED, nor RUNNING with a stale heartbeat.
         """
         with self._lock:
             job = self._job(job_id)
-            if job.state is not JobState.QUEUED:
-                raise IllegalTransition(f"job {job_id} is {job.state.value}, not queued: cannot start it")
             now = _now()
+            stale = (
+                stale_after_s is not None
+                and job.state is JobState.RUNNING
+                and (job.heartbeat_at is None or job.heartbeat_at < now - timedelta(seconds=stale_after_s))
+            )
+            if job.state is not JobState.QUEUED and not stale:
+                raise IllegalTransition(f"job {job_id} is {job.state.value}, not queued: cannot start it")
             job.state = JobState.RUNNING
             job.attempts += 1
             job.worker = worker
@@ -394,13 +406,15 @@ class InMemoryStorage(SearchStorage):
             job.updated_at = now
             return copy.deepcopy(job)
 
-    def heartbeat_job(self, job_id: int, worker: str) -> None:
-        """Refresh ``heartbeat_at``.
+    def heartbeat_job(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None) -> None:
+        """Refresh ``heartbeat_at`` (and store ``progress`` when given).
 
         Raises:
             KeyError: unknown id.
             IllegalTransition: not RUNNING on ``worker``.
+            StorageError: ``progress`` is not JSON-serialisable.
         """
+        stored = None if progress is None else _json_copy(progress, "job progress")
         with self._lock:
             job = self._job(job_id)
             if job.state is not JobState.RUNNING or job.worker != worker:
@@ -408,6 +422,8 @@ class InMemoryStorage(SearchStorage):
                     f"job {job_id} is {job.state.value} on worker {job.worker!r}, not running on {worker!r}"
                 )
             now = _now()
+            if stored is not None:
+                job.progress = stored
             job.heartbeat_at = now
             job.updated_at = now
 
@@ -449,3 +465,158 @@ class InMemoryStorage(SearchStorage):
                     job.updated_at = now
                     stale.append(job_id)
             return stale
+
+    # -- models ---------------------------------------------------------------------------
+    def _model(self, model_id: int) -> ModelRecord:
+        try:
+            return self._models[model_id]
+        except KeyError:
+            raise KeyError(f"unknown model id {model_id}") from None
+
+    def create_model(
+        self,
+        name: str,
+        arch: dict[str, Any],
+        arch_hash: str,
+        *,
+        owner: str | None = None,
+        job_id: int | None = None,
+        task: str = "semantic",
+        source: dict[str, Any] | None = None,
+    ) -> int:
+        """A new model in state QUEUED with no metrics.
+
+        Returns:
+            The new model id.
+
+        Raises:
+            KeyError: unknown ``job_id``.
+            StorageError: ``arch`` or ``source`` is not JSON-serialisable.
+        """
+        stored_arch = _json_copy(arch, "model arch")
+        stored_source = _json_copy(source or {}, "model source")
+        with self._lock:
+            if job_id is not None:
+                self._job(job_id)
+            model_id = self._next_model_id
+            self._next_model_id += 1
+            now = _now()
+            self._models[model_id] = ModelRecord(
+                id=model_id,
+                owner=owner,
+                job_id=job_id,
+                name=name,
+                arch=stored_arch,
+                arch_hash=arch_hash,
+                task=task,
+                source=stored_source,
+                state=JobState.QUEUED,
+                metrics={},
+                checkpoint_uri=None,
+                error=None,
+                created_at=now,
+                updated_at=now,
+            )
+            return model_id
+
+    def get_model(self, model_id: int) -> ModelRecord:
+        """The model ``model_id``.
+
+        Raises:
+            KeyError: unknown id.
+        """
+        with self._lock:
+            return copy.deepcopy(self._model(model_id))
+
+    def list_models(
+        self, *, owner: str | None = None, job_id: int | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[ModelRecord], int]:
+        """(page of models ordered by id, total count matching the filters).
+
+        Raises:
+            ValueError: negative ``offset`` or ``limit``.
+        """
+        _check_page(offset, limit)
+        with self._lock:
+            matching = [
+                m
+                for _, m in sorted(self._models.items())
+                if (owner is None or m.owner == owner) and (job_id is None or m.job_id == job_id)
+            ]
+            return copy.deepcopy(matching[offset : offset + limit]), len(matching)
+
+    def update_model(
+        self,
+        model_id: int,
+        *,
+        state: JobState | None = None,
+        metrics: dict[str, Any] | None = None,
+        checkpoint_uri: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Change what is given; ``metrics`` are merged into the stored ones.
+
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: ``state`` is not reachable from the model's state.
+            StorageError: ``metrics`` is not JSON-serialisable.
+        """
+        new_metrics = None if metrics is None else _json_copy(metrics, "model metrics")
+        with self._lock:
+            model = self._model(model_id)
+            if state is not None:
+                state = JobState(state)
+                if state is not model.state and state not in MODEL_TRANSITIONS[model.state]:
+                    raise IllegalTransition(f"model {model_id}: cannot move {model.state.value} -> {state.value}")
+                model.state = state
+            if new_metrics is not None:
+                model.metrics = {**model.metrics, **new_metrics}
+            if checkpoint_uri is not None:
+                model.checkpoint_uri = checkpoint_uri
+            if error is not None:
+                model.error = error
+            model.updated_at = _now()
+
+    # -- API keys -------------------------------------------------------------------------
+    def create_api_key(self, user: str, key_hash: str, *, name: str = "", prefix: str = "") -> int:
+        """Store a key's hash for ``user``.
+
+        Returns:
+            The key id.
+
+        Raises:
+            DuplicateName: a key with this hash exists.
+        """
+        with self._lock:
+            if any(h == key_hash for h, _ in self._api_keys.values()):
+                raise DuplicateName("an API key with this hash exists")
+            key_id = self._next_key_id
+            self._next_key_id += 1
+            self._api_keys[key_id] = (key_hash, ApiKeyRecord(key_id, user, name, prefix, _now()))
+            return key_id
+
+    def get_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        """The key with this hash (revoked ones too), or None."""
+        with self._lock:
+            for h, record in self._api_keys.values():
+                if h == key_hash:
+                    return copy.deepcopy(record)
+            return None
+
+    def list_api_keys(self, user: str | None = None) -> list[ApiKeyRecord]:
+        """Keys of ``user`` (every user's when None), ordered by id."""
+        with self._lock:
+            return [copy.deepcopy(r) for _, (_, r) in sorted(self._api_keys.items()) if user is None or r.user == user]
+
+    def revoke_api_key(self, key_id: int) -> None:
+        """Revoke a key (idempotent).
+
+        Raises:
+            KeyError: unknown id.
+        """
+        with self._lock:
+            if key_id not in self._api_keys:
+                raise KeyError(f"unknown API key id {key_id}")
+            record = self._api_keys[key_id][1]
+            if record.revoked_at is None:
+                record.revoked_at = _now()

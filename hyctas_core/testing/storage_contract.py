@@ -819,3 +819,135 @@ class StorageContract:
         with pytest.raises(StorageError):
             storage.create_job("search", {"bad": object()})
         assert storage.list_jobs() == ([], 0)
+
+    def test_stale_running_job_can_be_taken_over(self, storage: SearchStorage) -> None:
+        """start_job(stale_after_s=...) takes a RUNNING job only once its heartbeat is that old."""
+        jid = storage.create_job("search", {})
+        storage.start_job(jid, "w-dead")
+        with pytest.raises(IllegalTransition):
+            storage.start_job(jid, "w-new", stale_after_s=3600.0)
+        time.sleep(0.3)
+        taken = storage.start_job(jid, "w-new", stale_after_s=0.2)
+        assert (taken.state, taken.attempts, taken.worker) == (JobState.RUNNING, 2, "w-new")
+        with pytest.raises(IllegalTransition):
+            storage.heartbeat_job(jid, "w-dead")  # the silent worker lost its lease
+        storage.finish_job(jid, JobState.SUCCEEDED)
+        with pytest.raises(IllegalTransition):
+            storage.start_job(jid, "w-late", stale_after_s=0.0)  # finished jobs are never taken over
+
+    def test_heartbeat_stores_progress(self, storage: SearchStorage) -> None:
+        """Progress sent with a heartbeat is stored as JSON and replaced by the next one."""
+        jid = storage.create_job("train_supernet", {})
+        assert storage.get_job(jid).progress is None
+        storage.start_job(jid, "w")
+        storage.heartbeat_job(jid, "w", progress={"step": 3, "of": (10,)})
+        assert storage.get_job(jid).progress == {"step": 3, "of": [10]}
+        storage.heartbeat_job(jid, "w")
+        assert storage.get_job(jid).progress == {"step": 3, "of": [10]}
+        storage.heartbeat_job(jid, "w", progress={"step": 4})
+        assert storage.get_job(jid).progress == {"step": 4}
+        with pytest.raises(StorageError):
+            storage.heartbeat_job(jid, "w", progress={"bad": float("nan")})
+        assert storage.get_job(jid).progress == {"step": 4}
+
+    # -- models ----------------------------------------------------------------------------
+    def test_model_lifecycle(self, storage: SearchStorage) -> None:
+        """A model starts QUEUED without metrics; updates merge metrics and follow the states."""
+        jid = storage.create_job("retrain", {})
+        arch = {"branches": [[1, 2]], "widths": [(4, 8)]}
+        mid = storage.create_model("knee", arch, "abc", owner="alice", job_id=jid, source={"search_id": 1})
+        model = storage.get_model(mid)
+        assert (model.name, model.owner, model.job_id, model.task, model.state) == (
+            "knee", "alice", jid, "semantic", JobState.QUEUED
+        )  # fmt: skip
+        assert model.arch == {"branches": [[1, 2]], "widths": [[4, 8]]}
+        assert (model.metrics, model.checkpoint_uri, model.error, model.source) == ({}, None, None, {"search_id": 1})
+        storage.update_model(mid, state=JobState.RUNNING, metrics={"epoch": 1})
+        storage.update_model(mid, metrics={"miou": 0.25})
+        storage.update_model(mid, state=JobState.SUCCEEDED, checkpoint_uri="file:///m/best.pt")
+        model = storage.get_model(mid)
+        assert model.state is JobState.SUCCEEDED
+        assert model.metrics == {"epoch": 1, "miou": 0.25}
+        assert model.checkpoint_uri == "file:///m/best.pt"
+        assert model.updated_at >= model.created_at
+        with pytest.raises(IllegalTransition):
+            storage.update_model(mid, state=JobState.RUNNING)
+        storage.update_model(mid, state=JobState.SUCCEEDED, metrics={"fps": 90.0})  # same state: allowed
+        assert storage.get_model(mid).metrics == {"epoch": 1, "miou": 0.25, "fps": 90.0}
+
+    def test_queued_model_may_fail_and_keeps_its_error(self, storage: SearchStorage) -> None:
+        """A model whose job failed before it started goes QUEUED -> FAILED with the error."""
+        mid = storage.create_model("m", {}, "h")
+        storage.update_model(mid, state=JobState.FAILED, error="job failed: no data")
+        model = storage.get_model(mid)
+        assert (model.state, model.error) == (JobState.FAILED, "job failed: no data")
+
+    def test_models_unknown_ids_and_bad_json(self, storage: SearchStorage) -> None:
+        """Unknown model or job ids raise KeyError; an arch JSON cannot hold raises StorageError."""
+        with pytest.raises(KeyError):
+            storage.get_model(424242)
+        with pytest.raises(KeyError):
+            storage.update_model(424242, metrics={})
+        with pytest.raises(KeyError):
+            storage.create_model("m", {}, "h", job_id=424242)
+        with pytest.raises(StorageError):
+            storage.create_model("m", {"bad": object()}, "h")
+        with pytest.raises(StorageError):
+            storage.create_model("m", {}, "h", source={"bad": float("inf")})
+        assert storage.list_models() == ([], 0)
+
+    def test_list_models_filters_and_paginates(self, storage: SearchStorage) -> None:
+        """list_models: id order, owner / job filters, total independent of the page."""
+        j1 = storage.create_job("retrain", {})
+        j2 = storage.create_job("retrain", {})
+        ids = [
+            storage.create_model(f"m{i}", {}, f"h{i}", owner="alice" if i % 2 else "bob", job_id=j1 if i < 3 else j2)
+            for i in range(5)
+        ]
+
+        def listed(**kw: Any) -> tuple[list[int], int]:
+            page, total = storage.list_models(**kw)
+            return [m.id for m in page], total
+
+        assert listed() == (ids, 5)
+        assert listed(offset=2, limit=2) == (ids[2:4], 5)
+        assert listed(owner="alice") == ([ids[1], ids[3]], 2)
+        assert listed(job_id=j1) == (ids[:3], 3)
+        assert listed(owner="bob", job_id=j2) == ([ids[4]], 1)
+        with pytest.raises(ValueError):
+            storage.list_models(offset=-1)
+
+    def test_model_records_are_copies(self, storage: SearchStorage) -> None:
+        """Mutating an arch passed in, or a returned record, changes nothing stored."""
+        arch: dict[str, Any] = {"b": [1]}
+        mid = storage.create_model("m", arch, "h")
+        arch["b"].append(2)
+        got = storage.get_model(mid)
+        got.metrics["x"] = 1
+        got.arch["b"].append(3)
+        again = storage.get_model(mid)
+        assert (again.arch, again.metrics) == ({"b": [1]}, {})
+
+    # -- API keys --------------------------------------------------------------------------
+    def test_api_keys(self, storage: SearchStorage) -> None:
+        """Keys are found by hash, listed per user, unique by hash, and revoked idempotently."""
+        a = storage.create_api_key("alice", "a" * 64, name="laptop", prefix="hyk_abcd")
+        b = storage.create_api_key("bob", "b" * 64)
+        with pytest.raises(DuplicateName):
+            storage.create_api_key("mallory", "a" * 64)
+        key = storage.get_api_key("a" * 64)
+        assert key is not None
+        assert (key.id, key.user, key.name, key.prefix, key.revoked_at) == (a, "alice", "laptop", "hyk_abcd", None)
+        assert storage.get_api_key("c" * 64) is None
+        assert [k.id for k in storage.list_api_keys("alice")] == [a]
+        assert [k.id for k in storage.list_api_keys()] == [a, b]
+        storage.revoke_api_key(a)
+        revoked = storage.get_api_key("a" * 64)
+        assert revoked is not None and revoked.revoked_at is not None
+        storage.revoke_api_key(a)
+        again = storage.get_api_key("a" * 64)
+        assert again is not None and again.revoked_at == revoked.revoked_at
+        with pytest.raises(KeyError):
+            storage.revoke_api_key(999_999)
+        bob = storage.get_api_key("b" * 64)
+        assert bob is not None and bob.revoked_at is None

@@ -40,11 +40,13 @@ from hyctas_core.storage import JobState, SearchState
 
 __all__ = [
     "NAMING_CONVENTION",
+    "ApiKeyRow",
     "Base",
     "EvaluationRow",
     "GenerationRow",
     "IndividualRow",
     "JobRow",
+    "ModelRow",
     "SearchRow",
     "StrictJSON",
     "UTCDateTime",
@@ -221,3 +223,45 @@ class JobRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(StrictJSON(none_as_null=True))
+
+
+class ModelRow(Base):
+    """One architecture to retrain from scratch, its job and its results (revision 0002)."""
+
+    __tablename__ = "models"
+    __table_args__ = (
+        Index("ix_models_owner", "owner"),
+        Index("ix_models_job_id", "job_id"),
+        CheckConstraint(f"state IN ({_JOB_STATES})", name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str | None] = mapped_column(String)
+    job_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("jobs.id", ondelete="SET NULL"))
+    name: Mapped[str] = mapped_column(String)
+    arch: Mapped[dict[str, Any]] = mapped_column(StrictJSON)
+    arch_hash: Mapped[str] = mapped_column(String)
+    task: Mapped[str] = mapped_column(String(STATE_LEN))
+    source: Mapped[dict[str, Any]] = mapped_column(StrictJSON)
+    state: Mapped[str] = mapped_column(String(STATE_LEN))
+    metrics: Mapped[dict[str, Any]] = mapped_column(StrictJSON)
+    checkpoint_uri: Mapped[str | None] = mapped_column(String)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ApiKeyRow(Base):
+    """An API key: the sha256 of the secret (never the secret), its user and a display prefix (revision 0002)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_user", "user"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user: Mapped[str] = mapped_column(String)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

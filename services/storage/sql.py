@@ -46,7 +46,9 @@ from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from hyctas_core.storage import (
     JOB_TRANSITIONS,
+    MODEL_TRANSITIONS,
     SEARCH_TRANSITIONS,
+    ApiKeyRecord,
     DuplicateName,
     EvaluationRecord,
     GenerationRecord,
@@ -54,12 +56,13 @@ from hyctas_core.storage import (
     IndividualRecord,
     JobRecord,
     JobState,
+    ModelRecord,
     SearchRecord,
     SearchState,
     SearchStorage,
     StorageError,
 )
-from services.storage.models import EvaluationRow, GenerationRow, IndividualRow, JobRow, SearchRow
+from services.storage.models import ApiKeyRow, EvaluationRow, GenerationRow, IndividualRow, JobRow, ModelRow, SearchRow
 
 __all__ = ["SQLStorage", "create_storage_engine", "mask_url", "one_line"]
 
@@ -223,6 +226,32 @@ def _job_record(row: JobRow) -> JobRecord:
         error=row.error,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        progress=row.progress,
+    )
+
+
+def _model_record(row: ModelRow) -> ModelRecord:
+    return ModelRecord(
+        id=row.id,
+        owner=row.owner,
+        job_id=row.job_id,
+        name=row.name,
+        arch=row.arch,
+        arch_hash=row.arch_hash,
+        task=row.task,
+        source=row.source,
+        state=JobState(row.state),
+        metrics=row.metrics,
+        checkpoint_uri=row.checkpoint_uri,
+        error=row.error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _api_key_record(row: ApiKeyRow) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=row.id, user=row.user, name=row.name, prefix=row.prefix, created_at=row.created_at, revoked_at=row.revoked_at
     )
 
 
@@ -703,21 +732,27 @@ class SQLStorage(SearchStorage):
             ).all()
             return [_job_record(r) for r in rows], total
 
-    def start_job(self, job_id: int, worker: str) -> JobRecord:
-        """QUEUED -> RUNNING, ``attempts += 1``, ``worker`` and ``heartbeat_at = now``.
+    def start_job(self, job_id: int, worker: str, *, stale_after_s: float | None = None) -> JobRecord:
+        """QUEUED (or a RUNNING job silent for ``stale_after_s``) -> RUNNING on ``worker``, ``attempts += 1``.
 
         Returns:
             The updated job.
 
         Raises:
             KeyError: unknown id.
-            IllegalTransition: the job is not QUEUED (e.g. another worker started it first).
+            IllegalTransition: the job is not QUEUED (e.g. another worker started it first), nor
+                RUNNING with a heartbeat older than ``stale_after_s``.
         """
         with self._session_scope(write=True) as session:
             row = self._locked_job(session, job_id)
-            if row.state != JobState.QUEUED.value:
-                raise IllegalTransition(f"job {job_id} is {row.state}, not queued: cannot start it")
             now = _now()
+            stale = (
+                stale_after_s is not None
+                and row.state == JobState.RUNNING.value
+                and (row.heartbeat_at is None or row.heartbeat_at < now - timedelta(seconds=stale_after_s))
+            )
+            if row.state != JobState.QUEUED.value and not stale:
+                raise IllegalTransition(f"job {job_id} is {row.state}, not queued: cannot start it")
             row.state = JobState.RUNNING.value
             row.attempts += 1
             row.worker = worker
@@ -726,12 +761,13 @@ class SQLStorage(SearchStorage):
             session.flush()
             return _job_record(row)
 
-    def heartbeat_job(self, job_id: int, worker: str) -> None:
-        """Refresh ``heartbeat_at``.
+    def heartbeat_job(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None) -> None:
+        """Refresh ``heartbeat_at`` (and store ``progress`` when given).
 
         Raises:
             KeyError: unknown id.
             IllegalTransition: not RUNNING on ``worker``.
+            StorageError: ``progress`` is not JSON-serialisable.
         """
         with self._session_scope(write=True) as session:
             row = self._locked_job(session, job_id)
@@ -740,6 +776,8 @@ class SQLStorage(SearchStorage):
                     f"job {job_id} is {row.state} on worker {row.worker!r}, not running on {worker!r}"
                 )
             now = _now()
+            if progress is not None:
+                row.progress = progress
             row.heartbeat_at = now
             row.updated_at = now
 
@@ -784,3 +822,158 @@ class SQLStorage(SearchStorage):
                 row.worker = None
                 row.updated_at = now
             return [row.id for row in rows]
+
+    # -- models ---------------------------------------------------------------------------
+    def create_model(
+        self,
+        name: str,
+        arch: dict[str, Any],
+        arch_hash: str,
+        *,
+        owner: str | None = None,
+        job_id: int | None = None,
+        task: str = "semantic",
+        source: dict[str, Any] | None = None,
+    ) -> int:
+        """A new model in state QUEUED with no metrics.
+
+        Returns:
+            The new model id.
+
+        Raises:
+            KeyError: unknown ``job_id``.
+            StorageError: ``arch`` or ``source`` is not JSON-serialisable.
+        """
+        with self._session_scope(write=True) as session:
+            if job_id is not None and session.get(JobRow, job_id) is None:
+                raise KeyError(f"unknown job id {job_id}")
+            now = _now()
+            row = ModelRow(
+                owner=owner,
+                job_id=job_id,
+                name=name,
+                arch=arch,
+                arch_hash=arch_hash,
+                task=task,
+                source=source or {},
+                state=JobState.QUEUED.value,
+                metrics={},
+                checkpoint_uri=None,
+                error=None,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def get_model(self, model_id: int) -> ModelRecord:
+        """The model ``model_id``.
+
+        Raises:
+            KeyError: unknown id.
+        """
+        with self._session_scope() as session:
+            row = session.get(ModelRow, model_id)
+            if row is None:
+                raise KeyError(f"unknown model id {model_id}")
+            return _model_record(row)
+
+    def list_models(
+        self, *, owner: str | None = None, job_id: int | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[ModelRecord], int]:
+        """(page of models ordered by id, total count matching the filters).
+
+        Raises:
+            ValueError: negative ``offset`` or ``limit``.
+        """
+        _check_page(offset, limit)
+        conditions = []
+        if owner is not None:
+            conditions.append(ModelRow.owner == owner)
+        if job_id is not None:
+            conditions.append(ModelRow.job_id == job_id)
+        with self._session_scope() as session:
+            total = session.scalar(select(func.count()).select_from(ModelRow).where(*conditions)) or 0
+            rows = session.scalars(
+                select(ModelRow).where(*conditions).order_by(ModelRow.id).offset(offset).limit(limit)
+            ).all()
+            return [_model_record(r) for r in rows], total
+
+    def update_model(
+        self,
+        model_id: int,
+        *,
+        state: JobState | None = None,
+        metrics: dict[str, Any] | None = None,
+        checkpoint_uri: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Change what is given; ``metrics`` are merged into the stored ones.
+
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: ``state`` is not reachable from the model's state.
+            StorageError: ``metrics`` is not JSON-serialisable.
+        """
+        with self._session_scope(write=True) as session:
+            row = session.get(ModelRow, model_id, with_for_update=True)
+            if row is None:
+                raise KeyError(f"unknown model id {model_id}")
+            if state is not None:
+                new, current = JobState(state), JobState(row.state)
+                if new is not current and new not in MODEL_TRANSITIONS[current]:
+                    raise IllegalTransition(f"model {model_id}: cannot move {current.value} -> {new.value}")
+                row.state = new.value
+            if metrics is not None:
+                row.metrics = {**row.metrics, **metrics}
+            if checkpoint_uri is not None:
+                row.checkpoint_uri = checkpoint_uri
+            if error is not None:
+                row.error = error
+            row.updated_at = _now()
+
+    # -- API keys -------------------------------------------------------------------------
+    def create_api_key(self, user: str, key_hash: str, *, name: str = "", prefix: str = "") -> int:
+        """Store a key's hash for ``user``.
+
+        Returns:
+            The key id.
+
+        Raises:
+            DuplicateName: a key with this hash exists.
+        """
+        with self._session_scope(write=True) as session:
+            row = ApiKeyRow(user=user, key_hash=key_hash, name=name, prefix=prefix, created_at=_now())
+            session.add(row)
+            try:
+                session.flush()
+            except IntegrityError:  # the unique key_hash
+                raise DuplicateName("an API key with this hash exists") from None
+            return row.id
+
+    def get_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        """The key with this hash (revoked ones too), or None."""
+        with self._session_scope() as session:
+            row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash))
+            return None if row is None else _api_key_record(row)
+
+    def list_api_keys(self, user: str | None = None) -> list[ApiKeyRecord]:
+        """Keys of ``user`` (every user's when None), ordered by id."""
+        conditions = [] if user is None else [ApiKeyRow.user == user]
+        with self._session_scope() as session:
+            rows = session.scalars(select(ApiKeyRow).where(*conditions).order_by(ApiKeyRow.id)).all()
+            return [_api_key_record(r) for r in rows]
+
+    def revoke_api_key(self, key_id: int) -> None:
+        """Revoke a key (idempotent).
+
+        Raises:
+            KeyError: unknown id.
+        """
+        with self._session_scope(write=True) as session:
+            row = session.get(ApiKeyRow, key_id, with_for_update=True)
+            if row is None:
+                raise KeyError(f"unknown API key id {key_id}")
+            if row.revoked_at is None:
+                row.revoked_at = _now()
