@@ -1,0 +1,1 @@
+"""The FastAPI controller: REST API, server-sent events, health and metrics."""

@@ -1,0 +1,46 @@
+"""Jobs: the unit of work behind every supernet, search and retrain."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from hyctas_core.storage import JobRecord, JobState, SearchStorage
+from services.controller import service
+from services.controller.deps import CurrentUser, EventsDep, StorageDep
+from services.controller.schemas import JobPublic, JobsPublic
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def owned(storage: SearchStorage, job_id: int, user: str) -> JobRecord:
+    try:
+        return service.owned_job(storage, job_id, user)
+    except KeyError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}") from None
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    user: CurrentUser,
+    storage: StorageDep,
+    state: JobState | None = None,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobsPublic:
+    """The caller's jobs, oldest first, optionally of one state."""
+    page, count = storage.list_jobs(owner=user, state=state, offset=offset, limit=limit)
+    return JobsPublic(data=[JobPublic.from_record(j) for j in page], count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: int, user: CurrentUser, storage: StorageDep) -> JobPublic:
+    """State, attempts, worker, live progress, result or error of one job."""
+    return JobPublic.from_record(owned(storage, job_id, user))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: int, user: CurrentUser, storage: StorageDep, events: EventsDep) -> JobPublic:
+    """Cancel a queued or running job. 409 if it already finished."""
+    return JobPublic.from_record(service.cancel_job(storage, events, owned(storage, job_id, user)))

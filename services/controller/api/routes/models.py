@@ -1,0 +1,47 @@
+"""Models: retrain chosen architectures from scratch (one Ray Tune trial each), follow them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from services.controller import service
+from services.controller.deps import CurrentUser, EventsDep, QueueDep, StorageDep
+from services.controller.schemas import ModelPublic, ModelsCreate, ModelsPublic
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelsPublic)
+def create_models(
+    body: ModelsCreate, user: CurrentUser, storage: StorageDep, queue: QueueDep, events: EventsDep
+) -> ModelsPublic:
+    """Submit one retrain job for one or more architectures; returns the new models and the job id."""
+    job, models = service.submit_models(storage, queue, events, user, body)
+    return ModelsPublic(data=[ModelPublic.from_record(m) for m in models], count=len(models), job_id=job.id)
+
+
+@router.get("", response_model=ModelsPublic)
+def list_models(
+    user: CurrentUser,
+    storage: StorageDep,
+    job_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> ModelsPublic:
+    """The caller's models, oldest first, optionally of one retrain job."""
+    page, count = storage.list_models(owner=user, job_id=job_id, offset=offset, limit=limit)
+    return ModelsPublic(data=[ModelPublic.from_record(m) for m in page], count=count, job_id=job_id)
+
+
+@router.get("/{model_id}", response_model=ModelPublic)
+def get_model(model_id: int, user: CurrentUser, storage: StorageDep) -> ModelPublic:
+    """State, metrics (mIoU, FPS, params, GMACs) and checkpoint of one model."""
+    try:
+        model = storage.get_model(model_id)
+    except KeyError:
+        model = None
+    if model is None or model.owner != user:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model {model_id}")
+    return ModelPublic.from_record(model)

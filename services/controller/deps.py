@@ -1,0 +1,63 @@
+"""Dependencies of the routes: the storage, the queue, the event bus, the settings and the caller."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from hyctas_core.storage import SearchStorage
+from services.auth import authenticate
+from services.queue import EventBus, JobQueue
+from services.settings import Settings
+
+__all__ = ["CurrentUser", "EventsDep", "QueueDep", "SettingsDep", "StorageDep"]
+
+_bearer = HTTPBearer(auto_error=False, description="an API key from `hyctas apikey create --user NAME`")
+
+
+def get_storage(request: Request) -> SearchStorage:
+    storage: SearchStorage = request.app.state.storage
+    return storage
+
+
+def get_queue(request: Request) -> JobQueue:
+    queue: JobQueue = request.app.state.queue
+    return queue
+
+
+def get_events(request: Request) -> EventBus | None:
+    events: EventBus | None = request.app.state.events
+    return events
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+StorageDep = Annotated[SearchStorage, Depends(get_storage)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
+EventsDep = Annotated[EventBus | None, Depends(get_events)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def current_user(
+    storage: StorageDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    """The user of the API key in ``Authorization: Bearer ...``; 401 without a valid one."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing API key: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+    user = authenticate(storage, credentials.credentials)
+    if user is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return user
+
+
+CurrentUser = Annotated[str, Depends(current_user)]

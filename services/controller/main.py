@@ -1,0 +1,223 @@
+"""The controller app: ``create_app()`` wires storage, queue, events, routers, limits and metrics.
+
+Start-up brings the database schema to the head revision (retrying while the database comes
+up), then serves. Every error a client can cause maps to a 4xx with a message; a backend that
+is down is a 503, never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from hyctas_core.storage import DuplicateName, IllegalTransition, SearchStorage, StorageError
+from services.controller.api.main import api_router
+from services.controller.service import Conflict, Invalid
+from services.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, StateCollector
+from services.queue import EventBus, JobQueue, QueueError
+from services.settings import Settings
+
+__all__ = ["create_app", "open_storage"]
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def open_storage(url: str, *, wait_s: float = 30.0) -> SearchStorage:
+    """Migrate and open the database, retrying with back-off while it is unreachable (e.g. starting)."""
+    from services.storage import SQLStorage
+
+    deadline, delay = time.monotonic() + wait_s, 0.5
+    while True:
+        try:
+            return SQLStorage(url, create=True)
+        except StorageError as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database not ready (%s); retrying in %.1f s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class BodyLimit:
+    """Refuses request bodies over ``max_bytes`` with 413, by Content-Length or while streaming."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = JSONResponse(
+            {"detail": f"request body larger than {self.max_bytes} bytes"}, status.HTTP_413_CONTENT_TOO_LARGE
+        )
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            if not length.isdigit():
+                await JSONResponse({"detail": "invalid Content-Length"}, 400)(scope, receive, send)
+            else:
+                await too_large(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await too_large(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _route_of(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    storage: SearchStorage | None = None,
+    queue: JobQueue | None = None,
+    events: EventBus | None = None,
+) -> FastAPI:
+    """The controller.
+
+    Args:
+        settings: defaults to the environment (``HYCTAS_*``).
+        storage, queue, events: injected backends (tests); None opens the configured
+            database (migrated at start-up), Redis stream and Redis pub/sub.
+    """
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        opened: list[Any] = []
+        if app.state.storage is None:
+            app.state.storage = await run_in_threadpool(open_storage, settings.database_url)
+            opened.append(app.state.storage)
+        if app.state.queue is None:
+            from services.queue import RedisQueue
+
+            app.state.queue = RedisQueue(settings.redis_url, stream=settings.stream, lease_s=settings.lease_s)
+            opened.append(app.state.queue)
+        if app.state.events is None:
+            from services.queue import RedisEventBus
+
+            app.state.events = RedisEventBus(settings.redis_url, channel=settings.events_channel)
+            opened.append(app.state.events)
+        collector = StateCollector(app.state.storage, app.state.queue)
+        REGISTRY.register(collector)
+        try:
+            yield
+        finally:
+            REGISTRY.unregister(collector)
+            for backend in opened:
+                backend.close()
+
+    app = FastAPI(
+        title="HyCTAS service",
+        version="0.1.0",
+        summary="Hybrid convolutional-transformer architecture search for real-time segmentation, as a service",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.storage = storage
+    app.state.queue = queue
+    app.state.events = events
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = _route_of(request)
+        HTTP_REQUEST_SECONDS.labels(request.method, route).observe(time.perf_counter() - t0)
+        HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        return response
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    def _error(code: int, detail: Any) -> JSONResponse:
+        return JSONResponse({"detail": detail}, status_code=code)
+
+    @app.exception_handler(Invalid)
+    async def _invalid(_: Request, exc: Invalid) -> JSONResponse:
+        return _error(422, [{"loc": ["body"], "msg": str(exc), "type": "value_error"}])
+
+    @app.exception_handler(Conflict)
+    @app.exception_handler(DuplicateName)
+    @app.exception_handler(IllegalTransition)
+    async def _conflict(_: Request, exc: Exception) -> JSONResponse:
+        return _error(409, str(exc))
+
+    @app.exception_handler(StorageError)
+    async def _storage_down(_: Request, exc: StorageError) -> JSONResponse:
+        log.error("database error: %s", exc)
+        return _error(503, "database unavailable; retry later")
+
+    @app.exception_handler(QueueError)
+    async def _queue_down(_: Request, exc: QueueError) -> JSONResponse:
+        log.error("queue error: %s", exc)
+        return _error(503, "job queue unavailable; nothing was queued, retry later")
+
+    app.include_router(api_router, prefix="/api/v1")
+
+    @app.get("/health", tags=["ops"])
+    def health() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["ops"], responses={503: {"description": "a backend is unreachable"}})
+    def ready(request: Request) -> JSONResponse:
+        """The database and the queue are reachable."""
+        checks: dict[str, str] = {}
+        try:
+            request.app.state.storage.list_jobs(limit=0)
+            checks["database"] = "ok"
+        except StorageError as exc:
+            checks["database"] = str(exc)
+        try:
+            request.app.state.queue.ping()
+            checks["queue"] = "ok"
+        except QueueError as exc:
+            checks["queue"] = str(exc)
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def metrics() -> Response:
+        """Prometheus metrics (text exposition format)."""
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return app

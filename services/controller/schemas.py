@@ -1,0 +1,328 @@
+"""Request and response bodies of the REST API (pydantic), one group per resource.
+
+Requests refuse unknown fields and carry limits, so a bad config is a 422 naming the field;
+responses are built from storage records by the ``from_record`` class methods.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hyctas_core.storage import JobRecord, JobState, ModelRecord, SearchState
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="letters, digits, '_', '.', '-' (1-100)")]
+Side = Annotated[int, Field(ge=16, le=4096)]
+Size = tuple[Side, Side]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Message(BaseModel):
+    detail: str
+
+
+# -- datasets --------------------------------------------------------------------------------
+class SyntheticDataset(Strict):
+    """The built-in procedural street scenes (Cityscapes layout), generated on first use."""
+
+    kind: Literal["synthetic"]
+    train: int = Field(24, ge=1, le=5000)
+    val: int = Field(8, ge=1, le=1000)
+    size: tuple[Annotated[int, Field(ge=32, le=2048)], Annotated[int, Field(ge=32, le=4096)]] = (64, 128)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class CityscapesDataset(Strict):
+    """A dataset in the Cityscapes layout below the workers' data root (``HYCTAS_DATA_DIR``)."""
+
+    kind: Literal["cityscapes"]
+    path: str = Field(min_length=1, max_length=500, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        if ".." in value.split("/"):
+            raise ValueError("must not contain '..'")
+        return value
+
+
+DatasetRef = Annotated[SyntheticDataset | CityscapesDataset, Field(discriminator="kind")]
+
+
+# -- jobs ------------------------------------------------------------------------------------
+class JobPublic(BaseModel):
+    id: int
+    kind: str
+    state: JobState
+    attempts: int
+    worker: str | None
+    heartbeat_at: datetime | None
+    progress: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_record(cls, job: JobRecord) -> JobPublic:
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            state=job.state,
+            attempts=job.attempts,
+            worker=job.worker,
+            heartbeat_at=job.heartbeat_at,
+            progress=job.progress,
+            result=job.result,
+            error=job.error,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+        )
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+# -- supernets -------------------------------------------------------------------------------
+class SupernetCreate(Strict):
+    """A supernet-training job (the paper's recipe; sizes here for what the cluster can afford)."""
+
+    name: Name
+    dataset: DatasetRef
+    epochs: int = Field(10, ge=1, le=2000)
+    batch_size: int = Field(8, ge=1, le=512)
+    crop_size: Size = (64, 128)
+    steps_per_epoch: int | None = Field(None, ge=1, le=1_000_000)
+    base_channels: int = Field(12, ge=2, le=64)
+    num_layers: int = Field(20, ge=2, le=40)
+    lr: float = Field(0.02, gt=0, le=10)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class SupernetPublic(BaseModel):
+    id: int
+    name: str
+    state: JobState
+    dataset: dict[str, Any]
+    config: dict[str, Any]
+    progress: dict[str, Any] | None
+    checkpoint: str | None
+    attempts: int
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_record(cls, job: JobRecord) -> SupernetPublic:
+        return cls(
+            id=job.id,
+            name=job.payload["name"],
+            state=job.state,
+            dataset=job.payload["dataset"],
+            config=job.payload["train"],
+            progress=job.progress,
+            checkpoint=(job.result or {}).get("checkpoint"),
+            attempts=job.attempts,
+            error=job.error,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+        )
+
+
+class SupernetsPublic(BaseModel):
+    data: list[SupernetPublic]
+    count: int
+
+
+# -- searches --------------------------------------------------------------------------------
+class EvaluationSettings(Strict):
+    """How each sub-network is scored (BN recalibration images, validation images, latency)."""
+
+    calib_images: int = Field(64, ge=1, le=10_000)
+    val_images: int = Field(32, ge=1, le=10_000)
+    eval_size: Size | None = None
+    latency_seconds: float = Field(1.0, ge=0.05, le=60)
+
+
+class SearchCreate(Strict):
+    """An NSGA-II search over a trained supernet (paper: population 40, 20 generations)."""
+
+    name: Name
+    supernet_id: int = Field(ge=1, le=2**31 - 1)
+    dataset: DatasetRef | None = Field(None, description="default: the supernet's training dataset")
+    objective: Literal["latency", "flops", "params"] = "latency"
+    population: int = Field(40, ge=2)
+    generations: int = Field(20, ge=1)
+    branches: list[Literal[1, 2, 3]] | None = Field(None, min_length=1, max_length=3)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    crossover_prob: float = Field(0.9, ge=0, le=1)
+    mutation_prob: float = Field(0.02, ge=0, le=1)
+    evaluation: EvaluationSettings = EvaluationSettings()
+
+    @field_validator("branches")
+    @classmethod
+    def _distinct(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("branch counts must not repeat")
+        return value
+
+
+class SearchTimings(BaseModel):
+    elapsed_s: float
+    eval_s: float
+    mean_generation_s: float | None
+    remaining_s: float | None
+
+
+class SearchPublic(BaseModel):
+    id: int
+    name: str
+    state: SearchState
+    generation: int = Field(description="generations committed (k of total_generations)")
+    total_generations: int
+    objective: str
+    hypervolume: float | None
+    front_size: int
+    n_evaluated: int
+    supernet_id: int | None
+    job: JobPublic | None
+    config: dict[str, Any]
+    error: str | None
+    timings: SearchTimings
+    created_at: datetime
+    updated_at: datetime
+
+
+class SearchesPublic(BaseModel):
+    data: list[SearchPublic]
+    count: int
+
+
+class GenerationPublic(BaseModel):
+    index: int
+    hypervolume: float
+    front: list[str]
+    n_evaluated: int
+    n_new: int
+    timings: dict[str, float]
+    created_at: datetime | None
+
+
+class GenerationsPublic(BaseModel):
+    data: list[GenerationPublic]
+    count: int
+
+
+class IndividualPublic(BaseModel):
+    generation: int
+    arch_hash: str
+    arch: dict[str, Any]
+    num_branches: int
+    objectives: dict[str, float]
+    status: str
+
+
+class IndividualsPublic(BaseModel):
+    data: list[IndividualPublic]
+    count: int
+
+
+class ParetoPublic(BaseModel):
+    search_id: int
+    generation: int
+    cost_key: str
+    hypervolume: float | None
+    data: list[IndividualPublic]
+
+
+# -- models ----------------------------------------------------------------------------------
+class ArchChoice(Strict):
+    """One architecture to retrain: from a search (by hash), as official JSON, or a paper preset."""
+
+    name: Name
+    search_id: int | None = Field(None, ge=1, le=2**31 - 1)
+    arch_hash: str | None = Field(None, pattern=r"^[0-9a-f]{8,64}$")
+    arch: dict[str, Any] | None = None
+    preset: Literal["hyctas-s", "hyctas-m", "hyctas-l"] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ArchChoice:
+        sources = [self.arch_hash is not None or self.search_id is not None, self.arch is not None, bool(self.preset)]
+        if sum(sources) != 1:
+            raise ValueError("give exactly one of (search_id and arch_hash), arch, or preset")
+        if (self.search_id is None) != (self.arch_hash is None):
+            raise ValueError("search_id and arch_hash go together")
+        return self
+
+
+class ModelsCreate(Strict):
+    """Retrain chosen architectures from scratch: one Ray Tune trial each."""
+
+    archs: list[ArchChoice] = Field(min_length=1, max_length=16)
+    supernet_id: int | None = Field(None, ge=1, le=2**31 - 1, description="take the dataset and widths from it")
+    dataset: DatasetRef | None = None
+    epochs: int = Field(10, ge=1, le=2000)
+    batch_size: int = Field(8, ge=1, le=512)
+    crop_size: Size = (64, 128)
+    steps_per_epoch: int | None = Field(None, ge=1, le=1_000_000)
+    base_channels: int | None = Field(None, ge=2, le=64, description="default: the supernet's")
+    lr: float = Field(0.01, gt=0, le=10)
+    val_images: int | None = Field(None, ge=1, le=10_000)
+    asha: bool = Field(False, description="stop weak candidates early (ASHA on validation mIoU)")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _dataset_known(self) -> ModelsCreate:
+        if self.supernet_id is None and self.dataset is None:
+            raise ValueError("give a dataset or a supernet_id to take it from")
+        return self
+
+
+class ModelPublic(BaseModel):
+    id: int
+    name: str
+    state: JobState
+    task: str
+    job_id: int | None
+    arch_hash: str
+    arch: dict[str, Any]
+    source: dict[str, Any]
+    metrics: dict[str, Any]
+    checkpoint_uri: str | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_record(cls, m: ModelRecord) -> ModelPublic:
+        return cls(
+            id=m.id,
+            name=m.name,
+            state=m.state,
+            task=m.task,
+            job_id=m.job_id,
+            arch_hash=m.arch_hash,
+            arch=m.arch,
+            source=m.source,
+            metrics=m.metrics,
+            checkpoint_uri=m.checkpoint_uri,
+            error=m.error,
+            created_at=m.created_at,
+            updated_at=m.updated_at,
+        )
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
+    job_id: int | None = None

@@ -1,0 +1,299 @@
+"""What the routes do, apart from HTTP: build job payloads, create rows, enqueue, cancel.
+
+Every submission creates its database rows first and enqueues second. If the queue refuses,
+the job is cancelled with the reason (nothing half-submitted stays QUEUED forever) and
+:class:`QueueError` reaches the route as a 503.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hyctas_core.config import ModelConfig
+from hyctas_core.presets import get_preset
+from hyctas_core.retrain import RetrainConfig
+from hyctas_core.search import SearchConfig
+from hyctas_core.search_space import Arch, ArchError, validate
+from hyctas_core.storage import (
+    DuplicateName,
+    IllegalTransition,
+    JobRecord,
+    JobState,
+    ModelRecord,
+    SearchRecord,
+    SearchState,
+    SearchStorage,
+)
+from hyctas_core.train import SupernetTrainConfig
+from services.controller.schemas import ModelsCreate, SearchCreate, SupernetCreate
+from services.queue import EventBus, JobQueue, QueueError
+
+__all__ = [
+    "Conflict",
+    "Invalid",
+    "cancel_job",
+    "cancel_search",
+    "publish",
+    "submit_models",
+    "submit_search",
+    "submit_supernet",
+]
+
+
+class Invalid(ValueError):
+    """A request that passed the schema but makes no sense (422), e.g. an arch that breaks a constraint."""
+
+
+class Conflict(RuntimeError):
+    """A request that clashes with stored state (409), e.g. a duplicate name or a supernet still training."""
+
+
+def publish(events: EventBus | None, event: dict[str, Any]) -> None:
+    """Best effort: progress events are a convenience, the database is the truth."""
+    if events is None:
+        return
+    try:
+        events.publish(event)
+    except QueueError:
+        pass
+
+
+def _enqueue(storage: SearchStorage, queue: JobQueue, job_id: int, kind: str) -> None:
+    try:
+        queue.enqueue(job_id, kind)
+    except QueueError as exc:
+        storage.finish_job(job_id, JobState.CANCELLED, error=f"could not enqueue: {exc}")
+        raise
+
+
+def _device(value: str) -> str:
+    return value  # "auto" is resolved by the worker, where the GPUs are
+
+
+def submit_supernet(
+    storage: SearchStorage, queue: JobQueue, events: EventBus | None, owner: str, req: SupernetCreate
+) -> JobRecord:
+    """A supernet-training job.
+
+    Raises:
+        Invalid: the training config is inconsistent.
+        QueueError: the queue is down (the job is cancelled).
+    """
+    try:
+        train = SupernetTrainConfig(
+            model=ModelConfig(base_channels=req.base_channels, num_layers=req.num_layers),
+            epochs=req.epochs,
+            batch_size=req.batch_size,
+            lr=req.lr,
+            crop_size=tuple(req.crop_size),  # type: ignore[arg-type]
+            steps_per_epoch=req.steps_per_epoch,
+            seed=req.seed,
+            checkpoint_every=20,
+        )
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    payload = {
+        "name": req.name,
+        "dataset": req.dataset.model_dump(mode="json"),
+        "train": train.to_dict(),
+        "device": _device(req.device),
+    }
+    job_id = storage.create_job("train_supernet", payload, owner=owner)
+    _enqueue(storage, queue, job_id, "train_supernet")
+    publish(events, {"type": "job", "owner": owner, "job_id": job_id, "kind": "train_supernet", "state": "queued"})
+    return storage.get_job(job_id)
+
+
+def owned_job(storage: SearchStorage, job_id: int, owner: str, kind: str | None = None) -> JobRecord:
+    """The job if ``owner`` owns it (and it is of ``kind``); KeyError otherwise (a 404: no existence leak)."""
+    job = storage.get_job(job_id)
+    if job.owner != owner or (kind is not None and job.kind != kind):
+        raise KeyError(f"unknown {kind or 'job'} id {job_id}")
+    return job
+
+
+def _ready_supernet(storage: SearchStorage, supernet_id: int, owner: str) -> JobRecord:
+    try:
+        supernet = owned_job(storage, supernet_id, owner, "train_supernet")
+    except KeyError:
+        raise Invalid(f"supernet_id: no supernet {supernet_id}") from None
+    if supernet.state is not JobState.SUCCEEDED or not (supernet.result or {}).get("checkpoint"):
+        raise Conflict(f"supernet {supernet_id} is {supernet.state.value}: submit when it has succeeded")
+    return supernet
+
+
+def submit_search(
+    storage: SearchStorage, queue: JobQueue, events: EventBus | None, owner: str, req: SearchCreate, *, limits: Any
+) -> SearchRecord:
+    """A search job and its search row (the row holds everything needed to replay it).
+
+    Raises:
+        Invalid: limits exceeded or an unknown supernet. Conflict: the name exists, or the
+        supernet is not trained yet. QueueError: the queue is down.
+    """
+    if req.population > limits.max_population:
+        raise Invalid(f"population: at most {limits.max_population}, got {req.population}")
+    if req.generations > limits.max_generations:
+        raise Invalid(f"generations: at most {limits.max_generations}, got {req.generations}")
+    supernet = _ready_supernet(storage, req.supernet_id, owner)
+    if storage.find_search(req.name, owner=owner) is not None:
+        raise Conflict(f"a search named {req.name!r} exists")
+    num_layers = int(supernet.payload["train"]["model"]["num_layers"])
+    try:
+        config = SearchConfig(
+            objective=req.objective,
+            pop_size=req.population,
+            generations=req.generations,
+            crossover_prob=req.crossover_prob,
+            mutation_prob=req.mutation_prob,
+            branches=tuple(req.branches) if req.branches else None,
+            seed=req.seed,
+            num_layers=num_layers,
+        )
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    ev = req.evaluation
+    evaluator = {
+        "supernet": supernet.result["checkpoint"],  # type: ignore[index]
+        "data": None,  # resolved by the worker from "dataset"
+        "calib_images": ev.calib_images,
+        "val_images": ev.val_images,
+        "eval_size": list(ev.eval_size) if ev.eval_size else None,
+        "input_size": None,
+        "latency_table": None,
+        "latency_seconds": ev.latency_seconds,
+        "seed": req.seed,
+        "device": "cpu",
+        "threads": 1,
+    }
+    dataset = req.dataset.model_dump(mode="json") if req.dataset else supernet.payload["dataset"]
+    job_id = storage.create_job("search", {"search_name": req.name}, owner=owner)
+    stored = {
+        "search": config.to_dict(),
+        "evaluator": evaluator,
+        "dataset": dataset,
+        "supernet_id": supernet.id,
+        "job_id": job_id,
+    }
+    try:
+        search_id = storage.create_search(req.name, stored, owner=owner)
+    except DuplicateName:
+        storage.finish_job(job_id, JobState.CANCELLED, error="a search with this name was created concurrently")
+        raise Conflict(f"a search named {req.name!r} exists") from None
+    try:
+        _enqueue(storage, queue, job_id, "search")
+    except QueueError:
+        storage.set_search_state(search_id, SearchState.CANCELLED, error="could not enqueue the job")
+        raise
+    publish(events, {"type": "search", "owner": owner, "search_id": search_id, "job_id": job_id, "state": "created"})
+    return storage.get_search(search_id)
+
+
+def _arch_of(storage: SearchStorage, owner: str, choice: Any) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """(official JSON, hash, source) of one requested architecture. Raises Invalid."""
+    if choice.preset:
+        arch = get_preset(choice.preset)
+        return arch.to_official(), arch.hash, {"preset": choice.preset}
+    if choice.arch is not None:
+        try:
+            arch = Arch.from_official(choice.arch).canonical()
+            validate(arch)
+        except (ArchError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise Invalid(
+                f"arch {choice.name!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
+        return arch.to_official(), arch.hash, {"uploaded": True}
+    try:
+        search = storage.get_search(choice.search_id)
+    except KeyError:
+        search = None
+    if search is None or search.owner != owner:
+        raise Invalid(f"arch {choice.name!r}: no search {choice.search_id}")
+    for ind in storage.list_individuals(search.id):
+        if ind.arch_hash == choice.arch_hash:
+            return ind.arch, ind.arch_hash, {"search_id": search.id, "generation": ind.generation}
+    raise Invalid(f"arch {choice.name!r}: search {search.id} has no arch {choice.arch_hash}")
+
+
+def submit_models(
+    storage: SearchStorage, queue: JobQueue, events: EventBus | None, owner: str, req: ModelsCreate
+) -> tuple[JobRecord, list[ModelRecord]]:
+    """One retrain job training every requested arch (one Ray Tune trial each).
+
+    Raises:
+        Invalid / Conflict / QueueError as for searches.
+    """
+    supernet = _ready_supernet(storage, req.supernet_id, owner) if req.supernet_id is not None else None
+    model_cfg = dict(supernet.payload["train"]["model"]) if supernet is not None else {}
+    if req.base_channels is not None:
+        model_cfg["base_channels"] = req.base_channels
+    chosen = [_arch_of(storage, owner, c) for c in req.archs]
+    depths = {Arch.from_official(arch_json).num_layers for arch_json, _, _ in chosen}
+    if len(depths) != 1:
+        raise Invalid(f"archs of one retrain job must have the same number of cells, got {sorted(depths)}")
+    model_cfg["num_layers"] = depths.pop()
+    try:
+        config = RetrainConfig(
+            model=ModelConfig(**model_cfg),
+            epochs=req.epochs,
+            batch_size=req.batch_size,
+            lr=req.lr,
+            crop_size=tuple(req.crop_size),  # type: ignore[arg-type]
+            steps_per_epoch=req.steps_per_epoch,
+            val_images=req.val_images,
+            seed=req.seed,
+            checkpoint_every=50,
+        )
+    except (ValueError, TypeError) as exc:
+        raise Invalid(str(exc).splitlines()[0]) from None
+    dataset = req.dataset.model_dump(mode="json") if req.dataset else supernet.payload["dataset"]  # type: ignore[union-attr]
+    payload = {"dataset": dataset, "retrain": config.to_dict(), "asha": req.asha, "device": _device(req.device)}
+    job_id = storage.create_job("retrain", payload, owner=owner)
+    model_ids = [
+        storage.create_model(c.name, arch_json, arch_hash, owner=owner, job_id=job_id, source=source)
+        for (arch_json, arch_hash, source), c in zip(chosen, req.archs, strict=True)
+    ]
+    try:
+        _enqueue(storage, queue, job_id, "retrain")
+    except QueueError:
+        for mid in model_ids:
+            storage.update_model(mid, state=JobState.CANCELLED, error="could not enqueue the job")
+        raise
+    publish(events, {"type": "job", "owner": owner, "job_id": job_id, "kind": "retrain", "state": "queued"})
+    return storage.get_job(job_id), [storage.get_model(m) for m in model_ids]
+
+
+def cancel_job(storage: SearchStorage, events: EventBus | None, job: JobRecord) -> JobRecord:
+    """Cancel a queued or running job (its worker stops within one evaluation or step).
+
+    Raises:
+        IllegalTransition: the job already finished.
+    """
+    storage.finish_job(job.id, JobState.CANCELLED, error="cancelled by user")
+    if job.kind == "search":
+        search = storage.find_search(job.payload["search_name"], owner=job.owner)
+        if search is not None and not search.state.is_finished():
+            storage.set_search_state(search.id, SearchState.CANCELLED, error="cancelled by user")
+    for model in storage.list_models(job_id=job.id, limit=1000)[0]:
+        if not model.state.is_finished():
+            storage.update_model(model.id, state=JobState.CANCELLED, error="cancelled by user")
+    publish(events, {"type": "job", "owner": job.owner, "job_id": job.id, "kind": job.kind, "state": "cancelled"})
+    return storage.get_job(job.id)
+
+
+def cancel_search(storage: SearchStorage, events: EventBus | None, search: SearchRecord) -> SearchRecord:
+    """Cancel a search and its job.
+
+    Raises:
+        IllegalTransition: the search already finished.
+    """
+    job_id = search.config.get("job_id")
+    job = storage.get_job(job_id) if job_id is not None else None
+    if search.state.is_finished() and (job is None or job.state.is_finished()):
+        raise IllegalTransition(f"search {search.id} is {search.state.value}: it cannot be cancelled")
+    if job is not None and not job.state.is_finished():
+        cancel_job(storage, events, job)
+    if not storage.get_search(search.id).state.is_finished():
+        storage.set_search_state(search.id, SearchState.CANCELLED, error="cancelled by user")
+    publish(events, {"type": "search", "owner": search.owner, "search_id": search.id, "state": "cancelled"})
+    return storage.get_search(search.id)

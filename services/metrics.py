@@ -1,0 +1,94 @@
+"""Prometheus metrics of the controller and the workers, defined once (names carry units; counters end ``_total``).
+
+Counters and histograms live in the default registry (one per process). Gauges that describe
+shared state (jobs by state, queue depth, hypervolume of running searches) are computed when
+scraped, by :class:`StateCollector`, from the database and the queue: every controller replica
+reports the same truth and nothing goes stale.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from hyctas_core.storage import JobState, SearchState, SearchStorage, StorageError
+
+if TYPE_CHECKING:
+    from services.queue import JobQueue
+
+__all__ = [
+    "EVALUATIONS",
+    "EVALUATION_SECONDS",
+    "GENERATION_SECONDS",
+    "HTTP_REQUESTS",
+    "HTTP_REQUEST_SECONDS",
+    "JOBS_FINISHED",
+    "WORKER_HEARTBEATS",
+    "StateCollector",
+]
+
+log = logging.getLogger(__name__)
+
+HTTP_REQUESTS = Counter(
+    "hyctas_http_requests_total", "HTTP requests handled by the controller", ["method", "route", "status"]
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "hyctas_http_request_duration_seconds",
+    "Controller request latency",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+EVALUATIONS = Counter("hyctas_evaluations_total", "Sub-network evaluations run by workers", ["status"])
+EVALUATION_SECONDS = Histogram(
+    "hyctas_evaluation_duration_seconds",
+    "Time to evaluate one sub-network (BN recalibration, mIoU, latency)",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160),
+)
+GENERATION_SECONDS = Histogram(
+    "hyctas_generation_duration_seconds",
+    "Time from ask to committed generation",
+    buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 3600),
+)
+JOBS_FINISHED = Counter("hyctas_jobs_finished_total", "Jobs a worker finished", ["kind", "state"])
+WORKER_HEARTBEATS = Counter("hyctas_worker_heartbeats_total", "Heartbeats sent by workers", ["worker"])
+
+
+class StateCollector(Collector):
+    """Scrape-time gauges: jobs by state, queue depth and oldest-entry age, hypervolume per running search."""
+
+    def __init__(self, storage: SearchStorage, queue: JobQueue | None) -> None:
+        self.storage = storage
+        self.queue = queue
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily("hyctas_jobs", "Jobs by state", labels=["state"])
+        hv = GaugeMetricFamily("hyctas_search_hypervolume", "Hypervolume of running searches", labels=["search_id"])
+        try:
+            for state in JobState:
+                jobs.add_metric([state.value], self.storage.list_jobs(state=state, limit=0)[1])
+            running, _ = self.storage.list_searches(state=SearchState.RUNNING, limit=1000)
+            for search in running:
+                latest = self.storage.latest_generation(search.id)
+                if latest is not None:
+                    hv.add_metric([str(search.id)], latest.hypervolume)
+        except StorageError as exc:
+            log.warning("metrics: database unavailable: %s", exc)
+        yield jobs
+        yield hv
+        if self.queue is None:
+            return
+        depth = GaugeMetricFamily("hyctas_queue_depth", "Jobs in the stream not yet acknowledged")
+        age = GaugeMetricFamily("hyctas_queue_oldest_entry_age_seconds", "Age of the oldest unacknowledged job")
+        try:
+            depth.add_metric([], self.queue.depth())
+            age.add_metric([], self.queue.oldest_age_s())
+        except Exception as exc:  # a scrape must never fail because Redis is down
+            log.warning("metrics: queue unavailable: %s", exc)
+            return
+        yield depth
+        yield age

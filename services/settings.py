@@ -1,0 +1,39 @@
+"""Settings of the controller and the workers, read from ``HYCTAS_*`` environment variables.
+
+One class for both processes, so a deployment sets each variable once (docker-compose and the
+Kubernetes manifests set every field here; ``tests/deploy`` checks that). Defaults are the
+embedded single-machine set-up: SQLite under ``runs/``, Redis on localhost, a local Ray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; ``HYCTAS_<FIELD>`` in the environment overrides the default."""
+
+    model_config = SettingsConfigDict(env_prefix="HYCTAS_", extra="ignore")
+
+    database_url: str = Field("sqlite:///runs/hyctas.db", description="SQLAlchemy URL (PostgreSQL in production)")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="job stream and progress events")
+    artifact_dir: Path = Field(Path("runs/artifacts"), description="checkpoints, datasets, tables (shared volume)")
+    data_dir: Path = Field(Path("runs/data"), description="where dataset references by path resolve")
+    ray_address: str | None = Field(None, description="Ray cluster address for workers ('auto' joins a local head)")
+    # queue and leases
+    stream: str = Field("hyctas:jobs", description="Redis stream of jobs")
+    events_channel: str = Field("hyctas:events", description="Redis pub/sub channel of progress events")
+    lease_s: float = Field(30.0, gt=0, description="a job whose worker is silent this long is re-claimed")
+    heartbeat_s: float = Field(5.0, gt=0, description="worker heartbeat period (well under lease_s)")
+    max_attempts: int = Field(3, ge=1, description="a job failing this many times is failed for good")
+    # HTTP
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
+    worker_metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus port of a worker (0: none)")
+    # what one search may ask for (422 beyond)
+    max_population: int = Field(512, ge=2)
+    max_generations: int = Field(500, ge=1)
