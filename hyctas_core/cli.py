@@ -212,6 +212,13 @@ def _mount() -> None:
     app.command("export-arch")(cli_search.export_arch)
     app.command("retrain")(cli_retrain.retrain)
     app.add_typer(cli_search.db_app, name="db")
+    try:  # the service commands need the 'services' extra
+        from services import cli as service_cli
+    except ImportError:
+        return
+    app.command("controller")(service_cli.controller)
+    app.command("worker")(service_cli.worker)
+    app.add_typer(service_cli.apikey_app, name="apikey")
 
 
 _mount()

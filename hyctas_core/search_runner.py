@@ -25,7 +25,22 @@ from hyctas_core.storage import (
     SearchStorage,
 )
 
-__all__ = ["GenerationProgress", "SearchFinishedError", "create_search", "reference_point", "run_search"]
+__all__ = [
+    "GenerationProgress",
+    "SearchFinishedError",
+    "StopSearch",
+    "create_search",
+    "reference_point",
+    "run_search",
+]
+
+
+class StopSearch(Exception):
+    """Raised by an evaluator or callback to leave :func:`run_search` without touching the search's state.
+
+    For a caller that stops on purpose: the search was cancelled, or its lease went to another
+    worker, which now owns the state. Any other exception marks the search FAILED (resumable).
+    """
 
 
 class SearchFinishedError(RuntimeError):
@@ -123,6 +138,8 @@ def run_search(
                     )
                 )  # fmt: skip
         storage.set_search_state(search_id, SearchState.SUCCEEDED)
+    except StopSearch:
+        raise  # the caller stops on purpose (cancelled, or another worker took the search over)
     except BaseException as e:
         # Interrupted or crashed: mark FAILED (resumable) unless someone cancelled it meanwhile.
         if not storage.get_search(search_id).state.is_finished():

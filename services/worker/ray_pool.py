@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -21,9 +23,13 @@ from ray.exceptions import RayActorError, RayTaskError
 from hyctas_core.evaluate import EvaluatorSpec, objectives_of
 from hyctas_core.search_space import Arch
 
-__all__ = ["EvaluatorActor", "RayEvaluatorPool"]
+__all__ = ["EvaluationStopped", "EvaluatorActor", "RayEvaluatorPool"]
 
 log = logging.getLogger(__name__)
+
+
+class EvaluationStopped(RuntimeError):
+    """``should_stop()`` asked the pool to stop in the middle of a batch."""
 
 
 @ray.remote(max_restarts=2)
@@ -89,24 +95,41 @@ class RayEvaluatorPool:
     def size(self) -> int:
         return len(self.actors)
 
-    def evaluate(self, archs: list[Arch]) -> list[dict[str, Any]]:
-        """Objectives per arch, in order; an arch whose actor died is retried elsewhere."""
+    def evaluate(
+        self,
+        archs: list[Arch],
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        on_result: Callable[[float], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Objectives per arch, in order; an arch whose actor died is retried elsewhere.
+
+        Args:
+            archs: what to evaluate.
+            should_stop: checked after every finished evaluation; when it returns True,
+                :class:`EvaluationStopped` is raised (the evaluations in flight are abandoned).
+            on_result: called with the seconds each successful evaluation took (submit to result).
+        """
         self._resize()
         results: list[dict[str, Any] | None] = [None] * len(archs)
         pending: deque[tuple[int, int]] = deque((i, 0) for i in range(len(archs)))
         idle = deque(self.actors)
-        running: dict[Any, tuple[int, int, Any]] = {}
+        running: dict[Any, tuple[int, int, Any, float]] = {}
         while pending or running:
             while pending and idle:
                 i, attempt = pending.popleft()
                 actor = idle.popleft()
-                running[actor.evaluate.remote(archs[i].to_official())] = (i, attempt, actor)
+                running[actor.evaluate.remote(archs[i].to_official())] = (i, attempt, actor, time.perf_counter())
             done, _ = ray.wait(list(running), num_returns=1)
             ref = done[0]
-            i, attempt, actor = running.pop(ref)
+            i, attempt, actor, started = running.pop(ref)
             try:
                 results[i] = ray.get(ref)
                 idle.append(actor)
+                if on_result is not None:
+                    on_result(time.perf_counter() - started)
+                if should_stop is not None and should_stop():
+                    raise EvaluationStopped(f"stopped after {sum(r is not None for r in results)} of {len(archs)}")
             except RayActorError:
                 if attempt + 1 > self.max_retries:
                     raise

@@ -1,0 +1,138 @@
+"""Service commands of the ``hyctas`` CLI: ``controller``, ``worker``, ``apikey``.
+
+Mounted by :mod:`hyctas_core.cli` when the ``services`` extra is installed. Settings come from
+``HYCTAS_*`` environment variables (:class:`services.settings.Settings`); options override them.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Annotated, Any
+
+import typer
+
+from hyctas_core.cli_utils import fail
+
+__all__ = ["apikey_app", "controller", "worker"]
+
+apikey_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke.")
+
+DbOpt = Annotated[str | None, typer.Option("--db", help="database URL (default: HYCTAS_DATABASE_URL)")]
+
+
+def _settings(**overrides: Any) -> Any:
+    from pydantic import ValidationError
+
+    from services.settings import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        fail(f"invalid settings: {str(exc).splitlines()[0]} ({exc.errors()[0]['loc']}: {exc.errors()[0]['msg']})")
+
+
+def _storage(url: str) -> Any:
+    from hyctas_core.cli_search import open_storage
+
+    return open_storage(url)
+
+
+def controller(
+    host: Annotated[str, typer.Option(help="bind address (0.0.0.0 in a container)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    db: DbOpt = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Run the REST controller (migrates the database to the current schema first)."""
+    import uvicorn
+
+    from services.controller.main import create_app
+
+    settings = _settings(database_url=db)
+    app = create_app(settings)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def worker(
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Ray cluster ('auto': a local head); default: a local Ray")
+    ] = None,
+    db: DbOpt = None,
+    name: Annotated[str | None, typer.Option(help="worker name (default host-pid-random)")] = None,
+    max_jobs: Annotated[int | None, typer.Option(min=1, help="exit after this many jobs")] = None,
+    metrics_port: Annotated[int | None, typer.Option(min=0, max=65535, help="Prometheus port (0: none)")] = None,
+) -> None:
+    """Claim jobs from the Redis stream and run them on Ray until stopped (SIGINT / SIGTERM)."""
+    from hyctas_core.storage import StorageError
+    from services.controller.main import open_storage
+    from services.queue import QueueError, RedisEventBus, RedisQueue
+    from services.worker.runner import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(database_url=db, ray_address=ray_address, worker_metrics_port=metrics_port)
+    try:
+        storage = open_storage(settings.database_url)
+        queue = RedisQueue(settings.redis_url, stream=settings.stream, lease_s=settings.lease_s)
+        queue.ping()
+    except (StorageError, QueueError) as exc:
+        fail(str(exc))
+    events = RedisEventBus(settings.redis_url, channel=settings.events_channel)
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        logging.getLogger(__name__).info("signal %d: stopping after the current step", signum)
+        stop.set()
+        if w.current is not None:
+            w.current.reason = "worker shutting down"
+            w.current.stop.set()
+
+    w = Worker(storage, queue, events, settings, name=name)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    typer.echo(f"worker {w.name}: database {getattr(storage, 'url', '?')}, queue {settings.stream}")
+    w.run(stop, max_jobs=max_jobs)
+
+
+@apikey_app.command("create")
+def apikey_create(
+    user: Annotated[str, typer.Option(help="the user the key acts as")],
+    name: Annotated[str, typer.Option(help="a label, e.g. 'laptop'")] = "",
+    db: DbOpt = None,
+) -> None:
+    """Create an API key and print it (the only time it is shown; only its hash is stored)."""
+    from services.auth import issue_api_key
+
+    storage = _storage(_settings(database_url=db).database_url)
+    try:
+        key = issue_api_key(storage, user, name=name)
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(key)
+
+
+@apikey_app.command("list")
+def apikey_list(user: Annotated[str | None, typer.Option()] = None, db: DbOpt = None) -> None:
+    """List keys (id, user, prefix, name, created, revoked)."""
+    storage = _storage(_settings(database_url=db).database_url)
+    for k in storage.list_api_keys(user):
+        revoked = k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-"
+        typer.echo(f"{k.id}\t{k.user}\t{k.prefix}...\t{k.name or '-'}\t{k.created_at:%Y-%m-%d %H:%M}\t{revoked}")
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(
+    key_id: Annotated[int, typer.Argument(help="id from `hyctas apikey list`")], db: DbOpt = None
+) -> None:
+    """Revoke a key: requests with it get 401 from now on."""
+    storage = _storage(_settings(database_url=db).database_url)
+    try:
+        storage.revoke_api_key(key_id)
+    except KeyError:
+        fail(f"no API key with id {key_id}")
+    typer.echo(f"revoked key {key_id}")

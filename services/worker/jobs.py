@@ -1,0 +1,241 @@
+"""The job handlers a worker runs: supernet training, search, retrain.
+
+Each takes a :class:`~services.worker.runner.JobContext` and returns the job's result (JSON).
+Heavy work runs on Ray: supernet training in one actor (a GPU when the cluster has one),
+evaluations on a pool of evaluator actors sized to the cluster, retraining as Ray Tune trials.
+Every handler resumes: a search from its last committed generation, training from its last
+checkpoint, a retrain from each model's checkpoint (finished models are skipped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from hyctas_core.evaluate import EvaluatorSpec
+from hyctas_core.search import SearchConfig
+from hyctas_core.search_runner import GenerationProgress, SearchFinishedError, run_search
+from hyctas_core.search_space import Arch
+from hyctas_core.storage import SearchState
+from services.datasets import resolve_dataset
+from services.metrics import EVALUATION_SECONDS, EVALUATIONS, GENERATION_SECONDS
+from services.worker.runner import Handler, JobContext, JobStopped
+
+__all__ = ["default_handlers", "pick_device", "run_retrain", "run_search_job", "run_train_supernet"]
+
+log = logging.getLogger(__name__)
+
+
+def _ensure_ray(ctx: JobContext) -> None:
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if ctx.settings.ray_address:
+            kwargs["address"] = ctx.settings.ray_address
+        ray.init(**kwargs)
+
+
+def pick_device(requested: str) -> str:
+    """``auto``: CUDA when the Ray cluster has a GPU, else CPU."""
+    if requested != "auto":
+        return requested
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    return "cuda" if resources.get("GPU", 0) > 0 else "cpu"
+
+
+def _data_dir(ctx: JobContext, ref: dict[str, Any]) -> Path:
+    return resolve_dataset(ref, data_dir=Path(ctx.settings.data_dir).resolve(), artifact_dir=ctx.artifact_dir)
+
+
+# -- supernet training ---------------------------------------------------------------------------
+@ray.remote(max_restarts=0)
+class SupernetTrainerActor:
+    """Holds one :class:`~hyctas_core.train.SupernetTrainer` in a Ray worker (1 CPU or GPU)."""
+
+    def __init__(self, config: dict[str, Any], data_dir: str, run_dir: str, device: str) -> None:
+        import torch
+
+        from hyctas_core.data.cityscapes import CityscapesDataset
+        from hyctas_core.data.transforms import SegTransform
+        from hyctas_core.train import SupernetTrainConfig, SupernetTrainer
+
+        if device == "cpu":
+            torch.set_num_threads(1)
+        cfg = SupernetTrainConfig.from_dict(config)
+        transform = SegTransform(crop_size=cfg.crop_size, scale_range=cfg.scale_range, base_size=cfg.base_size)
+        dataset = CityscapesDataset(Path(data_dir), "train", transform=transform, seed=cfg.seed)
+        self.trainer = SupernetTrainer(cfg, dataset, Path(run_dir), device=device)
+        self.resumed = self.trainer.resume()
+        self.last: dict[str, Any] = {}
+
+    def state(self) -> dict[str, Any]:
+        t = self.trainer
+        return {"step": t.step, "total_steps": t.total_steps, "epoch": t.epoch, "resumed": self.resumed, **self.last}
+
+    def train(self, steps: int) -> dict[str, Any]:
+        """Train ``steps`` more steps (or to the end); a checkpoint is written when it returns."""
+        t = self.trainer
+
+        def keep(p: Any) -> None:
+            self.last = {"loss": p.loss, "lr": p.lr, "images_per_s": p.images_per_s}
+
+        summary = t.fit(max_steps=min(t.step + steps, t.total_steps), progress=keep)
+        return {**self.state(), "finished": t.finished, "summary": summary}
+
+
+def run_train_supernet(ctx: JobContext) -> dict[str, Any]:
+    """Train a supernet with the paper's sampling prior; resumable from ``last.pt``."""
+    _ensure_ray(ctx)
+    payload = ctx.job.payload
+    data = _data_dir(ctx, payload["dataset"])
+    run_dir = ctx.artifact_dir / "supernets" / f"job-{ctx.job.id}"
+    device = pick_device(payload.get("device", "auto"))
+    chunk = int(payload["train"].get("checkpoint_every", 20))
+    actor_cls: Any = SupernetTrainerActor
+    actor = actor_cls.options(num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0).remote(
+        payload["train"], str(data), str(run_dir), device
+    )
+    try:
+        state = ray.get(actor.state.remote())
+        if state["resumed"]:
+            log.info("job %s: supernet training resumed at step %d", ctx.job.id, state["step"])
+        ctx.report(force=True, phase="train_supernet", **state)
+        t0 = time.perf_counter()
+        while True:
+            ctx.check()
+            ref = actor.train.remote(chunk)
+            while True:  # wait, but notice a cancel while the chunk runs
+                done, _ = ray.wait([ref], timeout=1.0)
+                if done:
+                    break
+                if ctx.should_stop():
+                    raise JobStopped(ctx.reason or "stopped")
+            state = ray.get(ref)
+            ctx.report(force=True, **{k: v for k, v in state.items() if k != "summary"})
+            if state["finished"]:
+                break
+    finally:
+        ray.kill(actor)
+    return {
+        "checkpoint": str(run_dir / "supernet.pt"),
+        "run_dir": str(run_dir),
+        "data_dir": str(data),
+        "steps": state["step"],
+        "device": device,
+        "train_s": time.perf_counter() - t0,
+    }
+
+
+# -- search --------------------------------------------------------------------------------------
+class _PoolEvaluator:
+    """The :class:`~hyctas_core.evaluate.ArchEvaluator` a search sees: a Ray pool that stops on cancel."""
+
+    def __init__(self, pool: Any, ctx: JobContext) -> None:
+        self.pool = pool
+        self.ctx = ctx
+        self.cache_key: str = pool.cache_key
+
+    def evaluate(self, archs: list[Arch]) -> list[dict[str, Any]]:
+        from services.worker.ray_pool import EvaluationStopped
+
+        done = 0
+
+        def counted(seconds: float) -> None:
+            nonlocal done
+            done += 1
+            EVALUATIONS.labels("ok").inc()
+            EVALUATION_SECONDS.observe(seconds)
+            self.ctx.report(evaluating=f"{done}/{len(archs)}", actors=self.pool.size)
+
+        self.ctx.check()
+        try:
+            return list(self.pool.evaluate(archs, should_stop=self.ctx.should_stop, on_result=counted))
+        except EvaluationStopped:
+            raise JobStopped(self.ctx.reason or "stopped") from None
+        except Exception:
+            EVALUATIONS.labels("error").inc()
+            raise
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def run_search_job(ctx: JobContext) -> dict[str, Any]:
+    """Run (or resume) the search of this job on a pool of Ray evaluator actors."""
+    from services.worker.ray_pool import RayEvaluatorPool
+
+    _ensure_ray(ctx)
+    search = ctx.storage.find_search(ctx.job.payload["search_name"], owner=ctx.job.owner)
+    if search is None:
+        raise ValueError(f"job {ctx.job.id}: search {ctx.job.payload['search_name']!r} does not exist")
+    if search.state is SearchState.CANCELLED:
+        raise JobStopped("cancelled")
+    config = SearchConfig.from_dict(search.config["search"])
+    data = _data_dir(ctx, search.config["dataset"])
+    device = pick_device(search.config["evaluator"].get("device", "auto"))
+    spec = EvaluatorSpec.from_dict({**search.config["evaluator"], "data": str(data), "device": device, "threads": 1})
+    ctx.report(force=True, phase="search", generation=search.generation + 1, total_generations=config.total_generations)
+    pool = RayEvaluatorPool(spec)
+    evaluator = _PoolEvaluator(pool, ctx)
+    last = time.perf_counter()
+
+    def on_generation(p: GenerationProgress) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        GENERATION_SECONDS.observe(now - last)
+        last = now
+        ctx.report(force=True, generation=p.generation + 1, hypervolume=p.hypervolume, front_size=p.front_size,
+                   n_evaluated=p.n_evaluated, evaluating=None)  # fmt: skip
+        ctx.publish({"type": "generation", "search_id": search.id, **dataclasses.asdict(p)})
+
+    try:
+        record = run_search(ctx.storage, search.id, evaluator, progress=on_generation, should_stop=ctx.should_stop)
+    except SearchFinishedError:
+        record = ctx.storage.get_search(search.id)
+        if record.state is not SearchState.SUCCEEDED:
+            raise JobStopped(record.state.value) from None
+    finally:
+        evaluator.close()
+    if record.state is not SearchState.SUCCEEDED:  # should_stop ended the loop between generations
+        raise JobStopped(ctx.reason or "stopped")
+    latest = ctx.storage.latest_generation(search.id)
+    ctx.publish({"type": "search", "search_id": search.id, "state": "succeeded"})
+    return {
+        "search_id": search.id,
+        "generations": record.generation + 1,
+        "hypervolume": latest.hypervolume if latest else None,
+        "front": latest.front if latest else [],
+    }
+
+
+# -- retrain -------------------------------------------------------------------------------------
+def run_retrain(ctx: JobContext) -> dict[str, Any]:
+    """Retrain the job's models as Ray Tune trials (one per arch, optional ASHA)."""
+    from hyctas_core.retrain import RetrainConfig
+    from services.worker.retrain_tune import RetrainCancelled, run_retrain_job
+
+    _ensure_ray(ctx)
+    payload = ctx.job.payload
+    data = _data_dir(ctx, payload["dataset"])
+    try:
+        return run_retrain_job(
+            ctx.storage,
+            ctx.job.id,
+            data_dir=data,
+            run_root=ctx.artifact_dir / "models" / f"job-{ctx.job.id}",
+            config=RetrainConfig.from_dict(payload["retrain"]),
+            asha=bool(payload.get("asha", False)),
+            device=pick_device(payload.get("device", "auto")),
+            should_stop=ctx.should_stop,
+            on_progress=lambda p: ctx.report(**{f"model_{p.get('model_id')}": p}),
+        )
+    except RetrainCancelled:
+        raise JobStopped(ctx.reason or "cancelled") from None
+
+
+def default_handlers() -> dict[str, Handler]:
+    return {"train_supernet": run_train_supernet, "search": run_search_job, "retrain": run_retrain}

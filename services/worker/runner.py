@@ -1,0 +1,272 @@
+"""``Worker``: claims jobs from the queue, runs them on Ray, heartbeats, and never loses one.
+
+Protocol, per job (see DESIGN.md section 2):
+
+1. ``queue.claim()`` returns a stream entry: a new one, or one whose consumer went silent for
+   a lease (``XAUTOCLAIM``).
+2. ``storage.start_job(stale_after_s=lease)`` moves the row to RUNNING on this worker: a QUEUED
+   job, or a RUNNING one whose heartbeat is older than the lease (its worker died). A job that
+   is finished is acknowledged and dropped; one that is alive elsewhere is left alone.
+3. A heartbeat thread renews both leases (``heartbeat_job`` with live progress, ``queue.touch``)
+   every ``heartbeat_s``. If the row is no longer ours (cancelled, or taken over), the job is
+   told to stop: a search within one evaluation, training within one checkpoint interval.
+4. Success: ``finish_job(SUCCEEDED)`` then ``ack``. A failure under ``max_attempts`` leaves the
+   row RUNNING and the entry un-acked: after one lease another worker (or this one) takes it
+   over with ``attempts + 1`` and resumes from the last committed generation or checkpoint. At
+   ``max_attempts`` the job is FAILED with the error, and so are its search or models.
+
+A worker killed with SIGKILL at any moment is the same as case 4 without the error text.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hyctas_core.search_runner import StopSearch
+from hyctas_core.storage import IllegalTransition, JobRecord, JobState, SearchState, SearchStorage, StorageError
+from services.metrics import JOBS_FINISHED, WORKER_HEARTBEATS
+from services.queue import EventBus, JobQueue, QueueEntry, QueueError
+from services.settings import Settings
+
+__all__ = ["JobContext", "JobStopped", "Worker", "default_worker_name"]
+
+log = logging.getLogger(__name__)
+
+
+class JobStopped(StopSearch):
+    """The job must stop now: cancelled by its owner, or its lease went to another worker."""
+
+
+def default_worker_name() -> str:
+    """``host-pid-random``: unique per process, readable in the API."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class JobContext:
+    """What a job handler gets: its job, the backends, where artifacts go, and a stop signal."""
+
+    job: JobRecord
+    worker: str
+    storage: SearchStorage
+    events: EventBus | None
+    settings: Settings
+    stop: threading.Event = field(default_factory=threading.Event)
+    reason: str = ""
+    progress: dict[str, Any] = field(default_factory=dict)
+    _last_publish: float = 0.0
+
+    @property
+    def artifact_dir(self) -> Path:
+        return Path(self.settings.artifact_dir).resolve()
+
+    def should_stop(self) -> bool:
+        return self.stop.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`JobStopped` if the job must stop."""
+        if self.stop.is_set():
+            raise JobStopped(self.reason or "stopped")
+
+    def report(self, force: bool = False, **progress: Any) -> None:
+        """Record live progress (sent with the next heartbeat) and publish it (at most ~2/s)."""
+        self.progress.update(progress)
+        now = time.monotonic()
+        if force or now - self._last_publish >= 0.5:
+            self._last_publish = now
+            self.publish({"type": "progress", **self.progress})
+
+    def publish(self, event: dict[str, Any]) -> None:
+        if self.events is None:
+            return
+        try:
+            self.events.publish({"owner": self.job.owner, "job_id": self.job.id, "kind": self.job.kind, **event})
+        except QueueError as exc:
+            log.debug("event not published: %s", exc)
+
+
+Handler = Callable[[JobContext], dict[str, Any]]
+
+
+class Worker:
+    """Runs jobs from ``queue`` until stopped.
+
+    Args:
+        storage, queue, events: the backends (``events`` may be None).
+        settings: leases, heartbeat period, attempts, artifact directory.
+        handlers: job kind -> handler; defaults to :func:`services.worker.jobs.default_handlers`.
+        name: consumer name in the stream and worker name in the database.
+    """
+
+    def __init__(
+        self,
+        storage: SearchStorage,
+        queue: JobQueue,
+        events: EventBus | None,
+        settings: Settings,
+        *,
+        handlers: dict[str, Handler] | None = None,
+        name: str | None = None,
+    ) -> None:
+        if handlers is None:
+            from services.worker.jobs import default_handlers
+
+            handlers = default_handlers()
+        self.storage = storage
+        self.queue = queue
+        self.events = events
+        self.settings = settings
+        self.handlers = handlers
+        self.name = name or default_worker_name()
+        self.current: JobContext | None = None
+
+    # -- main loop --------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None, *, max_jobs: int | None = None, block_s: float = 1.0) -> int:
+        """Claim and run jobs until ``stop`` is set (or ``max_jobs`` entries were handled); returns that count."""
+        stop = stop or threading.Event()
+        handled = 0
+        log.info("worker %s: waiting for jobs", self.name)
+        while not stop.is_set() and (max_jobs is None or handled < max_jobs):
+            try:
+                entry = self.queue.claim(self.name, block_s=block_s)
+            except QueueError as exc:
+                log.warning("queue unavailable (%s); retrying", exc)
+                stop.wait(min(self.settings.heartbeat_s, 5.0))
+                continue
+            if entry is None:
+                continue
+            handled += 1
+            try:
+                self.process(entry)
+            except (StorageError, QueueError) as exc:  # the backend failed: the lease logic retries later
+                log.error("job %s: backend error: %s", entry.job_id, exc)
+        return handled
+
+    def process(self, entry: QueueEntry) -> None:
+        """Run one claimed entry to its end (or until it must stop)."""
+        try:
+            job = self.storage.start_job(entry.job_id, self.name, stale_after_s=0.9 * self.settings.lease_s)
+        except KeyError:
+            log.warning("entry %s names unknown job %s; dropped", entry.entry_id, entry.job_id)
+            self.queue.ack(entry)
+            return
+        except IllegalTransition:
+            current = self.storage.get_job(entry.job_id)
+            if current.state.is_finished():
+                self.queue.ack(entry)  # a duplicate or late entry of a finished job
+            # else: running and alive on another worker; its own heartbeats keep it
+            return
+        if job.attempts > self.settings.max_attempts:
+            last = (job.progress or {}).get("last_error", "its worker stopped responding")
+            self._fail(job, f"gave up after {job.attempts - 1} attempts; last: {last}")
+            self.queue.ack(entry)
+            return
+        handler = self.handlers.get(job.kind)
+        if handler is None:
+            self._fail(job, f"no handler for job kind {job.kind!r}")
+            self.queue.ack(entry)
+            return
+        ctx = JobContext(job, self.name, self.storage, self.events, self.settings, progress=dict(job.progress or {}))
+        ctx.progress.pop("last_error", None) if job.attempts == 1 else None
+        self.current = ctx
+        beat = threading.Thread(target=self._heartbeat, args=(ctx, entry), daemon=True, name=f"heartbeat-{job.id}")
+        beat.start()
+        log.info("job %s (%s) attempt %d started", job.id, job.kind, job.attempts)
+        ctx.publish({"type": "job", "state": "running", "attempt": job.attempts})
+        try:
+            result = handler(ctx)
+        except JobStopped as exc:
+            self._stopped(ctx, entry, str(exc))
+        except Exception as exc:
+            self._failed_attempt(ctx, entry, exc)
+        else:
+            ctx.stop.set()
+            beat.join()
+            try:
+                self.storage.finish_job(job.id, JobState.SUCCEEDED, result=result)
+            except IllegalTransition:  # cancelled in the very last moment: the cancel wins
+                self.queue.ack(entry)
+                return
+            self.queue.ack(entry)
+            JOBS_FINISHED.labels(job.kind, "succeeded").inc()
+            ctx.publish({"type": "job", "state": "succeeded", "result": result})
+            log.info("job %s succeeded", job.id)
+        finally:
+            ctx.stop.set()
+            beat.join()
+            self.current = None
+
+    # -- leases -----------------------------------------------------------------------------
+    def _heartbeat(self, ctx: JobContext, entry: QueueEntry) -> None:
+        while not ctx.stop.wait(self.settings.heartbeat_s):
+            try:
+                self.storage.heartbeat_job(ctx.job.id, self.name, progress=ctx.progress or None)
+                WORKER_HEARTBEATS.labels(self.name).inc()
+                if not self.queue.touch(entry, self.name):
+                    log.warning("job %s: stream entry lost; continuing on the database lease", ctx.job.id)
+            except IllegalTransition:
+                state = self.storage.get_job(ctx.job.id).state
+                ctx.reason = "cancelled" if state is JobState.CANCELLED else "lease lost to another worker"
+                log.warning("job %s: %s; stopping", ctx.job.id, ctx.reason)
+                ctx.stop.set()
+                return
+            except (StorageError, QueueError) as exc:
+                log.warning("job %s: heartbeat failed (%s); retrying", ctx.job.id, exc)
+
+    def _stopped(self, ctx: JobContext, entry: QueueEntry, reason: str) -> None:
+        job = self.storage.get_job(ctx.job.id)
+        if job.state is JobState.CANCELLED:
+            self.queue.ack(entry)
+            JOBS_FINISHED.labels(job.kind, "cancelled").inc()
+            log.info("job %s cancelled", job.id)
+        else:
+            log.warning("job %s stopped (%s); another worker owns it", job.id, reason)
+
+    def _failed_attempt(self, ctx: JobContext, entry: QueueEntry, exc: BaseException) -> None:
+        job = ctx.job
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        log.exception("job %s attempt %d failed: %s", job.id, job.attempts, message)
+        if job.attempts >= self.settings.max_attempts:
+            self._fail(job, message)
+            self.queue.ack(entry)
+            return
+        # Leave the row RUNNING and the entry pending: after one lease it is taken over (attempt + 1).
+        ctx.stop.set()
+        try:
+            self.storage.heartbeat_job(job.id, self.name, progress={**ctx.progress, "last_error": message})
+        except (IllegalTransition, StorageError):
+            pass
+        ctx.publish({"type": "job", "state": "retrying", "error": message, "attempt": job.attempts})
+
+    def _fail(self, job: JobRecord, message: str) -> None:
+        """FAILED for good, with the error on the job and on its search or models."""
+        try:
+            self.storage.finish_job(job.id, JobState.FAILED, error=message)
+        except IllegalTransition:
+            return
+        JOBS_FINISHED.labels(job.kind, "failed").inc()
+        if job.kind == "search":
+            search = self.storage.find_search(job.payload.get("search_name", ""), owner=job.owner)
+            if search is not None and not search.state.is_finished():
+                self.storage.set_search_state(search.id, SearchState.FAILED, error=message)
+        for model in self.storage.list_models(job_id=job.id, limit=1000)[0]:
+            if not model.state.is_finished():
+                self.storage.update_model(model.id, state=JobState.FAILED, error=message)
+        if self.events is not None:
+            try:
+                self.events.publish(
+                    {"type": "job", "owner": job.owner, "job_id": job.id, "kind": job.kind, "state": "failed",
+                     "error": message}
+                )  # fmt: skip
+            except QueueError:
+                pass
+        log.error("job %s failed: %s", job.id, message)
