@@ -227,7 +227,7 @@ class IndividualPublic(BaseModel):
     arch_hash: str
     arch: dict[str, Any]
     num_branches: int
-    objectives: dict[str, float]
+    objectives: dict[str, float | int | str | None]
     status: str
 
 

@@ -166,7 +166,8 @@ class RedisEventBus(EventBus):
         except redis.RedisError as exc:
             raise QueueError(describe_error(exc, self._url)) from exc
         finally:
-            # Shielded from a second cancellation; bounded so a dead server cannot hang the caller.
+            # Best effort: a second cancel here is dropped (the first is already on its way out), and
+            # the unsubscribe is bounded so a dead server cannot hang the caller.
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(pubsub.unsubscribe(), timeout=1.0)
             with contextlib.suppress(Exception, asyncio.CancelledError):
