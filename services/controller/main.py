@@ -29,6 +29,7 @@ __all__ = ["create_app", "open_storage"]
 
 log = logging.getLogger(__name__)
 
+API_PREFIX = "/api/v1"
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -73,36 +74,46 @@ class BodyLimit:
                 await too_large(scope, receive, send)
             return
         received = 0
-        started = False
+        started = exceeded = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge
+                    exceeded = True  # the app sees a client that went away; we answer 413
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if exceeded and not started:
+                return  # the app's answer to a "disconnected" client is replaced by the 413 below
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await too_large(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded and not started:
+            await too_large(scope, receive, send)
 
 
 def _route_of(request: Request) -> str:
+    """The route template (``/api/v1/searches/{search_id}``): bounded label values, no ids."""
     route = request.scope.get("route")
-    return getattr(route, "path", "unmatched")
+    if route is None:
+        return "unmatched"
+    path = str(getattr(route, "path", ""))
+    # Routers are included lazily: the route's own path lacks the /api/v1 prefix.
+    if request.url.path.startswith(API_PREFIX + "/") and not path.startswith(API_PREFIX + "/"):
+        path = API_PREFIX + path
+    return path
 
 
 def create_app(
@@ -191,7 +202,7 @@ def create_app(
         log.error("queue error: %s", exc)
         return _error(503, "job queue unavailable; nothing was queued, retry later")
 
-    app.include_router(api_router, prefix="/api/v1")
+    app.include_router(api_router, prefix=API_PREFIX)
 
     @app.get("/health", tags=["ops"])
     def health() -> dict[str, str]:

@@ -1,0 +1,61 @@
+"""An in-process controller over in-memory backends, with two users and their keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from hyctas_core.storage import JobState
+from hyctas_core.storage_memory import InMemoryStorage
+from services.auth import issue_api_key
+from services.controller.main import create_app
+from services.queue import InMemoryEventBus, InMemoryQueue
+from services.settings import Settings
+
+
+@dataclass
+class Api:
+    client: TestClient
+    storage: InMemoryStorage
+    queue: InMemoryQueue
+    events: InMemoryEventBus
+    alice: dict[str, str]
+    bob: dict[str, str]
+
+    def trained_supernet(self, owner: str = "alice", checkpoint: str = "/ckpt/supernet.pt") -> int:
+        """A supernet job marked as trained (the worker's part is tested elsewhere)."""
+        headers = self.alice if owner == "alice" else self.bob
+        r = self.client.post("/api/v1/supernets", json=SUPERNET, headers=headers)
+        assert r.status_code == 201, r.text
+        job_id = int(r.json()["id"])
+        self.storage.start_job(job_id, "w")
+        self.storage.finish_job(job_id, JobState.SUCCEEDED, result={"checkpoint": checkpoint})
+        return job_id
+
+
+SUPERNET = {
+    "name": "tiny",
+    "dataset": {"kind": "synthetic", "train": 8, "val": 4, "size": [64, 128]},
+    "epochs": 1,
+    "steps_per_epoch": 2,
+    "batch_size": 2,
+    "base_channels": 4,
+    "num_layers": 6,
+}
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    storage = InMemoryStorage()
+    queue = InMemoryQueue()
+    events = InMemoryEventBus()
+    settings = Settings(artifact_dir=tmp_path, data_dir=tmp_path, max_body_bytes=64_000)
+    alice = {"Authorization": "Bearer " + issue_api_key(storage, "alice")}
+    bob = {"Authorization": "Bearer " + issue_api_key(storage, "bob")}
+    app = create_app(settings, storage=storage, queue=queue, events=events)
+    with TestClient(app) as client:
+        yield Api(client, storage, queue, events, alice, bob)

@@ -1,0 +1,280 @@
+"""The REST API in process: auth, ownership, validation, state conflicts, limits, ops endpoints, SSE."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from hyctas_core.storage import JobState, SearchState
+from services.queue import InMemoryQueue
+from tests.services.controller.conftest import SUPERNET, Api
+
+SEARCH = {"name": "s1", "supernet_id": 0, "objective": "flops", "population": 4, "generations": 2}
+
+
+def _search(api: Api, **overrides: Any) -> dict[str, Any]:
+    supernet_id = api.trained_supernet()
+    r = api.client.post("/api/v1/searches", json={**SEARCH, "supernet_id": supernet_id, **overrides}, headers=api.alice)
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+# -- auth and ownership ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "method,path",
+    [("get", "/api/v1/searches"), ("post", "/api/v1/supernets"), ("get", "/api/v1/jobs/1"), ("get", "/api/v1/events")],
+)
+def test_every_api_call_needs_a_key(api: Api, method: str, path: str) -> None:
+    """401 without a key, with a malformed one and with an unknown one."""
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Bearer hyk_" + "x" * 43}):
+        r = api.client.request(method, path, headers=headers, json=SUPERNET if method == "post" else None)
+        assert r.status_code == 401, (headers, r.text)
+        assert "API key" in r.json()["detail"]
+
+
+def test_revoked_key_is_refused(api: Api) -> None:
+    assert api.client.get("/api/v1/searches", headers=api.bob).status_code == 200
+    (bob_key,) = api.storage.list_api_keys("bob")
+    api.storage.revoke_api_key(bob_key.id)
+    assert api.client.get("/api/v1/searches", headers=api.bob).status_code == 401
+
+
+def test_users_see_only_their_own_resources(api: Api) -> None:
+    """Bob gets 404 for every id of Alice's and sees none of them in lists; Alice sees hers."""
+    search = _search(api)
+    models = api.client.post(
+        "/api/v1/models", json={"archs": [{"name": "s", "preset": "hyctas-s"}], "dataset": SUPERNET["dataset"]},
+        headers=api.alice,
+    ).json()  # fmt: skip
+    model_id, job_id = models["data"][0]["id"], models["job_id"]
+    for path in (
+        f"/api/v1/searches/{search['id']}",
+        f"/api/v1/searches/{search['id']}/pareto",
+        f"/api/v1/searches/{search['id']}/generations",
+        f"/api/v1/searches/{search['id']}/individuals",
+        f"/api/v1/supernets/{search['supernet_id']}",
+        f"/api/v1/models/{model_id}",
+        f"/api/v1/jobs/{job_id}",
+    ):
+        assert api.client.get(path, headers=api.bob).status_code == 404, path
+        assert api.client.get(path, headers=api.alice).status_code == 200, path
+    for path in (f"/api/v1/searches/{search['id']}/cancel", f"/api/v1/jobs/{job_id}/cancel"):
+        assert api.client.post(path, headers=api.bob).status_code == 404, path
+    for path in ("/api/v1/searches", "/api/v1/supernets", "/api/v1/models", "/api/v1/jobs"):
+        assert api.client.get(path, headers=api.bob).json()["count"] == 0, path
+        assert api.client.get(path, headers=api.alice).json()["count"] >= 1, path
+    # Bob cannot search Alice's supernet nor retrain from her search.
+    r = api.client.post("/api/v1/searches", json={**SEARCH, "supernet_id": search["supernet_id"]}, headers=api.bob)
+    assert r.status_code == 422 and "no supernet" in r.text
+    assert api.storage.get_search(search["id"]).state is SearchState.CREATED  # nothing of Alice's changed
+
+
+# -- submissions -------------------------------------------------------------------------------
+def test_submit_supernet_creates_a_queued_job_and_a_stream_entry(api: Api) -> None:
+    r = api.client.post("/api/v1/supernets", json=SUPERNET, headers=api.alice)
+    assert r.status_code == 201
+    body = r.json()
+    assert body["state"] == "queued" and body["name"] == "tiny"
+    assert body["config"]["model"]["num_layers"] == 6
+    entry = api.queue.claim("test", block_s=0)
+    assert entry is not None and (entry.job_id, entry.kind) == (body["id"], "train_supernet")
+
+
+def test_search_is_stored_with_everything_to_replay_it(api: Api) -> None:
+    body = _search(api, branches=[1, 3], seed=7)
+    assert (body["state"], body["generation"], body["total_generations"]) == ("created", 0, 4)
+    stored = api.storage.get_search(body["id"]).config
+    assert stored["search"]["branches"] == [1, 3] and stored["search"]["seed"] == 7
+    assert stored["search"]["num_layers"] == 6  # from the supernet
+    assert stored["evaluator"]["supernet"] == "/ckpt/supernet.pt"
+    assert stored["dataset"] == {**SUPERNET["dataset"], "seed": 0}
+    job = api.storage.get_job(stored["job_id"])
+    assert (job.kind, job.owner, job.payload) == ("search", "alice", {"search_name": "s1"})
+
+
+def test_search_of_an_untrained_supernet_is_a_conflict(api: Api) -> None:
+    supernet_id = api.client.post("/api/v1/supernets", json=SUPERNET, headers=api.alice).json()["id"]
+    r = api.client.post("/api/v1/searches", json={**SEARCH, "supernet_id": supernet_id}, headers=api.alice)
+    assert r.status_code == 409 and "queued" in r.json()["detail"]
+
+
+def test_duplicate_search_name_is_a_conflict(api: Api) -> None:
+    body = _search(api)
+    r = api.client.post("/api/v1/searches", json={**SEARCH, "supernet_id": body["supernet_id"]}, headers=api.alice)
+    assert r.status_code == 409
+    assert api.storage.list_searches()[1] == 1
+
+
+@pytest.mark.parametrize(
+    "patch,field",
+    [
+        ({"population": 1}, "population"),
+        ({"population": 100_000}, "population"),
+        ({"generations": 0}, "generations"),
+        ({"objective": "speed"}, "objective"),
+        ({"branches": [1, 1]}, "branches"),
+        ({"branches": [4]}, "branches"),
+        ({"name": "../etc"}, "name"),
+        ({"evaluation": {"calib_images": 0}}, "calib_images"),
+        ({"unknown": 1}, "unknown"),
+    ],
+)
+def test_invalid_search_configs_are_422_naming_the_field(api: Api, patch: dict[str, Any], field: str) -> None:
+    supernet_id = api.trained_supernet()
+    r = api.client.post("/api/v1/searches", json={**SEARCH, "supernet_id": supernet_id, **patch}, headers=api.alice)
+    assert r.status_code == 422, r.text
+    assert field in json.dumps(r.json()["detail"])
+    assert api.storage.list_searches()[1] == 0
+
+
+def test_dataset_paths_cannot_escape_the_data_root(api: Api) -> None:
+    for path in ("../secrets", "/etc", "a/../../b"):
+        body = {**SUPERNET, "dataset": {"kind": "cityscapes", "path": path}}
+        assert api.client.post("/api/v1/supernets", json=body, headers=api.alice).status_code == 422, path
+
+
+def test_models_from_a_search_front_and_invalid_archs(api: Api) -> None:
+    r = api.client.post(
+        "/api/v1/models",
+        json={"archs": [{"name": "bad", "arch": {"not": "an arch"}}], "dataset": SUPERNET["dataset"]},
+        headers=api.alice,
+    )
+    assert r.status_code == 422 and "bad" in r.text
+    r = api.client.post(
+        "/api/v1/models",
+        json={"archs": [{"name": "x", "search_id": 999, "arch_hash": "abcdef12"}], "dataset": SUPERNET["dataset"]},
+        headers=api.alice,
+    )
+    assert r.status_code == 422 and "no search" in r.text
+    r = api.client.post("/api/v1/models", json={"archs": [{"name": "x", "preset": "hyctas-s"}]}, headers=api.alice)
+    assert r.status_code == 422  # no dataset and no supernet
+    r = api.client.post(
+        "/api/v1/models",
+        json={"archs": [{"name": "s", "preset": "hyctas-s"}, {"name": "m", "preset": "hyctas-m"}],
+              "dataset": SUPERNET["dataset"]},
+        headers=api.alice,
+    )  # fmt: skip
+    assert r.status_code == 422 and "same number of cells" in r.text
+    r = api.client.post(
+        "/api/v1/models",
+        json={"archs": [{"name": "a", "preset": "hyctas-s"}, {"name": "b", "preset": "hyctas-s"}], "asha": True,
+              "dataset": SUPERNET["dataset"], "epochs": 2},
+        headers=api.alice,
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert [m["name"] for m in body["data"]] == ["a", "b"] and all(m["state"] == "queued" for m in body["data"])
+    job = api.storage.get_job(body["job_id"])
+    assert job.kind == "retrain" and job.payload["asha"] is True and job.payload["retrain"]["epochs"] == 2
+
+
+# -- state transitions -------------------------------------------------------------------------
+def test_cancel_a_search_then_cancel_again_is_409(api: Api) -> None:
+    body = _search(api)
+    r = api.client.post(f"/api/v1/searches/{body['id']}/cancel", headers=api.alice)
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    job = api.storage.get_job(api.storage.get_search(body["id"]).config["job_id"])
+    assert job.state is JobState.CANCELLED
+    r = api.client.post(f"/api/v1/searches/{body['id']}/cancel", headers=api.alice)
+    assert r.status_code == 409 and "cancelled" in r.json()["detail"]
+
+
+def test_cancel_a_finished_job_is_409(api: Api) -> None:
+    supernet_id = api.trained_supernet()
+    r = api.client.post(f"/api/v1/jobs/{supernet_id}/cancel", headers=api.alice)
+    assert r.status_code == 409
+    assert api.storage.get_job(supernet_id).state is JobState.SUCCEEDED
+
+
+def test_unknown_ids_are_404(api: Api) -> None:
+    for path in ("/api/v1/searches/12345", "/api/v1/jobs/12345", "/api/v1/models/12345", "/api/v1/supernets/12345"):
+        assert api.client.get(path, headers=api.alice).status_code == 404, path
+
+
+def test_generation_beyond_the_search_is_404(api: Api) -> None:
+    body = _search(api)
+    r = api.client.get(f"/api/v1/searches/{body['id']}/individuals?generation=3", headers=api.alice)
+    assert r.status_code == 404
+
+
+# -- limits and backends -----------------------------------------------------------------------
+def test_oversized_body_is_413_and_stores_nothing(api: Api) -> None:
+    big = {**SUPERNET, "name": "x" * 70_000}
+    r = api.client.post("/api/v1/supernets", json=big, headers=api.alice)
+    assert r.status_code == 413 and "64000" in r.json()["detail"]
+    r = api.client.post(
+        "/api/v1/supernets", content=iter([b"{" + b" " * 40_000, b" " * 40_000 + b"}"]), headers=api.alice
+    )  # chunked: no Content-Length
+    assert r.status_code == 413
+    assert api.storage.list_jobs() == ([], 0)
+
+
+def test_queue_down_is_503_and_the_job_is_cancelled_not_left_queued(api: Api) -> None:
+    api.queue.close()
+    r = api.client.post("/api/v1/supernets", json=SUPERNET, headers=api.alice)
+    assert r.status_code == 503 and "queue" in r.json()["detail"]
+    (job,), _ = api.storage.list_jobs()
+    assert job.state is JobState.CANCELLED and "enqueue" in (job.error or "")
+    assert api.client.get("/ready").status_code == 503
+
+
+def test_health_ready_and_metrics(api: Api) -> None:
+    assert api.client.get("/health").json() == {"status": "ok"}
+    ready = api.client.get("/ready")
+    assert ready.status_code == 200 and ready.json()["database"] == "ok" and ready.json()["queue"] == "ok"
+    api.client.post("/api/v1/supernets", json=SUPERNET, headers=api.alice)
+    text = api.client.get("/metrics").text
+    assert 'hyctas_jobs{state="queued"} 1.0' in text
+    assert "hyctas_queue_depth 1.0" in text
+    assert 'hyctas_http_requests_total{method="POST",route="/api/v1/supernets",status="201"}' in text
+    assert "hyctas_http_request_duration_seconds_bucket" in text
+
+
+def test_openapi_lists_the_routes(api: Api) -> None:
+    paths = api.client.get("/openapi.json").json()["paths"]
+    for path in (
+        "/api/v1/searches", "/api/v1/searches/{search_id}", "/api/v1/searches/{search_id}/generations",
+        "/api/v1/searches/{search_id}/pareto", "/api/v1/searches/{search_id}/individuals",
+        "/api/v1/searches/{search_id}/cancel", "/api/v1/supernets", "/api/v1/supernets/{supernet_id}",
+        "/api/v1/models", "/api/v1/models/{model_id}", "/api/v1/jobs/{job_id}", "/api/v1/events",
+        "/health", "/ready", "/metrics",
+    ):  # fmt: skip
+        assert path in paths, path
+
+
+def test_events_stream_only_the_callers_events(api: Api) -> None:
+    """SSE: Alice's stream carries her events (in order) and none of Bob's."""
+    got: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    def publish_until_done() -> None:
+        deadline = time.monotonic() + 10
+        i = 0
+        while not done.is_set() and time.monotonic() < deadline:
+            api.events.publish({"type": "progress", "owner": "bob", "job_id": 0, "i": i})
+            api.events.publish({"type": "progress", "owner": "alice", "job_id": 1, "i": i})
+            i += 1
+            time.sleep(0.05)
+
+    publisher = threading.Thread(target=publish_until_done, daemon=True)
+    publisher.start()
+    with api.client.stream("GET", "/api/v1/events", headers=api.alice) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                got.append(json.loads(line[6:]))
+                if len(got) == 3:
+                    break
+    done.set()
+    publisher.join()
+    assert all(e["owner"] == "alice" for e in got)
+    assert [e["i"] for e in got] == sorted(e["i"] for e in got)
+
+
+def test_memory_queue_fixture_is_fresh(api: Api) -> None:
+    assert isinstance(api.queue, InMemoryQueue) and api.queue.depth() == 0

@@ -1,0 +1,271 @@
+"""The whole service over HTTP, against PostgreSQL, Redis and a Ray head on 127.0.0.1.
+
+Processes: ``ray start --head``, ``hyctas controller`` (uvicorn) and ``hyctas worker`` (one or
+two), each a subprocess with its own environment (a throw-away database, a unique stream and
+channel). The test kills a worker with SIGKILL in the middle of a search and restarts the
+controller; the search must end exactly as an uninterrupted run with the same seed ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+HYCTAS = str(Path(sys.executable).with_name("hyctas"))
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    """Starts and stops the service processes of one test."""
+
+    def __init__(self, env: dict[str, str], tmp: Path, ray_address: str) -> None:
+        self.env = env
+        self.tmp = tmp
+        self.ray_address = ray_address
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.controller: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def _log(self, name: str) -> Any:
+        return open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child process
+
+    def start_controller(self) -> None:
+        self.controller = subprocess.Popen(
+            [HYCTAS, "controller", "--port", str(self.port), "--log-level", "warning"],
+            env=self.env, stdout=self._log("controller"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.controller.poll() is None, (self.tmp / "controller.log").read_text()[-2000:]
+            try:
+                if httpx.get(self.base + "/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError("controller did not become ready")
+
+    def stop_controller(self) -> None:
+        assert self.controller is not None
+        self.controller.terminate()
+        self.controller.wait(20)
+
+    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [HYCTAS, "worker", "--ray-address", self.ray_address, "--name", name, "--metrics-port", "0"],
+            env=self.env, stdout=self._log(name), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.workers.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in [*self.workers, *([self.controller] if self.controller else [])]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(20)
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[str]:
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    started = subprocess.run(
+        [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+         "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def stack(ray_head: str, tmp_path: Path) -> Iterator[Stack]:
+    db_base, redis_url = os.environ.get("TEST_DATABASE_URL"), os.environ.get("TEST_REDIS_URL")
+    if not db_base or not redis_url:
+        _unavailable("TEST_DATABASE_URL and TEST_REDIS_URL must be set")
+        return
+    parsed = make_url(db_base)
+    name = f"hyctas_e2e_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - any connection failure
+        admin.dispose()
+        _unavailable(f"PostgreSQL unavailable: {exc}")
+        return
+    suffix = uuid.uuid4().hex[:8]
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "OMP_NUM_THREADS": "1",
+        "HYCTAS_DATABASE_URL": parsed.set(database=name).render_as_string(hide_password=False),
+        "HYCTAS_REDIS_URL": redis_url,
+        "HYCTAS_STREAM": f"hyctas:test:jobs:{suffix}",
+        "HYCTAS_EVENTS_CHANNEL": f"hyctas:test:events:{suffix}",
+        "HYCTAS_ARTIFACT_DIR": str(tmp_path / "artifacts"),
+        "HYCTAS_DATA_DIR": str(tmp_path / "data"),
+        "HYCTAS_LEASE_S": "4",
+        "HYCTAS_HEARTBEAT_S": "0.5",
+    }
+    s = Stack(env, tmp_path, ray_head)
+    try:
+        yield s
+    finally:
+        s.close()
+        import redis
+
+        r = redis.Redis.from_url(redis_url)
+        r.delete(env["HYCTAS_STREAM"])
+        r.close()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _key(stack: Stack, user: str) -> dict[str, str]:
+    out = subprocess.run([HYCTAS, "apikey", "create", "--user", user], env=stack.env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return {"Authorization": f"Bearer {out.stdout.strip()}"}
+
+
+def _wait(
+    fetch: Callable[[], dict[str, Any]], done: Callable[[dict[str, Any]], bool], timeout: float
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = fetch()
+        if done(body):
+            return body
+        assert time.monotonic() < deadline, f"timed out; last: {body}"
+        time.sleep(0.5)
+
+
+SEARCH = {"objective": "flops", "population": 6, "generations": 4, "seed": 3,
+          "evaluation": {"calib_images": 2, "val_images": 2}}  # fmt: skip
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def test_end_to_end_with_a_killed_worker_and_a_restarted_controller(stack: Stack) -> None:
+    stack.start_controller()
+    alice, bob = _key(stack, "alice"), _key(stack, "bob")
+    client = httpx.Client(base_url=stack.base + "/api/v1", timeout=10)
+    worker_a = stack.start_worker("worker-a")
+
+    # A tiny supernet, trained by the worker.
+    r = client.post("/supernets", headers=alice, json={
+        "name": "tiny", "dataset": {"kind": "synthetic", "train": 8, "val": 4, "size": [64, 128]},
+        "epochs": 1, "steps_per_epoch": 3, "batch_size": 2, "base_channels": 4, "num_layers": 6,
+    })  # fmt: skip
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    supernet = _wait(
+        lambda: client.get(f"/supernets/{sid}", headers=alice).json(), lambda b: b["state"] in FINISHED, 240
+    )
+    assert supernet["state"] == "succeeded", supernet
+    assert Path(supernet["checkpoint"]).exists()
+
+    # A search; kill -9 its worker once a generation is committed.
+    r = client.post("/searches", headers=alice, json={"name": "killed", "supernet_id": sid, **SEARCH})
+    assert r.status_code == 201, r.text
+    killed = r.json()["id"]
+    _wait(lambda: client.get(f"/searches/{killed}", headers=alice).json(), lambda b: b["generation"] >= 1, 240)
+    worker_a.send_signal(signal.SIGKILL)
+    worker_a.wait(10)
+    before = client.get(f"/searches/{killed}", headers=alice).json()
+    assert before["state"] == "running" and before["generation"] < 4
+
+    # Restart the controller while nobody runs the search: the API reports the same state.
+    stack.stop_controller()
+    stack.start_controller()
+    again = client.get(f"/searches/{killed}", headers=alice).json()
+    assert (again["state"], again["generation"], again["hypervolume"]) == (
+        before["state"], before["generation"], before["hypervolume"]
+    )  # fmt: skip
+
+    # A second worker takes the job over after the lease and finishes it.
+    stack.start_worker("worker-b")
+    done = _wait(lambda: client.get(f"/searches/{killed}", headers=alice).json(), lambda b: b["state"] in FINISHED, 300)
+    assert done["state"] == "succeeded", done
+    assert done["generation"] == done["total_generations"] == 4
+    assert done["job"]["attempts"] == 2 and done["job"]["worker"] == "worker-b"
+
+    # The same search without interruption: the same front, and no generation lost or repeated.
+    r = client.post("/searches", headers=alice, json={"name": "clean", "supernet_id": sid, **SEARCH})
+    clean = r.json()["id"]
+    _wait(lambda: client.get(f"/searches/{clean}", headers=alice).json(), lambda b: b["state"] in FINISHED, 300)
+    fronts = [client.get(f"/searches/{i}/pareto", headers=alice).json() for i in (killed, clean)]
+    assert [p["arch_hash"] for p in fronts[0]["data"]] == [p["arch_hash"] for p in fronts[1]["data"]]
+    assert [p["objectives"]["miou"] for p in fronts[0]["data"]] == [p["objectives"]["miou"] for p in fronts[1]["data"]]
+    assert fronts[0]["hypervolume"] == fronts[1]["hypervolume"]
+    gens = client.get(f"/searches/{killed}/generations", headers=alice).json()
+    assert [g["index"] for g in gens["data"]] == [0, 1, 2, 3]
+    for k in range(4):
+        individuals = client.get(f"/searches/{killed}/individuals?generation={k}", headers=alice).json()
+        assert individuals["count"] == SEARCH["population"]
+
+    # Two users: Bob sees nothing of Alice's and cannot touch it.
+    assert client.get(f"/searches/{killed}", headers=bob).status_code == 404
+    assert client.post(f"/searches/{killed}/cancel", headers=bob).status_code == 404
+    assert client.get("/searches", headers=bob).json()["count"] == 0
+    assert client.get("/searches", headers=alice).json()["count"] == 2
+    metrics = httpx.get(stack.base + "/metrics").text
+    assert 'hyctas_jobs{state="succeeded"} 3.0' in metrics
+
+
+def test_cancel_stops_a_running_search(stack: Stack) -> None:
+    stack.start_controller()
+    alice = _key(stack, "alice")
+    client = httpx.Client(base_url=stack.base + "/api/v1", timeout=10)
+    stack.start_worker("worker-c")
+    r = client.post("/supernets", headers=alice, json={
+        "name": "tiny", "dataset": {"kind": "synthetic", "train": 8, "val": 4, "size": [64, 128]},
+        "epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "base_channels": 4, "num_layers": 6,
+    })  # fmt: skip
+    sid = r.json()["id"]
+    _wait(lambda: client.get(f"/supernets/{sid}", headers=alice).json(), lambda b: b["state"] in FINISHED, 240)
+    r = client.post("/searches", headers=alice, json={"name": "c", "supernet_id": sid, **SEARCH, "generations": 50})
+    search_id = r.json()["id"]
+    _wait(lambda: client.get(f"/searches/{search_id}", headers=alice).json(), lambda b: b["generation"] >= 1, 240)
+    assert client.post(f"/searches/{search_id}/cancel", headers=alice).json()["state"] == "cancelled"
+    job = _wait(
+        lambda: client.get(f"/searches/{search_id}", headers=alice).json()["job"],
+        lambda j: j["state"] == "cancelled" and (time.sleep(3) or True), 30,
+    )  # fmt: skip
+    stopped_at = client.get(f"/searches/{search_id}", headers=alice).json()["generation"]
+    time.sleep(3)
+    assert client.get(f"/searches/{search_id}", headers=alice).json()["generation"] == stopped_at  # nothing more
+    assert stopped_at < 50 and job["state"] == "cancelled"
+    assert client.post(f"/searches/{search_id}/cancel", headers=alice).status_code == 409
