@@ -231,7 +231,7 @@ def run_retrain(ctx: JobContext) -> dict[str, Any]:
             asha=bool(payload.get("asha", False)),
             device=pick_device(payload.get("device", "auto")),
             should_stop=ctx.should_stop,
-            on_progress=lambda p: ctx.report(**{f"model_{p.get('model_id')}": p}),
+            on_progress=lambda p: ctx.report(models={**ctx.progress.get("models", {}), str(p.get("model_id")): p}),
         )
     except RetrainCancelled:
         raise JobStopped(ctx.reason or "cancelled") from None
