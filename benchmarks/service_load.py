@@ -1,0 +1,164 @@
+"""Load on the controller while a search runs: throughput, p50/p99, errors, and the search's slowdown.
+
+Starts a Ray head, ``hyctas controller`` and one ``hyctas worker`` on loopback (PostgreSQL and
+Redis from ``HYCTAS_DATABASE_URL`` / ``HYCTAS_REDIS_URL``, default the local servers; a
+throw-away database is created and dropped), trains a tiny supernet, then runs the same search
+twice: alone, and with ``--clients`` threads reading ``/searches/{id}`` and ``/pareto`` in a
+loop. Prints one JSON object.
+
+    python benchmarks/service_load.py --clients 8 --generations 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+BIN = Path(sys.executable).parent
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(fetch: Any, done: Any, timeout: float = 600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = fetch()
+        if done(body):
+            return body
+        if time.monotonic() > deadline:
+            raise TimeoutError(str(body))
+        time.sleep(0.5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--generations", type=int, default=4)
+    ap.add_argument("--population", type=int, default=6)
+    args = ap.parse_args()
+
+    db = make_url(os.environ.get("HYCTAS_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
+    redis_url = os.environ.get("HYCTAS_REDIS_URL", "redis://127.0.0.1:6379/14")
+    name = f"hyctas_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(db.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    tmp = Path(tempfile.mkdtemp(prefix="hyctas-bench-"))
+    ray_port, port = _port(), _port()
+    env = {
+        **os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1",
+        "HYCTAS_DATABASE_URL": db.set(database=name).render_as_string(hide_password=False),
+        "HYCTAS_REDIS_URL": redis_url, "HYCTAS_STREAM": f"hyctas:bench:{name}",
+        "HYCTAS_EVENTS_CHANNEL": f"hyctas:bench:events:{name}",
+        "HYCTAS_ARTIFACT_DIR": str(tmp / "artifacts"), "HYCTAS_DATA_DIR": str(tmp),
+    }  # fmt: skip
+    procs: list[subprocess.Popen[bytes]] = []
+    log = open(tmp / "services.log", "ab")  # noqa: SIM115
+    subprocess.run([BIN / "ray", "start", "--head", f"--port={ray_port}", "--num-cpus=2", "--include-dashboard=false",
+                    "--disable-usage-stats"], env=env, check=True, capture_output=True)  # fmt: skip
+    try:
+        procs.append(subprocess.Popen([BIN / "hyctas", "controller", "--port", str(port), "--log-level", "warning"],
+                                      env=env, stdout=log, stderr=log))  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        _wait(lambda: {"ok": _ready(base)}, lambda b: b["ok"], 60)
+        procs.append(subprocess.Popen([BIN / "hyctas", "worker", "--ray-address", f"127.0.0.1:{ray_port}",
+                                       "--metrics-port", "0"], env=env, stdout=log, stderr=log))  # fmt: skip
+        key = subprocess.run([BIN / "hyctas", "apikey", "create", "--user", "bench"], env=env, check=True,
+                             capture_output=True, text=True).stdout.strip()  # fmt: skip
+        headers = {"Authorization": f"Bearer {key}"}
+        api = httpx.Client(base_url=base + "/api/v1", headers=headers, timeout=30)
+        sid = api.post("/supernets", json={
+            "name": "tiny", "dataset": {"kind": "synthetic", "train": 8, "val": 4, "size": [64, 128]},
+            "epochs": 1, "steps_per_epoch": 3, "batch_size": 2, "base_channels": 4, "num_layers": 6,
+        }).json()["id"]  # fmt: skip
+        _wait(lambda: api.get(f"/supernets/{sid}").json(), lambda b: b["state"] == "succeeded")
+        search = {"supernet_id": sid, "objective": "flops", "population": args.population,
+                  "generations": args.generations, "evaluation": {"calib_images": 2, "val_images": 2}}  # fmt: skip
+
+        def run_search(label: str, clients: int) -> dict[str, Any]:
+            search_id = api.post("/searches", json={"name": label, **search}).json()["id"]
+            latencies: list[float] = []
+            errors = 0
+            stop = threading.Event()
+            lock = threading.Lock()
+
+            def client() -> None:
+                nonlocal errors
+                with httpx.Client(base_url=base + "/api/v1", headers=headers, timeout=30) as c:
+                    i = 0
+                    while not stop.is_set():
+                        path = f"/searches/{search_id}" if i % 2 == 0 else f"/searches/{search_id}/pareto"
+                        t0 = time.perf_counter()
+                        try:
+                            ok = c.get(path).status_code == 200
+                        except httpx.HTTPError:
+                            ok = False
+                        with lock:
+                            latencies.append(time.perf_counter() - t0)
+                            errors += not ok
+                        i += 1
+
+            threads = [threading.Thread(target=client) for _ in range(clients)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            done = _wait(lambda: api.get(f"/searches/{search_id}").json(), lambda b: b["state"] == "succeeded")
+            wall = time.perf_counter() - t0
+            stop.set()
+            for t in threads:
+                t.join()
+            out: dict[str, Any] = {
+                "search_s": round(wall, 2),
+                "mean_generation_s": done["timings"]["mean_generation_s"],
+            }
+            if latencies:
+                q = statistics.quantiles(latencies, n=100)
+                out.update(requests=len(latencies), throughput_rps=round(len(latencies) / wall, 1),
+                           p50_ms=round(1000 * q[49], 2), p99_ms=round(1000 * q[98], 2), errors=errors)  # fmt: skip
+            return out
+
+        alone = run_search("alone", 0)
+        loaded = run_search("loaded", args.clients)
+        print(json.dumps({
+            "benchmark": "service_load", "clients": args.clients, "population": args.population,
+            "generations": args.generations, "cpu_count": os.cpu_count(), "alone": alone, "loaded": loaded,
+            "search_slowdown": round(loaded["search_s"] / alone["search_s"], 3),
+        }, indent=2))  # fmt: skip
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        subprocess.run([BIN / "ray", "stop", "--force"], env=env, capture_output=True)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(base + "/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
