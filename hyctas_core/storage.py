@@ -25,6 +25,7 @@ from typing import Any
 
 __all__ = [
     "ApiKeyRecord",
+    "DeploymentRecord",
     "DuplicateName",
     "EvaluationRecord",
     "GenerationRecord",
@@ -182,6 +183,25 @@ class ModelRecord:
     error: str | None
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass
+class DeploymentRecord:
+    """A model served by Ray Serve under a unique name (route ``/segment/{name}``)."""
+
+    id: int
+    owner: str | None
+    name: str
+    model_id: int
+    options: dict[str, Any]  # replicas, batching, backend, device (validated by the API)
+    state: str  # "deploying", "running", "failed", "deleting", "deleted"
+    public: bool
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+DEPLOYMENT_STATES = ("deploying", "running", "failed", "deleting", "deleted")
 
 
 @dataclass
@@ -359,6 +379,45 @@ class SearchStorage(abc.ABC):
 
         Raises: KeyError. IllegalTransition: the model is finished (SUCCEEDED, FAILED or
         CANCELLED) and ``state`` would move it (re-setting its own state is allowed).
+        """
+
+    # -- deployments ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_deployment(
+        self, name: str, model_id: int, options: dict[str, Any], *, owner: str | None = None, public: bool = False
+    ) -> int:
+        """A deployment in state ``deploying``; returns its id.
+
+        Raises: KeyError: unknown model. DuplicateName: a live (not ``deleted``) deployment has this name.
+        """
+
+    @abc.abstractmethod
+    def get_deployment(self, deployment_id: int) -> DeploymentRecord:
+        """Raises: KeyError: unknown id."""
+
+    @abc.abstractmethod
+    def find_deployment(self, name: str) -> DeploymentRecord | None:
+        """The live (not ``deleted``) deployment called ``name``, or None."""
+
+    @abc.abstractmethod
+    def list_deployments(self, *, owner: str | None = None, include_deleted: bool = False) -> list[DeploymentRecord]:
+        """Deployments ordered by id; ``owner=None``: every owner's."""
+
+    @abc.abstractmethod
+    def update_deployment(
+        self,
+        deployment_id: int,
+        *,
+        state: str | None = None,
+        options: dict[str, Any] | None = None,
+        model_id: int | None = None,
+        public: bool | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Change what is given (``error=""`` clears it).
+
+        Raises: KeyError: unknown deployment or model. ValueError: unknown state.
+        IllegalTransition: the deployment is ``deleted``.
         """
 
     # -- API keys -------------------------------------------------------------------------

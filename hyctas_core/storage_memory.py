@@ -19,10 +19,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hyctas_core.storage import (
+    DEPLOYMENT_STATES,
     JOB_TRANSITIONS,
     MODEL_TRANSITIONS,
     SEARCH_TRANSITIONS,
     ApiKeyRecord,
+    DeploymentRecord,
     DuplicateName,
     EvaluationRecord,
     GenerationRecord,
@@ -85,6 +87,8 @@ class InMemoryStorage(SearchStorage):
         self._next_search_id = 1
         self._next_job_id = 1
         self._next_model_id = 1
+        self._deployments: dict[int, DeploymentRecord] = {}
+        self._next_deployment_id = 1
         self._next_key_id = 1
 
     # -- helpers (call with the lock held) --------------------------------------------------
@@ -576,6 +580,102 @@ class InMemoryStorage(SearchStorage):
             if error is not None:
                 model.error = error
             model.updated_at = _now()
+
+    # -- deployments ----------------------------------------------------------------------
+    def _deployment(self, deployment_id: int) -> DeploymentRecord:
+        try:
+            return self._deployments[deployment_id]
+        except KeyError:
+            raise KeyError(f"unknown deployment id {deployment_id}") from None
+
+    def create_deployment(
+        self, name: str, model_id: int, options: dict[str, Any], *, owner: str | None = None, public: bool = False
+    ) -> int:
+        """A deployment in state ``deploying``.
+
+        Returns:
+            The new deployment id.
+
+        Raises:
+            KeyError: unknown model.
+            DuplicateName: a live deployment has this name.
+            StorageError: ``options`` is not JSON-serialisable.
+        """
+        stored = _json_copy(options, "deployment options")
+        with self._lock:
+            self._model(model_id)
+            if any(d.name == name and d.state != "deleted" for d in self._deployments.values()):
+                raise DuplicateName(f"a deployment named {name!r} exists")
+            deployment_id = self._next_deployment_id
+            self._next_deployment_id += 1
+            now = _now()
+            self._deployments[deployment_id] = DeploymentRecord(
+                deployment_id, owner, name, model_id, stored, "deploying", public, None, now, now
+            )
+            return deployment_id
+
+    def get_deployment(self, deployment_id: int) -> DeploymentRecord:
+        """The deployment ``deployment_id``.
+
+        Raises:
+            KeyError: unknown id.
+        """
+        with self._lock:
+            return copy.deepcopy(self._deployment(deployment_id))
+
+    def find_deployment(self, name: str) -> DeploymentRecord | None:
+        """The live deployment called ``name``, or None."""
+        with self._lock:
+            for d in self._deployments.values():
+                if d.name == name and d.state != "deleted":
+                    return copy.deepcopy(d)
+            return None
+
+    def list_deployments(self, *, owner: str | None = None, include_deleted: bool = False) -> list[DeploymentRecord]:
+        """Deployments ordered by id."""
+        with self._lock:
+            return [
+                copy.deepcopy(d)
+                for _, d in sorted(self._deployments.items())
+                if (owner is None or d.owner == owner) and (include_deleted or d.state != "deleted")
+            ]
+
+    def update_deployment(
+        self,
+        deployment_id: int,
+        *,
+        state: str | None = None,
+        options: dict[str, Any] | None = None,
+        model_id: int | None = None,
+        public: bool | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Change what is given (``error=""`` clears it).
+
+        Raises:
+            KeyError: unknown deployment or model.
+            ValueError: unknown state.
+            IllegalTransition: the deployment is deleted.
+        """
+        if state is not None and state not in DEPLOYMENT_STATES:
+            raise ValueError(f"unknown deployment state {state!r}; one of {', '.join(DEPLOYMENT_STATES)}")
+        stored = None if options is None else _json_copy(options, "deployment options")
+        with self._lock:
+            d = self._deployment(deployment_id)
+            if d.state == "deleted":
+                raise IllegalTransition(f"deployment {deployment_id} is deleted")
+            if model_id is not None:
+                self._model(model_id)
+                d.model_id = model_id
+            if state is not None:
+                d.state = state
+            if stored is not None:
+                d.options = stored
+            if public is not None:
+                d.public = public
+            if error is not None:
+                d.error = error or None
+            d.updated_at = _now()
 
     # -- API keys -------------------------------------------------------------------------
     def create_api_key(self, user: str, key_hash: str, *, name: str = "", prefix: str = "") -> int:

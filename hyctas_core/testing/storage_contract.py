@@ -951,3 +951,55 @@ class StorageContract:
             storage.revoke_api_key(999_999)
         bob = storage.get_api_key("b" * 64)
         assert bob is not None and bob.revoked_at is None
+
+    # -- deployments -----------------------------------------------------------------------
+    def test_deployment_lifecycle(self, storage: SearchStorage) -> None:
+        """Create (deploying), update state / options / model / public / error, delete, reuse the name."""
+        m1 = storage.create_model("m1", {}, "h1", owner="alice")
+        m2 = storage.create_model("m2", {}, "h2", owner="alice")
+        did = storage.create_deployment("seg", m1, {"max_batch_size": 4}, owner="alice")
+        d = storage.get_deployment(did)
+        assert (d.name, d.model_id, d.state, d.public, d.error, d.owner) == (
+            "seg",
+            m1,
+            "deploying",
+            False,
+            None,
+            "alice",
+        )
+        assert d.options == {"max_batch_size": 4}
+        with pytest.raises(DuplicateName):
+            storage.create_deployment("seg", m2, {})
+        storage.update_deployment(did, state="failed", error="boom")
+        storage.update_deployment(
+            did, state="running", options={"max_batch_size": 8}, model_id=m2, public=True, error=""
+        )
+        d = storage.get_deployment(did)
+        assert (d.state, d.options, d.model_id, d.public, d.error) == ("running", {"max_batch_size": 8}, m2, True, None)
+        found = storage.find_deployment("seg")
+        assert found is not None and found.id == did
+        with pytest.raises(ValueError):
+            storage.update_deployment(did, state="exploded")
+        with pytest.raises(KeyError):
+            storage.update_deployment(did, model_id=987_654)
+        storage.update_deployment(did, state="deleted")
+        with pytest.raises(IllegalTransition):
+            storage.update_deployment(did, state="running")
+        assert storage.find_deployment("seg") is None
+        again = storage.create_deployment("seg", m1, {})  # the name is free again
+        assert again != did
+        assert [x.id for x in storage.list_deployments()] == [again]
+        assert [x.id for x in storage.list_deployments(include_deleted=True)] == [did, again]
+
+    def test_deployments_unknown_ids_and_owner_filter(self, storage: SearchStorage) -> None:
+        with pytest.raises(KeyError):
+            storage.create_deployment("x", 987_654, {})
+        with pytest.raises(KeyError):
+            storage.get_deployment(987_654)
+        m = storage.create_model("m", {}, "h")
+        a = storage.create_deployment("a", m, {}, owner="alice")
+        b = storage.create_deployment("b", m, {}, owner="bob", public=True)
+        assert [d.id for d in storage.list_deployments(owner="alice")] == [a]
+        assert [d.id for d in storage.list_deployments()] == [a, b]
+        with pytest.raises(StorageError):
+            storage.create_deployment("c", m, {"bad": float("nan")})

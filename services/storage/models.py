@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -36,12 +37,13 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from hyctas_core.storage import JobState, SearchState
+from hyctas_core.storage import DEPLOYMENT_STATES, JobState, SearchState
 
 __all__ = [
     "NAMING_CONVENTION",
     "ApiKeyRow",
     "Base",
+    "DeploymentRow",
     "EvaluationRow",
     "GenerationRow",
     "IndividualRow",
@@ -64,6 +66,7 @@ STATE_LEN = 16
 
 _SEARCH_STATES = ", ".join(f"'{s.value}'" for s in SearchState)
 _JOB_STATES = ", ".join(f"'{s.value}'" for s in JobState)
+_DEPLOYMENT_STATES = ", ".join(f"'{s}'" for s in DEPLOYMENT_STATES)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -247,6 +250,34 @@ class ModelRow(Base):
     state: Mapped[str] = mapped_column(String(STATE_LEN))
     metrics: Mapped[dict[str, Any]] = mapped_column(StrictJSON)
     checkpoint_uri: Mapped[str | None] = mapped_column(String)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DeploymentRow(Base):
+    """A model served by Ray Serve; a name is unique among live (not deleted) deployments (revision 0003)."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (
+        Index(
+            "uq_deployments_name_live",
+            "name",
+            unique=True,
+            sqlite_where=text("state != 'deleted'"),
+            postgresql_where=text("state != 'deleted'"),
+        ),
+        Index("ix_deployments_owner", "owner"),
+        CheckConstraint(f"state IN ({_DEPLOYMENT_STATES})", name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str | None] = mapped_column(String)
+    name: Mapped[str] = mapped_column(String)
+    model_id: Mapped[int] = mapped_column(Integer, ForeignKey("models.id", ondelete="CASCADE"))
+    options: Mapped[dict[str, Any]] = mapped_column(StrictJSON)
+    state: Mapped[str] = mapped_column(String(STATE_LEN))
+    public: Mapped[bool] = mapped_column(Boolean)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -45,10 +45,12 @@ from sqlalchemy.orm import Session, defer
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from hyctas_core.storage import (
+    DEPLOYMENT_STATES,
     JOB_TRANSITIONS,
     MODEL_TRANSITIONS,
     SEARCH_TRANSITIONS,
     ApiKeyRecord,
+    DeploymentRecord,
     DuplicateName,
     EvaluationRecord,
     GenerationRecord,
@@ -62,7 +64,16 @@ from hyctas_core.storage import (
     SearchStorage,
     StorageError,
 )
-from services.storage.models import ApiKeyRow, EvaluationRow, GenerationRow, IndividualRow, JobRow, ModelRow, SearchRow
+from services.storage.models import (
+    ApiKeyRow,
+    DeploymentRow,
+    EvaluationRow,
+    GenerationRow,
+    IndividualRow,
+    JobRow,
+    ModelRow,
+    SearchRow,
+)
 
 __all__ = ["SQLStorage", "create_storage_engine", "mask_url", "one_line"]
 
@@ -243,6 +254,21 @@ def _model_record(row: ModelRow) -> ModelRecord:
         state=JobState(row.state),
         metrics=row.metrics,
         checkpoint_uri=row.checkpoint_uri,
+        error=row.error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _deployment_record(row: DeploymentRow) -> DeploymentRecord:
+    return DeploymentRecord(
+        id=row.id,
+        owner=row.owner,
+        name=row.name,
+        model_id=row.model_id,
+        options=row.options,
+        state=row.state,
+        public=row.public,
         error=row.error,
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -931,6 +957,108 @@ class SQLStorage(SearchStorage):
                 row.checkpoint_uri = checkpoint_uri
             if error is not None:
                 row.error = error
+            row.updated_at = _now()
+
+    # -- deployments ----------------------------------------------------------------------
+    def create_deployment(
+        self, name: str, model_id: int, options: dict[str, Any], *, owner: str | None = None, public: bool = False
+    ) -> int:
+        """A deployment in state ``deploying``.
+
+        Returns:
+            The new deployment id.
+
+        Raises:
+            KeyError: unknown model.
+            DuplicateName: a live deployment has this name.
+            StorageError: ``options`` is not JSON-serialisable.
+        """
+        with self._session_scope(write=True) as session:
+            if session.get(ModelRow, model_id) is None:
+                raise KeyError(f"unknown model id {model_id}")
+            live = select(DeploymentRow.id).where(DeploymentRow.name == name, DeploymentRow.state != "deleted")
+            if session.scalar(live) is not None:
+                raise DuplicateName(f"a deployment named {name!r} exists")
+            now = _now()
+            row = DeploymentRow(
+                owner=owner, name=name, model_id=model_id, options=options, state="deploying", public=public,
+                error=None, created_at=now, updated_at=now,
+            )  # fmt: skip
+            session.add(row)
+            try:
+                session.flush()
+            except IntegrityError:  # a concurrent create won the race
+                raise DuplicateName(f"a deployment named {name!r} exists") from None
+            return row.id
+
+    def get_deployment(self, deployment_id: int) -> DeploymentRecord:
+        """The deployment ``deployment_id``.
+
+        Raises:
+            KeyError: unknown id.
+        """
+        with self._session_scope() as session:
+            row = session.get(DeploymentRow, deployment_id)
+            if row is None:
+                raise KeyError(f"unknown deployment id {deployment_id}")
+            return _deployment_record(row)
+
+    def find_deployment(self, name: str) -> DeploymentRecord | None:
+        """The live deployment called ``name``, or None."""
+        with self._session_scope() as session:
+            row = session.scalar(
+                select(DeploymentRow).where(DeploymentRow.name == name, DeploymentRow.state != "deleted")
+            )
+            return None if row is None else _deployment_record(row)
+
+    def list_deployments(self, *, owner: str | None = None, include_deleted: bool = False) -> list[DeploymentRecord]:
+        """Deployments ordered by id."""
+        conditions = []
+        if owner is not None:
+            conditions.append(DeploymentRow.owner == owner)
+        if not include_deleted:
+            conditions.append(DeploymentRow.state != "deleted")
+        with self._session_scope() as session:
+            rows = session.scalars(select(DeploymentRow).where(*conditions).order_by(DeploymentRow.id)).all()
+            return [_deployment_record(r) for r in rows]
+
+    def update_deployment(
+        self,
+        deployment_id: int,
+        *,
+        state: str | None = None,
+        options: dict[str, Any] | None = None,
+        model_id: int | None = None,
+        public: bool | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Change what is given (``error=""`` clears it).
+
+        Raises:
+            KeyError: unknown deployment or model.
+            ValueError: unknown state.
+            IllegalTransition: the deployment is deleted.
+        """
+        if state is not None and state not in DEPLOYMENT_STATES:
+            raise ValueError(f"unknown deployment state {state!r}; one of {', '.join(DEPLOYMENT_STATES)}")
+        with self._session_scope(write=True) as session:
+            row = session.get(DeploymentRow, deployment_id, with_for_update=True)
+            if row is None:
+                raise KeyError(f"unknown deployment id {deployment_id}")
+            if row.state == "deleted":
+                raise IllegalTransition(f"deployment {deployment_id} is deleted")
+            if model_id is not None:
+                if session.get(ModelRow, model_id) is None:
+                    raise KeyError(f"unknown model id {model_id}")
+                row.model_id = model_id
+            if state is not None:
+                row.state = state
+            if options is not None:
+                row.options = options
+            if public is not None:
+                row.public = public
+            if error is not None:
+                row.error = error or None
             row.updated_at = _now()
 
     # -- API keys -------------------------------------------------------------------------

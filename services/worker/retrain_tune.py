@@ -37,7 +37,10 @@ epoch k, and with ``eval_every > 1`` a trial reports only every ``eval_every`` e
 
 Cancelling. ``should_stop`` is polled by a Tune :class:`~ray.tune.Stopper` (every Tune step,
 about 0.1 s); when it turns true Tune stops every trial, the unfinished models are set
-CANCELLED and :class:`RetrainCancelled` is raised.
+CANCELLED and :class:`RetrainCancelled` is raised. An exception raised in the driver while
+Tune runs (by ``should_stop``, ``on_progress`` or the storage, e.g. a lost job lease) also
+stops every trial and is re-raised as is, not wrapped in a ``TuneError``; the unfinished
+models stay RUNNING, as after a crash, so the next run of the job resumes them.
 
 Test hook: when the environment variable ``HYCTAS_TEST_FAIL_ONCE_DIR`` is set in the driver
 (it reaches the trials through their config, so it works across Ray worker processes), every
@@ -128,7 +131,8 @@ def _profile(model: nn.Module, input_size: tuple[int, int], device: str) -> dict
 def _snapshot(run_dir: Path) -> Path:
     """Hard-link (or copy) the run's files into a fresh staging dir for a Tune checkpoint.
 
-    Links stay valid: checkpoints are replaced by rename, never rewritten in place.
+    ``tune.report`` copies the staged files to Tune's storage before it returns, and nothing
+    writes the run dir meanwhile, so links (no copy of the weights) are enough.
     """
     staging = run_dir / _SNAPSHOT_DIR
     shutil.rmtree(staging, ignore_errors=True)
@@ -443,8 +447,9 @@ def run_retrain_job(
 
     Finished models (SUCCEEDED, and FAILED / CANCELLED ones, which the storage's state machine
     keeps final) are skipped; QUEUED and RUNNING ones (left by a crashed worker) are trained,
-    resuming ``run_root/model-<id>/last.pt`` where it exists. Starts a local Ray (and shuts
-    it down afterwards) unless Ray is already initialised.
+    resuming ``run_root/model-<id>/last.pt`` where it exists. Unless Ray is already
+    initialised, calls ``ray.init()`` (which joins ``RAY_ADDRESS`` or a ``ray start`` cluster
+    on this machine, else starts a local one) and ``ray.shutdown()`` at the end.
 
     Args:
         storage: where the job's models live; updated as the trials progress (module docstring).
@@ -469,8 +474,11 @@ def run_retrain_job(
 
     Raises:
         ValueError: the dataset is missing or does not fit the config (every model to train is
-            set FAILED with that message first).
+            set FAILED with that message first); or ``device`` is CUDA and the Ray cluster has
+            no GPU (Tune would wait for one forever; the models are left as they were).
         RetrainCancelled: ``should_stop()`` turned true (unfinished models set CANCELLED).
+        Exception: whatever ``should_stop``, ``on_progress`` or the storage raised while Tune
+            ran, after every trial was stopped (unfinished models stay RUNNING).
     """
     data_dir, run_root = Path(data_dir).resolve(), Path(run_root).resolve()  # trials run in their own cwd
     todo = [m for m in _job_models(storage, job_id) if not m.state.is_finished()]
@@ -494,6 +502,10 @@ def run_retrain_job(
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if use_gpu and not ray.cluster_resources().get("GPU", 0):  # type: ignore[no-untyped-call]
+        if started_ray:
+            ray.shutdown()
+        raise ValueError(f"retrain job {job_id}: device {device!r} asked, but the Ray cluster has no GPU")
     stopper = _CancelStopper(should_stop)
     callback = _StorageCallback(storage, run_root, config.epochs, on_progress, stopper)
     param_space = {

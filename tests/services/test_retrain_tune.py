@@ -21,7 +21,7 @@ from hyctas_core.storage_memory import InMemoryStorage  # noqa: E402
 from services.worker.retrain_tune import FAIL_ONCE_ENV, RetrainCancelled, _datasets, run_retrain_job  # noqa: E402
 from tests.fixtures import write_cityscapes  # noqa: E402
 
-pytestmark = pytest.mark.slow  # about a minute: a Ray session and five Tune runs
+pytestmark = pytest.mark.slow  # about a minute: a Ray session and seven Tune runs
 
 MODEL = ModelConfig(base_channels=4, num_layers=6, num_classes=19)
 METRICS = ("epoch", "miou", "best_miou", "params_m", "gmacs", "fps", "early_stopped", "retries")
@@ -190,7 +190,29 @@ def test_should_stop_cancels_the_unfinished_models(ray_session: None, data: Path
     assert all(info.value.summary["models"][i]["state"] == "cancelled" for i in ids)
 
 
-def test_missing_data_or_bad_arch_fails_models_without_tune(data: Path, tmp_path: Path) -> None:
+def test_a_driver_error_stops_the_job_and_a_rerun_resumes(ray_session: None, data: Path, tmp_path: Path) -> None:
+    cfg, archs = _cfg(2), _archs(1)
+    storage = InMemoryStorage()
+    job_id, (model_id,) = _job(storage, archs)
+    run_root = tmp_path / "runs"
+
+    def lease_lost(event: dict[str, Any]) -> None:
+        raise RuntimeError("lease lost")
+
+    with pytest.raises(RuntimeError, match="lease lost"):  # as raised, not wrapped in a TuneError
+        run_retrain_job(storage, job_id, data_dir=data, run_root=run_root, config=cfg, on_progress=lease_lost)
+    model = storage.get_model(model_id)
+    assert model.state == JobState.RUNNING and model.metrics["epoch"] == 1  # as after a crash
+
+    events: list[dict[str, Any]] = []
+    run_retrain_job(storage, job_id, data_dir=data, run_root=run_root, config=cfg, on_progress=events.append)
+    model = storage.get_model(model_id)
+    assert model.state == JobState.SUCCEEDED and model.metrics["epoch"] == 2
+    assert events[0]["restored_from"] == "run_dir" and events[0]["resumed_from_epoch"] >= 1
+    assert model.metrics["best_miou"] == max(_epoch_mious(data, cfg, archs[0], tmp_path / "ref"))
+
+
+def test_bad_data_arch_or_device_fail_before_tune(ray_session: None, data: Path, tmp_path: Path) -> None:
     cfg = _cfg(1)
     storage = InMemoryStorage()
     job_id, ids = _job(storage, _archs(2))
@@ -206,3 +228,8 @@ def test_missing_data_or_bad_arch_fails_models_without_tune(data: Path, tmp_path
     model = storage.get_model(model_id)
     assert model.state == JobState.FAILED and model.error is not None and model.error.startswith("ArchError")
     assert summary == {"models": {model_id: {"state": "failed"}}, "best_model_id": None}
+
+    job_id, (model_id,) = _job(storage, _archs(1))
+    with pytest.raises(ValueError, match="no GPU"):  # the test cluster has none: Tune would wait forever
+        run_retrain_job(storage, job_id, data_dir=data, run_root=tmp_path / "runs", config=cfg, device="cuda")
+    assert storage.get_model(model_id).state == JobState.QUEUED

@@ -39,7 +39,16 @@ from services.storage.models import Base, GenerationRow, JobRow
 from services.storage.sql import create_storage_engine, mask_url, one_line
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = ("searches", "generations", "individuals", "evaluations", "jobs", "models", "api_keys")  # parents first
+TABLES = (
+    "searches",
+    "generations",
+    "individuals",
+    "evaluations",
+    "jobs",
+    "models",
+    "deployments",
+    "api_keys",
+)  # parents first
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -166,7 +175,7 @@ def _schema_diff(url: str, metadata: MetaData) -> list[object]:
 
 def test_migrated_schema_matches_the_models(sql_url: str) -> None:
     """After the migrations the database equals models.py (Alembic autogenerate finds no difference)."""
-    assert current_revision(sql_url) == head_revision() == "0002"
+    assert current_revision(sql_url) == head_revision() == "0003"
     assert _schema_diff(sql_url, Base.metadata) == []
     # The comparison is not vacuous: a model change would be reported.
     changed = MetaData()
