@@ -1,0 +1,1 @@
+"""Serving: Ray Serve applications for chosen Pareto models, and their HTTP gateway."""

@@ -1,0 +1,82 @@
+"""Create, update, inspect and delete served models on a Ray cluster (used by the worker and the CLI)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import serve
+
+from services.serve.app import APP_PREFIX, GATEWAY_APP, Gateway, SegmentationModel
+
+__all__ = ["DeployOptions", "deploy_model", "deployment_status", "ensure_gateway", "undeploy_model"]
+
+log = logging.getLogger(__name__)
+
+DeployOptions = dict[str, Any]  # validated by the API's DeploymentCreate
+
+
+def ensure_gateway(
+    *, database_url: str | None, http_host: str = "127.0.0.1", http_port: int = 8001, max_bytes: int = 16_000_000,
+    max_pixels: int = 4_200_000,
+) -> None:  # fmt: skip
+    """Start Serve's HTTP proxy and the gateway app if they are not running."""
+    serve.start(http_options={"host": http_host, "port": http_port})
+    if GATEWAY_APP in serve.status().applications:
+        return
+    gateway: Any = Gateway  # a Serve deployment: .bind / .options come from @serve.deployment
+    app = gateway.bind(database_url, max_bytes, max_pixels)
+    serve.run(app, name=GATEWAY_APP, route_prefix="/")
+    log.info("segmentation gateway on http://%s:%d", http_host, http_port)
+
+
+def deploy_model(name: str, checkpoint: str, options: DeployOptions, *, model_id: int | None = None) -> None:
+    """Create or update the app serving ``checkpoint`` as ``name``; returns once it is healthy.
+
+    Only ``user_config`` changes (checkpoint, backend, batching) reconfigure the running
+    replicas in place; replica counts and resources roll replicas without dropping requests.
+    """
+    device = str(options.get("device", "cpu"))
+    user_config = {
+        "checkpoint": checkpoint,
+        "backend": options.get("backend", "onnxruntime"),
+        "device": device,
+        "threads": int(options.get("threads", 1)),
+        "name": name,
+        "model_id": model_id,
+        "max_batch_size": int(options.get("max_batch_size", 8)),
+        "batch_wait_s": float(options.get("batch_wait_s", 0.01)),
+        "warm_up_size": options.get("warm_up_size"),
+    }
+    autoscaling = {
+        "min_replicas": int(options.get("min_replicas", 1)),
+        "max_replicas": int(options.get("max_replicas", 1)),
+        "initial_replicas": int(options.get("min_replicas", 1)),
+        "target_ongoing_requests": float(options.get("target_ongoing_requests", 8)),
+    }
+    gpu = 1 if device.startswith("cuda") else 0
+    model: Any = SegmentationModel
+    app = model.options(
+        user_config=user_config,
+        autoscaling_config=autoscaling,
+        ray_actor_options={"num_cpus": 1, "num_gpus": gpu},
+    ).bind()
+    serve.run(app, name=APP_PREFIX + name, route_prefix=None, blocking=False)
+
+
+def undeploy_model(name: str) -> None:
+    """Delete the app serving ``name`` (no error if it is already gone)."""
+    if APP_PREFIX + name in serve.status().applications:
+        serve.delete(APP_PREFIX + name)
+
+
+def deployment_status(name: str) -> dict[str, Any]:
+    """``{"status": RUNNING|DEPLOYING|..., "replicas": n}`` of the app serving ``name``, or NOT_FOUND."""
+    apps = serve.status().applications
+    app = apps.get(APP_PREFIX + name)
+    if app is None:
+        return {"status": "NOT_FOUND", "replicas": 0}
+    replicas = 0
+    for dep in app.deployments.values():
+        replicas += sum(int(n) for state, n in dep.replica_states.items() if str(state).endswith("RUNNING"))
+    return {"status": str(app.status), "replicas": replicas}
