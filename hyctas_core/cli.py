@@ -218,6 +218,8 @@ def _mount() -> None:
         return
     app.command("controller")(service_cli.controller)
     app.command("worker")(service_cli.worker)
+    app.command("serve")(service_cli.serve_local)
+    app.command("deploy")(service_cli.deploy)
     app.add_typer(service_cli.apikey_app, name="apikey")
 
 

@@ -15,7 +15,7 @@ import typer
 
 from hyctas_core.cli_utils import fail
 
-__all__ = ["apikey_app", "controller", "worker"]
+__all__ = ["apikey_app", "controller", "deploy", "serve_local", "worker"]
 
 apikey_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke.")
 
@@ -136,3 +136,99 @@ def apikey_revoke(
     except KeyError:
         fail(f"no API key with id {key_id}")
     typer.echo(f"revoked key {key_id}")
+
+
+def serve_local(
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="a retraining checkpoint (best.pt / last.pt)")],
+    arch: Annotated[
+        str | None, typer.Option("--arch", help="official arch JSON: checked against the checkpoint")
+    ] = None,
+    name: Annotated[str, typer.Option(help="route /segment/{name}")] = "local",
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8001,
+    backend: Annotated[str, typer.Option(help="onnxruntime, torchscript or torch")] = "onnxruntime",
+    max_batch_size: Annotated[int, typer.Option(min=1, max=64)] = 8,
+    batch_wait_s: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.01,
+    replicas: Annotated[int, typer.Option(min=1, max=64)] = 1,
+) -> None:
+    """Serve one trained model on a local Ray Serve (no controller, no keys): POST /segment/NAME."""
+    import json
+    import time
+    from pathlib import Path
+
+    from hyctas_core.retrain import load_model
+    from hyctas_core.search_space import Arch
+
+    path = Path(checkpoint)
+    try:
+        _, trained, _ = load_model(path)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc).splitlines()[0])
+    if arch is not None:
+        try:
+            wanted = Arch.from_official(json.loads(Path(arch).read_text())).canonical()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            fail(f"cannot read --arch {arch!r}: {exc}")
+        if wanted.hash != trained.hash:
+            fail(f"--arch {arch!r} ({wanted.hash}) is not the checkpoint's architecture ({trained.hash})")
+    if backend not in ("onnxruntime", "torchscript", "torch"):
+        fail(f"unknown backend {backend!r}; choose onnxruntime, torchscript or torch")
+    import ray
+
+    from services.serve.deploy import deploy_model, ensure_gateway
+
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ensure_gateway(database_url=None, http_host=host, http_port=port)
+    options = {"backend": backend, "max_batch_size": max_batch_size, "batch_wait_s": batch_wait_s,
+               "min_replicas": replicas, "max_replicas": replicas}  # fmt: skip
+    deploy_model(name, str(path.resolve()), options)
+    typer.echo(f"serving {trained.hash} on http://{host}:{port}/segment/{name} (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        from ray import serve
+
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
+
+
+def deploy(
+    model_id: Annotated[int, typer.Argument(help="a retrained model's id (GET /api/v1/models)")],
+    url: Annotated[str, typer.Option(envvar="HYCTAS_URL", help="controller URL")] = "http://127.0.0.1:8000",
+    key: Annotated[str | None, typer.Option(envvar="HYCTAS_API_KEY", help="API key")] = None,
+    name: Annotated[str | None, typer.Option(help="deployment name (default model-ID)")] = None,
+    public: Annotated[bool, typer.Option("--public", help="callable without a key")] = False,
+    backend: Annotated[str, typer.Option()] = "onnxruntime",
+    max_replicas: Annotated[int, typer.Option(min=1, max=64)] = 1,
+    max_batch_size: Annotated[int, typer.Option(min=1, max=64)] = 8,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait until it serves")] = True,
+) -> None:
+    """Deploy a retrained model through the controller (POST /api/v1/models/ID/deploy)."""
+    import time
+
+    import httpx
+
+    if not key:
+        fail("an API key is needed: --key or HYCTAS_API_KEY")
+    body: dict[str, Any] = {"public": public, "backend": backend, "max_replicas": max_replicas,
+                            "max_batch_size": max_batch_size}  # fmt: skip
+    if name:
+        body["name"] = name
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        r = httpx.post(f"{url}/api/v1/models/{model_id}/deploy", json=body, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the controller at {url}: {exc}")
+    if r.status_code != 202:
+        detail = r.json().get("detail") if r.headers.get("content-type", "").startswith("application/json") else r.text
+        fail(f"HTTP {r.status_code}: {detail}")
+    deployment = r.json()
+    while wait and deployment["state"] == "deploying":
+        time.sleep(1)
+        deployment = httpx.get(f"{url}/api/v1/deployments/{deployment['name']}", headers=headers, timeout=30).json()
+    if deployment["state"] == "failed":
+        fail(f"deployment {deployment['name']!r} failed: {deployment['error']}")
+    typer.echo(f"{deployment['name']}: {deployment['state']} at {deployment['route']}")

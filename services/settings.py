@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     # HTTP
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
     worker_metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus port of a worker (0: none)")
+    # serving (Ray Serve HTTP proxy and the segmentation gateway)
+    serve_host: str = Field("127.0.0.1", description="Ray Serve HTTP bind address (0.0.0.0 in a cluster)")
+    serve_port: int = Field(8001, ge=1, le=65535, description="Ray Serve HTTP port: POST /segment/{name}")
+    serve_max_bytes: int = Field(16_000_000, ge=1024, description="larger images get 413 at /segment")
+    serve_max_pixels: int = Field(4_200_000, ge=1024, description="images with more pixels get 413 at /segment")
     # what one search may ask for (422 beyond)
     max_population: int = Field(512, ge=2)
     max_generations: int = Field(500, ge=1)

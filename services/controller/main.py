@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from hyctas_core.storage import DuplicateName, IllegalTransition, SearchStorage, StorageError
 from services.controller.api.main import api_router
+from services.controller.dashboard import router as dashboard_router
 from services.controller.service import Conflict, Invalid
 from services.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, StateCollector
 from services.queue import EventBus, JobQueue, QueueError
@@ -203,6 +204,7 @@ def create_app(
         return _error(503, "job queue unavailable; nothing was queued, retry later")
 
     app.include_router(api_router, prefix=API_PREFIX)
+    app.include_router(dashboard_router)  # /dashboard: the page needs no key, its data comes from /api/v1
 
     @app.get("/health", tags=["ops"])
     def health() -> dict[str, str]:

@@ -326,3 +326,50 @@ class ModelsPublic(BaseModel):
     data: list[ModelPublic]
     count: int
     job_id: int | None = None
+
+
+# -- deployments -----------------------------------------------------------------------------
+class DeploymentCreate(Strict):
+    """Serve a retrained model on Ray Serve (create, or update a deployment of yours in place)."""
+
+    name: Name | None = Field(None, description="route /segment/{name}; default model-{id}")
+    public: bool = Field(False, description="callable without an API key")
+    backend: Literal["onnxruntime", "torchscript", "torch"] = "onnxruntime"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    min_replicas: int = Field(1, ge=1, le=64)
+    max_replicas: int = Field(1, ge=1, le=64)
+    target_ongoing_requests: float = Field(8, gt=0, le=1000, description="autoscaling target per replica")
+    max_batch_size: int = Field(8, ge=1, le=64)
+    batch_wait_s: float = Field(0.01, ge=0, le=1)
+    warm_up_size: Size | None = Field(None, description="compile the backend for this HxW at start-up")
+
+    @model_validator(mode="after")
+    def _replicas(self) -> DeploymentCreate:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas must be >= min_replicas")
+        return self
+
+
+class DeploymentPublic(BaseModel):
+    id: int
+    name: str
+    model_id: int
+    state: str
+    public: bool
+    route: str
+    options: dict[str, Any]
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_record(cls, d: Any) -> DeploymentPublic:
+        return cls(
+            id=d.id, name=d.name, model_id=d.model_id, state=d.state, public=d.public, route=f"/segment/{d.name}",
+            options=d.options, error=d.error, created_at=d.created_at, updated_at=d.updated_at,
+        )  # fmt: skip
+
+
+class DeploymentsPublic(BaseModel):
+    data: list[DeploymentPublic]
+    count: int

@@ -32,6 +32,8 @@ __all__ = [
     "Conflict",
     "Invalid",
     "cancel_job",
+    "delete_deployment",
+    "deploy_model",
     "cancel_search",
     "publish",
     "submit_models",
@@ -297,3 +299,53 @@ def cancel_search(storage: SearchStorage, events: EventBus | None, search: Searc
         storage.set_search_state(search.id, SearchState.CANCELLED, error="cancelled by user")
     publish(events, {"type": "search", "owner": search.owner, "search_id": search.id, "state": "cancelled"})
     return storage.get_search(search.id)
+
+
+def deploy_model(
+    storage: SearchStorage, queue: JobQueue, events: EventBus | None, owner: str, model_id: int, req: Any
+) -> Any:
+    """Create (or update in place) the deployment of a trained model, through a ``deploy`` job.
+
+    Raises:
+        KeyError: not the owner's model. Conflict: the model has no checkpoint yet, or the name
+        belongs to someone else's deployment. QueueError: the queue is down.
+    """
+    model = storage.get_model(model_id)
+    if model.owner != owner:
+        raise KeyError(f"unknown model id {model_id}")
+    if model.state is not JobState.SUCCEEDED or not model.checkpoint_uri:
+        raise Conflict(f"model {model_id} is {model.state.value}: deploy it once it has been retrained")
+    name = req.name or f"model-{model_id}"
+    options = req.model_dump(mode="json", exclude={"name", "public"})
+    existing = storage.find_deployment(name)
+    if existing is not None and existing.owner != owner:
+        raise Conflict(f"the deployment name {name!r} is taken")
+    if existing is not None:
+        if existing.state == "deleting":
+            raise Conflict(f"deployment {name!r} is being deleted")
+        storage.update_deployment(
+            existing.id, state="deploying", options=options, model_id=model_id, public=req.public, error=""
+        )
+        deployment_id = existing.id
+    else:
+        deployment_id = storage.create_deployment(name, model_id, options, owner=owner, public=req.public)
+    job_id = storage.create_job("deploy", {"deployment_id": deployment_id, "action": "deploy"}, owner=owner)
+    try:
+        _enqueue(storage, queue, job_id, "deploy")
+    except QueueError:
+        storage.update_deployment(deployment_id, state="failed", error="could not enqueue the deploy job")
+        raise
+    publish(events, {"type": "deployment", "owner": owner, "name": name, "state": "deploying", "job_id": job_id})
+    return storage.get_deployment(deployment_id)
+
+
+def delete_deployment(storage: SearchStorage, queue: JobQueue, events: EventBus | None, deployment: Any) -> Any:
+    """Undeploy through a ``deploy`` job with action ``delete``.
+
+    Raises: QueueError: the queue is down (nothing changes).
+    """
+    job_id = storage.create_job("deploy", {"deployment_id": deployment.id, "action": "delete"}, owner=deployment.owner)
+    _enqueue(storage, queue, job_id, "deploy")
+    storage.update_deployment(deployment.id, state="deleting")
+    publish(events, {"type": "deployment", "owner": deployment.owner, "name": deployment.name, "state": "deleting"})
+    return storage.get_deployment(deployment.id)

@@ -26,7 +26,7 @@ from services.datasets import resolve_dataset
 from services.metrics import EVALUATION_SECONDS, EVALUATIONS, GENERATION_SECONDS
 from services.worker.runner import Handler, JobContext, JobStopped
 
-__all__ = ["default_handlers", "pick_device", "run_retrain", "run_search_job", "run_train_supernet"]
+__all__ = ["default_handlers", "pick_device", "run_deploy", "run_retrain", "run_search_job", "run_train_supernet"]
 
 log = logging.getLogger(__name__)
 
@@ -237,5 +237,57 @@ def run_retrain(ctx: JobContext) -> dict[str, Any]:
         raise JobStopped(ctx.reason or "cancelled") from None
 
 
+# -- serving -------------------------------------------------------------------------------------
+def _checkpoint_path(uri: str) -> str:
+    return uri.removeprefix("file://")
+
+
+def run_deploy(ctx: JobContext) -> dict[str, Any]:
+    """Create, update or delete a Ray Serve deployment; the row records the outcome."""
+    from services.serve.deploy import deploy_model, deployment_status, ensure_gateway, undeploy_model
+
+    _ensure_ray(ctx)
+    payload = ctx.job.payload
+    deployment = ctx.storage.get_deployment(int(payload["deployment_id"]))
+    if payload.get("action") == "delete":
+        undeploy_model(deployment.name)
+        ctx.storage.update_deployment(deployment.id, state="deleted")
+        ctx.publish({"type": "deployment", "name": deployment.name, "state": "deleted"})
+        return {"deployment": deployment.name, "state": "deleted"}
+    s = ctx.settings
+    try:
+        model = ctx.storage.get_model(deployment.model_id)
+        if not model.checkpoint_uri:
+            raise ValueError(f"model {model.id} has no checkpoint")
+        options = {**deployment.options, "device": pick_device(str(deployment.options.get("device", "auto")))}
+        ensure_gateway(
+            database_url=s.database_url, http_host=s.serve_host, http_port=s.serve_port,
+            max_bytes=s.serve_max_bytes, max_pixels=s.serve_max_pixels,
+        )  # fmt: skip
+        deploy_model(deployment.name, _checkpoint_path(model.checkpoint_uri), options, model_id=model.id)
+        deadline = time.monotonic() + 600
+        state = deployment_status(deployment.name)
+        while "RUNNING" not in state["status"]:
+            if "FAIL" in state["status"] or time.monotonic() > deadline:
+                raise RuntimeError(f"deployment {deployment.name!r} ended {state['status']}")
+            ctx.check()
+            time.sleep(0.5)
+            state = deployment_status(deployment.name)
+    except JobStopped:
+        raise
+    except Exception as exc:
+        ctx.storage.update_deployment(deployment.id, state="failed", error=f"{type(exc).__name__}: {exc}"[:500])
+        raise
+    ctx.storage.update_deployment(deployment.id, state="running", error="")
+    ctx.publish({"type": "deployment", "name": deployment.name, "state": "running", "replicas": state["replicas"]})
+    return {"deployment": deployment.name, "state": "running", "replicas": state["replicas"],
+            "route": f"/segment/{deployment.name}", "port": s.serve_port}  # fmt: skip
+
+
 def default_handlers() -> dict[str, Handler]:
-    return {"train_supernet": run_train_supernet, "search": run_search_job, "retrain": run_retrain}
+    return {
+        "train_supernet": run_train_supernet,
+        "search": run_search_job,
+        "retrain": run_retrain,
+        "deploy": run_deploy,
+    }

@@ -1,0 +1,55 @@
+"""Deployments: serve retrained models on Ray Serve (``POST /models/{id}/deploy``), list, undeploy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, status
+
+from hyctas_core.storage import SearchStorage
+from services.controller import service
+from services.controller.deps import CurrentUser, EventsDep, QueueDep, StorageDep
+from services.controller.schemas import DeploymentCreate, DeploymentPublic, DeploymentsPublic
+
+router = APIRouter(tags=["deployments"])
+
+
+def owned_deployment(storage: SearchStorage, name: str, user: str) -> Any:
+    deployment = storage.find_deployment(name)
+    if deployment is None or deployment.owner != user:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no deployment {name!r}")
+    return deployment
+
+
+@router.post("/models/{model_id}/deploy", status_code=status.HTTP_202_ACCEPTED, response_model=DeploymentPublic)
+def deploy_model(
+    model_id: int, body: DeploymentCreate, user: CurrentUser, storage: StorageDep, queue: QueueDep, events: EventsDep
+) -> DeploymentPublic:
+    """Serve a retrained model (or update your deployment of that name in place, without dropping requests)."""
+    try:
+        deployment = service.deploy_model(storage, queue, events, user, model_id, body)
+    except KeyError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model {model_id}") from None
+    return DeploymentPublic.from_record(deployment)
+
+
+@router.get("/deployments", response_model=DeploymentsPublic)
+def list_deployments(user: CurrentUser, storage: StorageDep) -> DeploymentsPublic:
+    """The caller's live deployments with state, options (replicas, batching, backend) and route."""
+    rows = storage.list_deployments(owner=user)
+    return DeploymentsPublic(data=[DeploymentPublic.from_record(d) for d in rows], count=len(rows))
+
+
+@router.get("/deployments/{name}", response_model=DeploymentPublic)
+def get_deployment(name: str, user: CurrentUser, storage: StorageDep) -> DeploymentPublic:
+    """One deployment."""
+    return DeploymentPublic.from_record(owned_deployment(storage, name, user))
+
+
+@router.delete("/deployments/{name}", status_code=status.HTTP_202_ACCEPTED, response_model=DeploymentPublic)
+def delete_deployment(
+    name: str, user: CurrentUser, storage: StorageDep, queue: QueueDep, events: EventsDep
+) -> DeploymentPublic:
+    """Undeploy (asynchronously: the state goes ``deleting`` then ``deleted``)."""
+    deployment = owned_deployment(storage, name, user)
+    return DeploymentPublic.from_record(service.delete_deployment(storage, queue, events, deployment))
