@@ -1,0 +1,250 @@
+"""Serving on a local Ray Serve over loopback: deploy, segment, batch, reject bad input, reconfigure under load.
+
+One module-scoped Serve instance: a tiny retrained model (written with the project's own
+``Retrainer``), a SQLite database holding its API keys and deployment rows, and the gateway
+reading them. Deploys go through the worker's ``deploy`` job handler.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+ray = pytest.importorskip("ray")
+
+from ray import serve  # noqa: E402
+
+from hyctas_core.config import ModelConfig  # noqa: E402
+from hyctas_core.data.cityscapes import CityscapesDataset  # noqa: E402
+from hyctas_core.data.transforms import SegTransform  # noqa: E402
+from hyctas_core.presets import get_preset  # noqa: E402
+from hyctas_core.retrain import RetrainConfig, Retrainer, load_model  # noqa: E402
+from hyctas_core.segment import predict_labels  # noqa: E402
+from hyctas_core.storage import JobState  # noqa: E402
+from services.auth import issue_api_key  # noqa: E402
+from services.serve.app import decode_image  # noqa: E402
+from services.serve.deploy import deploy_model  # noqa: E402
+from services.settings import Settings  # noqa: E402
+from services.storage import SQLStorage  # noqa: E402
+from services.worker.jobs import run_deploy  # noqa: E402
+from services.worker.runner import JobContext  # noqa: E402
+from tests.fixtures import write_cityscapes  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Served:
+    base: str
+    storage: SQLStorage
+    settings: Settings
+    checkpoint: Path
+    image: np.ndarray
+    png: bytes
+    alice: dict[str, str]
+    bob: dict[str, str]
+    model_id: int
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _deploy(s: Served, name: str, *, public: bool = False, **options: object) -> None:
+    """Create the deployment row and run the worker's deploy job for it."""
+    existing = s.storage.find_deployment(name)
+    opts = {"backend": "torch", "max_batch_size": 8, "batch_wait_s": 0.05, **options}
+    if existing is None:
+        did = s.storage.create_deployment(name, s.model_id, opts, owner="alice", public=public)
+    else:
+        did = existing.id
+        s.storage.update_deployment(did, state="deploying", options=opts)
+    job_id = s.storage.create_job("deploy", {"deployment_id": did, "action": "deploy"}, owner="alice")
+    job = s.storage.start_job(job_id, "test")
+    result = run_deploy(JobContext(job, "test", s.storage, None, s.settings))
+    assert result["state"] == "running"
+    assert s.storage.get_deployment(did).state == "running"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("serve")
+    root = write_cityscapes(tmp / "data", train=4, val=2, size=(64, 128))
+    cfg = RetrainConfig(
+        model=ModelConfig(base_channels=4, num_layers=11), epochs=1, batch_size=2, crop_size=(64, 128), aux_weight=0
+    )
+    train = CityscapesDataset(root, "train", transform=SegTransform(crop_size=(64, 128)))
+    Retrainer(cfg, get_preset("hyctas-s"), train, None, tmp / "run").fit()
+    checkpoint = tmp / "run" / "last.pt"
+    url = f"sqlite:///{tmp / 'hyctas.db'}"
+    storage = SQLStorage(url, create=True)
+    alice = {"Authorization": "Bearer " + issue_api_key(storage, "alice")}
+    bob = {"Authorization": "Bearer " + issue_api_key(storage, "bob")}
+    job = storage.create_job("retrain", {}, owner="alice")
+    model_id = storage.create_model("s", get_preset("hyctas-s").to_official(), "h", owner="alice", job_id=job)
+    storage.update_model(model_id, state=JobState.RUNNING)
+    storage.update_model(model_id, state=JobState.SUCCEEDED, checkpoint_uri=f"file://{checkpoint}")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    settings = Settings(database_url=url, serve_port=port, serve_max_bytes=200_000, serve_max_pixels=300_000)
+    image = np.asarray(Image.open(next((root / "leftImg8bit" / "val").rglob("*.png"))).convert("RGB"))
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
+    s = Served(f"http://127.0.0.1:{port}", storage, settings, checkpoint, image, _png(image), alice, bob, model_id)
+    try:
+        _deploy(s, "seg")
+        yield s
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        storage.close()
+
+
+def test_labels_equal_the_model_called_directly(served: Served) -> None:
+    r = httpx.post(f"{served.base}/segment/seg", content=served.png, headers=served.alice, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    labels = np.asarray(Image.open(io.BytesIO(r.content)))
+    net, _, _ = load_model(served.checkpoint)
+    expected = predict_labels(net, [served.image])[0]
+    assert labels.shape == expected.shape and (labels == expected).all()
+    # Multipart uploads give the same answer.
+    r2 = httpx.post(
+        f"{served.base}/segment/seg", files={"image": ("x.png", served.png, "image/png")}, headers=served.alice
+    )
+    assert r2.status_code == 200 and r2.content == r.content
+
+
+def test_json_and_overlay_outputs(served: Served) -> None:
+    r = httpx.post(f"{served.base}/segment/seg?output=json", content=served.png, headers=served.alice, timeout=60)
+    body = r.json()
+    assert body["size"] == list(served.image.shape[:2]) and body["deployment"] == "seg"
+    assert abs(sum(c["fraction"] for c in body["classes"]) - 1.0) < 1e-6
+    assert body["model"]["checkpoint"] == str(served.checkpoint)
+    r = httpx.post(f"{served.base}/segment/seg?output=overlay", content=served.png, headers=served.alice, timeout=60)
+    overlay = np.asarray(Image.open(io.BytesIO(r.content)))
+    assert overlay.shape == served.image.shape
+
+
+def test_images_of_different_sizes(served: Served) -> None:
+    for h, w in ((48, 96), (65, 130), (64, 128)):
+        img = np.ascontiguousarray(served.image[:h, :w]) if h <= 64 else np.zeros((h, w, 3), np.uint8)
+        r = httpx.post(f"{served.base}/segment/seg", content=_png(img), headers=served.alice, timeout=60)
+        assert r.status_code == 200
+        assert np.asarray(Image.open(io.BytesIO(r.content))).shape == (h, w)
+
+
+def test_concurrent_requests_are_batched(served: Served) -> None:
+    sizes: list[int] = []
+
+    def call() -> None:
+        r = httpx.post(f"{served.base}/segment/seg", content=served.png, headers=served.alice, timeout=60)
+        assert r.status_code == 200
+        sizes.append(int(r.headers["x-batch-size"]))
+
+    threads = [threading.Thread(target=call) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(sizes) == 16 and max(sizes) > 1, sizes
+
+
+def test_bad_input_is_4xx_and_the_next_request_is_served(served: Served) -> None:
+    url = f"{served.base}/segment/seg"
+    truncated = served.png[: len(served.png) // 2]
+    jpeg = io.BytesIO()
+    Image.fromarray(served.image).save(jpeg, format="JPEG")
+    gif = io.BytesIO()
+    Image.fromarray(served.image).save(gif, format="GIF")
+    cases = {
+        "not an image": (b"hello, world", 400),
+        "truncated": (truncated, 400),
+        "empty": (b"", 400),
+        "gif": (gif.getvalue(), 400),
+        "too many bytes": (b"\x89PNG" + b"\0" * 250_000, 413),
+        "too many pixels": (_png(np.zeros((600, 600, 3), np.uint8)), 413),
+    }
+    for what, (body, code) in cases.items():
+        r = httpx.post(url, content=body, headers=served.alice, timeout=60)
+        assert r.status_code == code, (what, r.status_code, r.text)
+        assert "detail" in r.json()
+    assert httpx.post(url, content=jpeg.getvalue(), headers=served.alice, timeout=60).status_code == 200
+    assert httpx.post(f"{served.base}/segment/nope", content=served.png, headers=served.alice).status_code == 404
+    assert httpx.post(url, content=served.png, headers=served.alice, timeout=60).status_code == 200
+
+
+def test_zero_size_image_is_400() -> None:
+    """A PNG whose header says 0x0 (PIL cannot write one: patch the IHDR) is refused before decoding."""
+    from fastapi import HTTPException
+
+    good = _png(np.zeros((4, 4, 3), np.uint8))
+    ihdr = good.index(b"IHDR")
+    zero = good[: ihdr + 4] + b"\0\0\0\0\0\0\0\0" + good[ihdr + 12 :]
+    with pytest.raises(HTTPException) as info:
+        decode_image(zero, max_pixels=100)
+    assert info.value.status_code == 400
+
+
+def test_auth_owner_and_public(served: Served) -> None:
+    url = f"{served.base}/segment/seg"
+    assert httpx.post(url, content=served.png, timeout=60).status_code == 401
+    assert httpx.post(url, content=served.png, headers={"Authorization": "Bearer hyk_bad"}).status_code == 401
+    assert httpx.post(url, content=served.png, headers=served.bob, timeout=60).status_code == 404
+    deployment = served.storage.find_deployment("seg")
+    assert deployment is not None
+    served.storage.update_deployment(deployment.id, public=True)
+    try:
+        assert httpx.post(url, content=served.png, timeout=60).status_code == 200
+    finally:
+        served.storage.update_deployment(deployment.id, public=False)
+
+
+def test_reconfigure_under_load_drops_nothing(served: Served) -> None:
+    """Swap the backend while 4 clients keep sending: every request succeeds; the new backend answers."""
+    url = f"{served.base}/segment/seg?output=json"
+    stop = threading.Event()
+    codes: list[int] = []
+    backends: list[str] = []
+
+    def client() -> None:
+        with httpx.Client(timeout=60) as c:
+            while not stop.is_set():
+                r = c.post(url, content=served.png, headers=served.alice)
+                codes.append(r.status_code)
+                if r.status_code == 200:
+                    backends.append(r.json()["model"]["backend"])
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        _deploy(served, "seg", backend="torchscript")
+        deadline = threading.Event()
+        for _ in range(100):  # until the new backend has answered a few times
+            if backends.count("torchscript") >= 3:
+                break
+            deadline.wait(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert codes and all(c == 200 for c in codes), [c for c in codes if c != 200]
+    assert "torch" in backends and backends.count("torchscript") >= 3
+    deploy_model("seg", str(served.checkpoint), {"backend": "torch", "max_batch_size": 8, "batch_wait_s": 0.05})
+
+
+def test_gateway_health(served: Served) -> None:
+    assert httpx.get(f"{served.base}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{served.base}/ready").status_code == 200
