@@ -171,6 +171,14 @@ class JobQueue(abc.ABC):
         raise NotImplementedError
 
     @abc.abstractmethod
+    def job_ids(self) -> set[int]:
+        """Ids of the jobs with an un-acked entry (waiting or pending), to find jobs that were never queued.
+
+        Raises:
+            QueueError: the backend failed.
+        """
+
+    @abc.abstractmethod
     def ping(self) -> None:
         """Checks that the backend answers.
 

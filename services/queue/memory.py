@@ -97,6 +97,11 @@ class InMemoryQueue(JobQueue):
                 self._new.remove(entry.entry_id)  # acked before any delivery (an entry built by hand)
 
     # Monitoring
+    def job_ids(self) -> set[int]:
+        with self._lock:
+            self._check_open()
+            return {job_id for job_id, _ in self._jobs.values()}
+
     def depth(self) -> int:
         with self._lock:
             self._check_open()

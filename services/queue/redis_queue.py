@@ -99,6 +99,19 @@ class RedisQueue(JobQueue):
         self._call(lambda: self._drop(entry.entry_id))
 
     # Monitoring
+    def job_ids(self) -> set[int]:
+        def scan() -> set[int]:
+            ids: set[int] = set()
+            entries: Any = self._client.xrange(self.stream, count=100_000)
+            for _, fields in entries:
+                try:
+                    ids.add(int(fields["job_id"]))
+                except (KeyError, ValueError, TypeError):
+                    continue
+            return ids
+
+        return self._call(scan)
+
     def depth(self) -> int:
         # Acked entries are deleted, so the stream holds exactly the un-acked ones.
         return self._call(lambda: int(self._client.xlen(self.stream)))

@@ -130,12 +130,34 @@ class Worker:
         self.current: JobContext | None = None
 
     # -- main loop --------------------------------------------------------------------------
+    def sweep(self) -> list[int]:
+        """Re-enqueue QUEUED jobs that have no stream entry (e.g. the controller died between the
+        row and the entry, or Redis lost its data); returns their ids. Duplicates are harmless:
+        ``start_job`` lets one entry win and the others are acknowledged."""
+        queued, _ = self.storage.list_jobs(state=JobState.QUEUED, limit=10_000)
+        if not queued:
+            return []
+        present = self.queue.job_ids()
+        cutoff = time.time() - 2 * self.settings.lease_s  # leave the controller time to enqueue
+        orphans = [j for j in queued if j.id not in present and j.updated_at.timestamp() < cutoff]
+        for job in orphans:
+            self.queue.enqueue(job.id, job.kind)
+            log.warning("job %s was queued without a stream entry; re-enqueued", job.id)
+        return [j.id for j in orphans]
+
     def run(self, stop: threading.Event | None = None, *, max_jobs: int | None = None, block_s: float = 1.0) -> int:
         """Claim and run jobs until ``stop`` is set (or ``max_jobs`` entries were handled); returns that count."""
         stop = stop or threading.Event()
         handled = 0
+        next_sweep = 0.0
         log.info("worker %s: waiting for jobs", self.name)
         while not stop.is_set() and (max_jobs is None or handled < max_jobs):
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self.settings.lease_s
+                try:
+                    self.sweep()
+                except (StorageError, QueueError) as exc:
+                    log.warning("sweep failed: %s", exc)
             try:
                 entry = self.queue.claim(self.name, block_s=block_s)
             except QueueError as exc:

@@ -287,6 +287,17 @@ class TestQueueContract:
         nxt = queue.claim("a", block_s=0)
         assert nxt is not None and nxt.job_id == 2  # the acked entry never comes back
 
+    def test_job_ids_lists_waiting_and_pending_entries(self, backend: QueueBackend) -> None:
+        queue = backend.open()
+        assert queue.job_ids() == set()
+        for job_id in (5, 6, 7):
+            queue.enqueue(job_id, "search")
+        first = queue.claim("a", block_s=0)
+        assert first is not None and first.job_id == 5
+        assert queue.job_ids() == {5, 6, 7}  # pending and waiting entries both count
+        queue.ack(first)
+        assert queue.job_ids() == {6, 7}
+
     def test_depth_pending_and_oldest_age(self, backend: QueueBackend) -> None:
         queue = backend.open()
         assert (queue.depth(), queue.pending(), queue.oldest_age_s()) == (0, 0, 0.0)

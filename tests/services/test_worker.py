@@ -1,0 +1,224 @@
+"""The worker's job protocol with fake handlers: success, retries, give-up, cancel, take-over, orphans.
+
+In-memory storage and queue, short leases, real threads; the handlers are plain functions,
+so each test isolates one rule of :mod:`services.worker.runner`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from hyctas_core.storage import IllegalTransition, JobState, SearchState
+from hyctas_core.storage_memory import InMemoryStorage
+from services.queue import InMemoryEventBus, InMemoryQueue
+from services.settings import Settings
+from services.worker.runner import JobContext, Worker
+
+LEASE_S = 0.6
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(lease_s=LEASE_S, heartbeat_s=0.1, max_attempts=2)
+
+
+@pytest.fixture
+def backends() -> tuple[InMemoryStorage, InMemoryQueue, InMemoryEventBus]:
+    return InMemoryStorage(), InMemoryQueue(lease_s=LEASE_S), InMemoryEventBus()
+
+
+def _submit(storage: InMemoryStorage, queue: InMemoryQueue, kind: str = "fake", payload: Any = None) -> int:
+    job_id = storage.create_job(kind, payload or {}, owner="alice")
+    queue.enqueue(job_id, kind)
+    return job_id
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[[Worker], threading.Event]]:
+    """Start workers in threads; stop them all at the end."""
+    stops: list[tuple[threading.Event, threading.Thread]] = []
+
+    def start(worker: Worker) -> threading.Event:
+        stop = threading.Event()
+        thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"block_s": 0.05}, daemon=True)
+        thread.start()
+        stops.append((stop, thread))
+        return stop
+
+    yield start
+    for stop, thread in stops:
+        stop.set()
+        thread.join(10)
+
+
+def _wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_success_stores_the_result_and_acks(settings: Settings, backends: Any, running: Any) -> None:
+    storage, queue, events = backends
+
+    def handler(ctx: JobContext) -> dict[str, Any]:
+        ctx.report(force=True, step=1)
+        return {"answer": 42}
+
+    job_id = _submit(storage, queue)
+    running(Worker(storage, queue, events, settings, handlers={"fake": handler}, name="w1"))
+    _wait_for(lambda: storage.get_job(job_id).state is JobState.SUCCEEDED)
+    job = storage.get_job(job_id)
+    assert (job.result, job.attempts, job.worker) == ({"answer": 42}, 1, "w1")
+    _wait_for(lambda: queue.depth() == 0)
+
+
+def test_a_failed_attempt_is_retried_then_failed_for_good(settings: Settings, backends: Any, running: Any) -> None:
+    """attempt 1 fails -> taken over after the lease (attempt 2) -> fails -> FAILED with the error; search too."""
+    storage, queue, events = backends
+    attempts: list[int] = []
+
+    def handler(ctx: JobContext) -> dict[str, Any]:
+        attempts.append(ctx.job.attempts)
+        raise RuntimeError(f"boom {ctx.job.attempts}")
+
+    storage.create_search("s", {"search": {}}, owner="alice")
+    job_id = _submit(storage, queue, "search", {"search_name": "s"})
+    running(Worker(storage, queue, events, settings, handlers={"search": handler}, name="w1"))
+    _wait_for(lambda: storage.get_job(job_id).state is JobState.FAILED, timeout=15)
+    job = storage.get_job(job_id)
+    assert attempts == [1, 2]
+    assert job.error == "RuntimeError: boom 2"
+    search = storage.find_search("s", owner="alice")
+    assert search is not None and search.state is SearchState.FAILED and search.error == "RuntimeError: boom 2"
+    _wait_for(lambda: queue.depth() == 0)
+
+
+def test_cancel_stops_the_handler_and_acks(settings: Settings, backends: Any, running: Any) -> None:
+    storage, queue, events = backends
+    started = threading.Event()
+    stopped_after: list[float] = []
+
+    def handler(ctx: JobContext) -> dict[str, Any]:
+        started.set()
+        while True:
+            if ctx.should_stop():
+                stopped_after.append(time.monotonic())
+            ctx.check()
+            time.sleep(0.01)
+
+    job_id = _submit(storage, queue)
+    running(Worker(storage, queue, events, settings, handlers={"fake": handler}, name="w1"))
+    assert started.wait(10)
+    cancelled_at = time.monotonic()
+    storage.finish_job(job_id, JobState.CANCELLED, error="cancelled by user")
+    _wait_for(lambda: bool(stopped_after))
+    assert stopped_after[0] - cancelled_at < 1.0  # within a couple of heartbeats
+    _wait_for(lambda: queue.depth() == 0)
+    assert storage.get_job(job_id).state is JobState.CANCELLED
+
+
+def test_a_silent_workers_job_is_taken_over(settings: Settings, backends: Any, running: Any) -> None:
+    """A worker that claimed a job and died (no heartbeats): after the lease another worker resumes it."""
+    storage, queue, events = backends
+    job_id = _submit(storage, queue)
+    entry = queue.claim("dead", block_s=0)
+    assert entry is not None
+    storage.start_job(job_id, "dead")
+    seen: list[tuple[int, str]] = []
+
+    def handler(ctx: JobContext) -> dict[str, Any]:
+        seen.append((ctx.job.attempts, ctx.worker))
+        return {}
+
+    running(Worker(storage, queue, events, settings, handlers={"fake": handler}, name="alive"))
+    _wait_for(lambda: storage.get_job(job_id).state is JobState.SUCCEEDED)
+    assert seen == [(2, "alive")]
+    with pytest.raises(IllegalTransition):
+        storage.heartbeat_job(job_id, "dead")
+
+
+def test_a_live_workers_job_is_not_taken_over(settings: Settings, backends: Any, running: Any) -> None:
+    """Two workers, one long job: the second never runs it while the first heartbeats."""
+    storage, queue, events = backends
+    runs: list[str] = []
+    release = threading.Event()
+
+    def handler(ctx: JobContext) -> dict[str, Any]:
+        runs.append(ctx.worker)
+        release.wait(10)
+        return {}
+
+    job_id = _submit(storage, queue)
+    running(Worker(storage, queue, events, settings, handlers={"fake": handler}, name="a"))
+    running(Worker(storage, queue, events, settings, handlers={"fake": handler}, name="b"))
+    _wait_for(lambda: bool(runs))
+    time.sleep(4 * LEASE_S)
+    release.set()
+    _wait_for(lambda: storage.get_job(job_id).state is JobState.SUCCEEDED)
+    assert len(runs) == 1 and storage.get_job(job_id).attempts == 1
+
+
+def test_unknown_kind_and_duplicate_entries(settings: Settings, backends: Any) -> None:
+    storage, queue, events = backends
+    worker = Worker(storage, queue, events, settings, handlers={}, name="w")
+    job_id = _submit(storage, queue, "mystery")
+    queue.enqueue(job_id, "mystery")  # a duplicate entry
+    assert worker.run(max_jobs=2, block_s=0.05) == 2
+    job = storage.get_job(job_id)
+    assert job.state is JobState.FAILED and "no handler" in (job.error or "")
+    assert queue.depth() == 0  # the duplicate of a finished job is acknowledged
+
+
+def test_sweep_requeues_jobs_without_an_entry(settings: Settings, backends: Any) -> None:
+    storage, queue, events = backends
+    orphan = storage.create_job("fake", {}, owner="alice")  # the controller died before enqueueing
+    fresh = storage.create_job("fake", {}, owner="alice")
+    queued = _submit(storage, queue)
+    worker = Worker(storage, queue, events, settings, handlers={}, name="w")
+    assert worker.sweep() == []  # too recent: the controller may still be enqueueing
+    old = datetime.now(UTC) - timedelta(seconds=10 * LEASE_S)
+    storage._jobs[orphan].updated_at = old  # noqa: SLF001 - age the row as if minutes had passed
+    assert worker.sweep() == [orphan]
+    assert queue.job_ids() == {orphan, queued}
+    assert fresh not in queue.job_ids()
+
+
+def test_progress_events_reach_listeners(settings: Settings, backends: Any, running: Any) -> None:
+    storage, queue, events = backends
+    got: list[dict[str, Any]] = []
+
+    def handler(ctx: JobContext) -> dict[str, Any]:
+        for i in range(50):
+            ctx.report(force=True, step=i)
+            time.sleep(0.02)
+        return {}
+
+    async def listen() -> None:
+        async for event in events.listen():
+            got.append(event)
+            if any(e.get("state") == "succeeded" for e in got):
+                return
+
+    job_id = _submit(storage, queue)
+
+    async def main() -> None:
+        task = asyncio.create_task(listen())
+        await asyncio.sleep(0.1)
+        running(Worker(storage, queue, events, settings, handlers={"fake": handler}, name="w"))
+        await asyncio.wait_for(task, 15)
+
+    asyncio.run(main())
+    assert {e["job_id"] for e in got} == {job_id} and all(e["owner"] == "alice" for e in got)
+    steps = [e["step"] for e in got if e["type"] == "progress"]
+    assert steps and steps == sorted(steps)
+    assert storage.get_job(job_id).state is JobState.SUCCEEDED
+
+
