@@ -28,7 +28,7 @@ from ray.serve import metrics
 
 from services.serve.segmenter import Segmenter, SegmenterConfig
 
-__all__ = ["APP_PREFIX", "GATEWAY_APP", "Gateway", "SegmentationModel", "decode_image"]
+__all__ = ["APP_PREFIX", "GATEWAY_APP", "Gateway", "SegmentationModel", "build_app", "decode_image"]
 
 APP_PREFIX = "hyctas-model-"
 GATEWAY_APP = "hyctas-gateway"
@@ -273,3 +273,20 @@ class Gateway:
         else:
             png = await asyncio.to_thread(_png, labels)
         return Response(png, media_type="image/png", headers=headers)
+
+
+def build_app(args: dict[str, str]) -> Any:
+    """The gateway as a Serve application, for ``serve run`` / a KubeRay ``RayService`` import path.
+
+    Configured from the ``HYCTAS_*`` settings; ``args`` (``database_url``, ``max_bytes``,
+    ``max_pixels``) override them.
+    """
+    from services.settings import Settings
+
+    s = Settings()
+    gateway: Any = Gateway
+    return gateway.bind(
+        args.get("database_url", s.database_url),
+        int(args.get("max_bytes", s.serve_max_bytes)),
+        int(args.get("max_pixels", s.serve_max_pixels)),
+    )

@@ -281,7 +281,7 @@ def run_deploy(ctx: JobContext) -> dict[str, Any]:
     ctx.storage.update_deployment(deployment.id, state="running", error="")
     ctx.publish({"type": "deployment", "name": deployment.name, "state": "running", "replicas": state["replicas"]})
     return {"deployment": deployment.name, "state": "running", "replicas": state["replicas"],
-            "route": f"/segment/{deployment.name}", "port": s.serve_port}  # fmt: skip
+            "route": f"/segment/{deployment.name}"}  # fmt: skip
 
 
 def default_handlers() -> dict[str, Handler]:
