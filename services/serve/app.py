@@ -134,7 +134,7 @@ async def _multipart_image(request: Request, max_bytes: int) -> bytes:
 gateway_api = FastAPI(title="HyCTAS segmentation endpoint")
 
 
-@serve.deployment(max_ongoing_requests=256)
+@serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})  # I/O-bound
 @serve.ingress(gateway_api)
 class Gateway:
     """HTTP front of every deployed model.

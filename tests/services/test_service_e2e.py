@@ -8,6 +8,7 @@ controller; the search must end exactly as an uninterrupted run with the same se
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -138,6 +141,7 @@ def stack(ray_head: str, tmp_path: Path) -> Iterator[Stack]:
         "HYCTAS_ARTIFACT_DIR": str(tmp_path / "artifacts"),
         "HYCTAS_DATA_DIR": str(tmp_path / "data"),
         "HYCTAS_LEASE_S": "4",
+        "HYCTAS_SERVE_PORT": str(_free_port()),
         "HYCTAS_HEARTBEAT_S": "0.5",
     }
     s = Stack(env, tmp_path, ray_head)
@@ -243,6 +247,35 @@ def test_end_to_end_with_a_killed_worker_and_a_restarted_controller(stack: Stack
     assert client.get("/searches", headers=alice).json()["count"] == 2
     metrics = httpx.get(stack.base + "/metrics").text
     assert 'hyctas_jobs{state="succeeded"} 3.0' in metrics
+
+    # Retrain the front's first point (a Ray Tune trial), deploy it on Ray Serve, segment an image.
+    point = fronts[0]["data"][0]
+    r = client.post("/models", headers=alice, json={
+        "archs": [{"name": "knee", "search_id": killed, "arch_hash": point["arch_hash"]}], "supernet_id": sid,
+        "epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "val_images": 2,
+    })  # fmt: skip
+    assert r.status_code == 201, r.text
+    model_id = r.json()["data"][0]["id"]
+    model = _wait(
+        lambda: client.get(f"/models/{model_id}", headers=alice).json(), lambda b: b["state"] in FINISHED, 300
+    )
+    assert model["state"] == "succeeded", model
+    assert {"miou", "params_m", "gmacs", "fps"} <= set(model["metrics"]) and model["arch_hash"] == point["arch_hash"]
+    r = client.post(f"/models/{model_id}/deploy", headers=alice, json={"name": "knee", "backend": "torch"})
+    assert r.status_code == 202, r.text
+    deployed = _wait(
+        lambda: client.get("/deployments/knee", headers=alice).json(), lambda b: b["state"] != "deploying", 300
+    )
+    assert deployed["state"] == "running", deployed
+    image = io.BytesIO()
+    Image.fromarray(np.full((64, 128, 3), 120, np.uint8)).save(image, format="PNG")
+    serve_url = f"http://127.0.0.1:{stack.env['HYCTAS_SERVE_PORT']}/segment/knee"
+    seg = httpx.post(serve_url, content=image.getvalue(), headers=alice, timeout=60)
+    assert seg.status_code == 200, seg.text
+    assert np.asarray(Image.open(io.BytesIO(seg.content))).shape == (64, 128)
+    assert httpx.post(serve_url, content=image.getvalue(), headers=bob, timeout=60).status_code == 404
+    assert client.delete("/deployments/knee", headers=alice).status_code == 202
+    _wait(lambda: {"code": client.get("/deployments/knee", headers=alice).status_code}, lambda b: b["code"] == 404, 120)
 
 
 def test_cancel_stops_a_running_search(stack: Stack) -> None:

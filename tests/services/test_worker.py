@@ -220,5 +220,3 @@ def test_progress_events_reach_listeners(settings: Settings, backends: Any, runn
     steps = [e["step"] for e in got if e["type"] == "progress"]
     assert steps and steps == sorted(steps)
     assert storage.get_job(job_id).state is JobState.SUCCEEDED
-
-

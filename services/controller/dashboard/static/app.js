@@ -166,7 +166,7 @@
     setLive(false);
     state.searches.clear();
     state.picked.clear();
-    for (const id of ['scatter', 'hv-chart', 'overlay']) if (window.Plotly) Plotly.purge($(`#${id}`));
+    for (const id of ['scatter', 'hv-chart', 'overlay']) purge(id);
     state.open = null;
     state.compare = null;
     $('#searches-table tbody').replaceChildren();
@@ -323,6 +323,7 @@
       return;
     }
     const [page, arg] = location.hash.replace(/^#\/?/, '').split('/');
+    flash('');
     try {
       if (page === 'search' && /^\d+$/.test(arg || '')) await openSearch(Number(arg));
       else if (page === 'compare') await openCompare((arg || '').split(',').filter((x) => /^\d+$/.test(x)).map(Number));
@@ -403,7 +404,7 @@
       { dataset: { searchId: String(search.id) } },
       el('td', {}, pick),
       el('td', { class: 'name' }, el('a', { href: `#/search/${search.id}` })),
-      el('td', { class: 'state' }),
+      el('td', { class: 'status' }),
       el('td', { class: 'progress' }, el('progress', { max: 1, value: 0 }), el('span')),
       el('td', { class: 'hv num' }),
       el('td', { class: 'evaluated num' }),
@@ -416,7 +417,7 @@
   function fillRow(tr, search) {
     const cell = (name) => tr.querySelector(`.${name}`);
     cell('name').firstChild.textContent = search.name;
-    cell('state').replaceChildren(stateBadge(search.state));
+    cell('status').replaceChildren(stateBadge(search.state));
     const bar = cell('progress').querySelector('progress');
     bar.max = Math.max(1, search.total_generations);
     bar.value = search.generation;
@@ -451,7 +452,7 @@
   async function openSearch(id) {
     if (!state.open || state.open.id !== id) {
       stopPlay();
-      for (const chart of ['scatter', 'hv-chart']) Plotly.purge($(`#${chart}`));
+      for (const chart of ['scatter', 'hv-chart']) purge(chart);
       state.open = { id, search: null, gens: [], inds: [], seen: new Set(), maxGen: -1, gen: null, costKey: null };
       state.selected = null;
       $('#arch-panel').replaceChildren(el('p', { class: 'hint' }, 'Click a point to see its architecture.'));
@@ -488,8 +489,15 @@
           fresh.push(...(await api(`/searches/${open.id}/individuals?generation=${g}`)).data);
         }
         if (state.open !== open) return;
+        const before = `${open.inds.length}:${open.gens.length}:${open.search.hypervolume}`;
         applySearch(open, search, gens.data, fresh);
-        await renderSearch();
+        // Progress events arrive every second or so while a generation evaluates: redraw the
+        // charts only when a generation was committed, the facts (state, clocks) always.
+        if (`${open.inds.length}:${open.gens.length}:${search.hypervolume}` !== before) await renderSearch();
+        else {
+          $('#search-state').replaceChildren(stateBadge(search.state));
+          renderFacts();
+        }
       } while (open.again);
     } finally {
       open.busy = false;
@@ -683,7 +691,7 @@
     ];
     const layout = {
       title: { text: 'hypervolume per generation' },
-      xaxis: { title: { text: 'generation' }, dtick: gens.length > 20 ? undefined : 1, rangemode: 'tozero' },
+      xaxis: { title: { text: 'generation' }, dtick: gens.length > 20 ? undefined : 1 },
       yaxis: { title: { text: 'hypervolume' } },
       shapes: gens.length
         ? [{ type: 'line', xref: 'x', yref: 'paper', x0: g + 1, x1: g + 1, y0: 0, y1: 1, line: { color: FRONT_COLOUR, dash: 'dot' } }]
@@ -703,6 +711,13 @@
     await nextPaint();
     state.renders.push({ chart: id, points, type: traces[0] ? traces[0].type : null, ms: t1 - t0, paint_ms: performance.now() - t0 });
     if (state.renders.length > 500) state.renders.shift();
+  }
+
+  /** Empty a chart; its plotly listeners go with it. */
+  function purge(id) {
+    const div = $(`#${id}`);
+    if (window.Plotly) Plotly.purge(div);
+    delete div.dataset.bound;
   }
 
   function bindPointEvents() {
@@ -785,11 +800,11 @@
       ['params', `${fmt(o.params_m, 2)} M`],
     ];
     for (const [k, v] of Object.entries(o)) {
-      if (!['miou', 'latency_ms', 'gmacs', 'params_m'].includes(k) && v !== null) metrics.push([k, isNum(v) ? fmt(v, 3) : String(v)]);
+      if (!['miou', 'latency_ms', 'gmacs', 'params_m'].includes(k) && v !== null) metrics.push([k, isNum(v) ? String(Number(v.toPrecision(4))) : String(v)]);
     }
     const status = el('p', { id: 'retrain-status', class: 'hint', 'aria-live': 'polite' });
     const epochs = el('input', { id: 'retrain-epochs', type: 'number', min: 1, max: 2000, value: 10, 'aria-label': 'epochs' });
-    const deploy = el('button', { id: 'deploy', type: 'button', onclick: () => deployArch(ind, status).catch(reportError) }, 'Deploy');
+    const deploy = el('button', { id: 'deploy', type: 'button', onclick: () => deployArch(ind, status).catch((e) => { status.textContent = e.message; }) }, 'Deploy');
     setDeployButton(deploy);
     $('#arch-panel').replaceChildren(
       el('h2', {}, 'Architecture'),
@@ -900,12 +915,12 @@
   }
 
   async function deployArch(ind, status) {
-    // Deploy serves a retrained model: find this arch's finished one.
+    // Serving takes a retrained model (with a checkpoint), not an arch: find this arch's newest one.
     let model = null;
-    for (let offset = 0, count = Infinity; offset < count && !model; ) {
+    for (let offset = 0, count = Infinity; offset < count; ) {
       const page = await api(`/models?limit=100&offset=${offset}`);
       count = page.count;
-      model = page.data.find((m) => m.arch_hash === ind.arch_hash && m.state === 'succeeded') || null;
+      for (const m of page.data) if (m.arch_hash === ind.arch_hash && m.state === 'succeeded' && m.checkpoint_uri) model = m;
       if (!page.data.length) break;
       offset += page.data.length;
     }
@@ -913,8 +928,9 @@
       status.textContent = 'no retrained model of this architecture yet: retrain it first';
       return;
     }
-    await api(`/models/${model.id}/deploy`, { method: 'POST', body: '{}' });
-    status.textContent = `model #${model.id} deploying`;
+    status.textContent = 'deploying…';
+    const deployment = await api(`/models/${model.id}/deploy`, { method: 'POST', body: '{}' });
+    status.textContent = `deployment ${deployment.name} of model #${model.id}: ${deployment.state} (route ${deployment.route})`;
   }
 
   // -- comparing fronts ------------------------------------------------------------------------
@@ -925,7 +941,7 @@
     state.compare = cmp;
     if (ids.length === 0) {
       $('#compare-list').replaceChildren(el('li', {}, 'Tick two or more searches in the list to compare them.'));
-      Plotly.purge($('#overlay'));
+      purge('overlay');
       return;
     }
     await loadCompare(cmp, ids);
