@@ -86,16 +86,22 @@ def main() -> None:
                              capture_output=True, text=True).stdout.strip()  # fmt: skip
         headers = {"Authorization": f"Bearer {key}"}
         api = httpx.Client(base_url=base + "/api/v1", headers=headers, timeout=30)
-        sid = api.post("/supernets", json={
-            "name": "tiny", "dataset": {"kind": "synthetic", "train": 8, "val": 4, "size": [64, 128]},
-            "epochs": 1, "steps_per_epoch": 3, "batch_size": 2, "base_channels": 4, "num_layers": 6,
-        }).json()["id"]  # fmt: skip
-        _wait(lambda: api.get(f"/supernets/{sid}").json(), lambda b: b["state"] == "succeeded")
-        search = {"supernet_id": sid, "objective": "flops", "population": args.population,
+        # Two supernets (seeds 0 and 1): the two searches do the same work and share no cached evaluation.
+        supernets = [
+            api.post("/supernets", json={
+                "name": f"tiny-{seed}", "dataset": {"kind": "synthetic", "train": 8, "val": 4, "size": [64, 128]},
+                "epochs": 1, "steps_per_epoch": 3, "batch_size": 2, "base_channels": 4, "num_layers": 6, "seed": seed,
+            }).json()["id"]
+            for seed in (0, 1)
+        ]  # fmt: skip
+        for sid in supernets:
+            _wait(lambda sid=sid: api.get(f"/supernets/{sid}").json(), lambda b: b["state"] == "succeeded")
+        search = {"objective": "flops", "population": args.population,
                   "generations": args.generations, "evaluation": {"calib_images": 2, "val_images": 2}}  # fmt: skip
 
-        def run_search(label: str, clients: int) -> dict[str, Any]:
-            search_id = api.post("/searches", json={"name": label, **search}).json()["id"]
+        def run_search(label: str, clients: int, supernet_id: int) -> dict[str, Any]:
+            body = {"name": label, "supernet_id": supernet_id, **search}
+            search_id = api.post("/searches", json=body).json()["id"]
             latencies: list[float] = []
             errors = 0
             stop = threading.Event()
@@ -136,8 +142,8 @@ def main() -> None:
                            p50_ms=round(1000 * q[49], 2), p99_ms=round(1000 * q[98], 2), errors=errors)  # fmt: skip
             return out
 
-        alone = run_search("alone", 0)
-        loaded = run_search("loaded", args.clients)
+        alone = run_search("alone", 0, supernets[0])
+        loaded = run_search("loaded", args.clients, supernets[1])
         print(json.dumps({
             "benchmark": "service_load", "clients": args.clients, "population": args.population,
             "generations": args.generations, "cpu_count": os.cpu_count(), "alone": alone, "loaded": loaded,
