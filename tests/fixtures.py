@@ -62,3 +62,22 @@ def write_cityscapes(root: Path, *, train: int, val: int, size: tuple[int, int] 
                 gt_dir / f"{prefix}_gtFine_instanceIds.png"
             )  # 16-bit, as Cityscapes
     return root
+
+
+def randomize_checkpoint(path: Path, seed: int = 0) -> Path:
+    """Give a retraining checkpoint's network non-trivial random weights, in place.
+
+    A network trained for a step or two predicts one class everywhere, which would make
+    "same labels" comparisons vacuous; after this its label maps hold many classes.
+    """
+    import torch
+
+    from hyctas_core.retrain import load_model
+    from tests.core.helpers import randomize
+
+    net, _, _ = load_model(path)
+    randomize(net, seed)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt["model"] = net.state_dict()
+    torch.save(ckpt, path)
+    return path

@@ -1,0 +1,68 @@
+"""The serving backends agree: eager, TorchScript and ONNX Runtime give the same labels, any size, any batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hyctas_core.config import ModelConfig
+from hyctas_core.data.cityscapes import CityscapesDataset
+from hyctas_core.data.transforms import SegTransform
+from hyctas_core.presets import get_preset
+from hyctas_core.retrain import RetrainConfig, Retrainer, load_model
+from hyctas_core.segment import predict_labels
+from services.serve.segmenter import BACKENDS, Segmenter, SegmenterConfig
+from tests.fixtures import randomize_checkpoint, write_cityscapes
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("segmenter")
+    root = write_cityscapes(tmp / "data", train=4, val=2, size=(64, 128))
+    cfg = RetrainConfig(
+        model=ModelConfig(base_channels=4, num_layers=11), epochs=1, batch_size=2, crop_size=(64, 128), aux_weight=0
+    )
+    train = CityscapesDataset(root, "train", transform=SegTransform(crop_size=(64, 128)))
+    Retrainer(cfg, get_preset("hyctas-s"), train, None, tmp / "run").fit()
+    return randomize_checkpoint(tmp / "run" / "last.pt")
+
+
+def _images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    sizes = [(64, 128), (48, 80), (64, 128), (33, 65)]
+    return [(rng.random((h, w, 3)) * 255).astype(np.uint8) for h, w in sizes]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backends_match_the_network(checkpoint: Path, backend: str) -> None:
+    """Mixed sizes in one call (grouped into batches) give the labels of the network called image by image."""
+    net, _, _ = load_model(checkpoint)
+    images = _images()
+    expected = [predict_labels(net, [im])[0] for im in images]
+    assert len(np.unique(np.concatenate([e.ravel() for e in expected]))) >= 3  # not a constant map
+    segmenter = Segmenter(SegmenterConfig(str(checkpoint), backend=backend, cache_sizes=2))
+    got = segmenter.predict(images)
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    agree = np.mean([np.mean(g == e) for g, e in zip(got, expected, strict=True)])
+    assert agree > 0.999, agree  # compiled kernels may flip a pixel whose two top logits tie within 1e-6
+    assert len(segmenter._cache) <= 2  # noqa: SLF001 - the LRU of compiled sizes is bounded
+    assert segmenter.identity["backend"] == backend
+
+
+def test_unknown_backend_is_refused(checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match="unknown backend"):
+        SegmenterConfig(str(checkpoint), backend="tensorrt")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "torchscript"])
+def test_cuda_matches_cpu(checkpoint: Path, backend: str) -> None:
+    assert torch.cuda.is_available()
+    images = _images()
+    cpu = Segmenter(SegmenterConfig(str(checkpoint), backend=backend)).predict(images)
+    gpu = Segmenter(SegmenterConfig(str(checkpoint), backend=backend, device="cuda")).predict(images)
+    agree = np.mean([np.mean(c == g) for c, g in zip(cpu, gpu, strict=True)])
+    assert agree > 0.99, agree
