@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hyctas_core.config import ModelConfig
+    from hyctas_core.config import ModelConfig, PanopticConfig
     from hyctas_core.network import HyCTASNet, build
     from hyctas_core.presets import get_preset
     from hyctas_core.search_space import (
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "ModelConfig": "hyctas_core.config",
+    "PanopticConfig": "hyctas_core.config",
     "HyCTASNet": "hyctas_core.network",
     "build": "hyctas_core.network",
     "get_preset": "hyctas_core.presets",
@@ -50,6 +51,7 @@ __all__ = [
     "HyCTASNet",
     "MemoryBudget",
     "ModelConfig",
+    "PanopticConfig",
     "Supernet",
     "VectorCodec",
     "build",

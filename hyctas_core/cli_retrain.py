@@ -20,27 +20,30 @@ if TYPE_CHECKING:
 __all__ = ["retrain"]
 
 
-def _dataset(root: Path, split: str, transform: SegTransform, seed: int) -> CityscapesDataset:
+def _dataset(root: Path, split: str, transform: SegTransform, seed: int, instances: bool = False) -> CityscapesDataset:
     from hyctas_core.data.base import DatasetError
     from hyctas_core.data.cityscapes import CityscapesDataset
 
     try:
-        return CityscapesDataset(root, split, transform=transform, seed=seed)
+        return CityscapesDataset(root, split, transform=transform, seed=seed, return_instances=instances)
     except DatasetError as e:
         fail(str(e))
 
 
-def _config(path: Path | None, base: RetrainConfig | None, epochs: int | None) -> RetrainConfig:
-    """The YAML config at ``path`` (else ``base``, else the defaults) with ``--epochs`` applied."""
-    from hyctas_core.retrain import RetrainConfig
+def _config(path: Path | None, base: RetrainConfig | None, epochs: int | None, task: str | None) -> RetrainConfig:
+    """The YAML config at ``path`` (else ``base``, else the defaults) with ``--epochs`` / ``--task`` applied."""
+    from hyctas_core.retrain import TASKS, RetrainConfig
 
+    if task is not None and task not in TASKS:
+        fail(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
     try:
         if path is not None:
             cfg = RetrainConfig.from_yaml(path)
         else:
             cfg = base if base is not None else RetrainConfig()
-        if epochs is not None:
-            cfg = RetrainConfig.from_dict({**cfg.to_dict(), "epochs": epochs})
+        overrides = {k: v for k, v in (("epochs", epochs), ("task", task)) if v is not None}
+        if overrides:
+            cfg = RetrainConfig.from_dict({**cfg.to_dict(), **overrides})
         return cfg
     except (OSError, ValueError) as e:
         fail(str(e).splitlines()[0])
@@ -65,8 +68,9 @@ def _arch(arch_file: Path | None, preset: str | None, resumed: Arch | None) -> A
 def _bar_fields(p: RetrainProgress) -> dict[str, Any]:
     miou = "-" if p.miou is None else f"{100 * p.miou:.2f}"
     best = "" if p.best_miou is None else f" (best {100 * p.best_miou:.2f})"
+    pq = "" if p.pq is None else f"  PQ {100 * p.pq:.2f}"
     loss = 0.0 if math.isnan(p.loss) else p.loss
-    return {"epoch": p.epoch + 1, "loss": loss, "rate": p.images_per_s, "miou": miou + best}
+    return {"epoch": p.epoch + 1, "loss": loss, "rate": p.images_per_s, "miou": miou + best + pq}
 
 
 def retrain(
@@ -77,11 +81,15 @@ def retrain(
     config: Annotated[Path | None, typer.Option("--config", help="YAML retraining config")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     epochs: Annotated[int | None, typer.Option(min=1, help="override the config's epochs")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="semantic, or panoptic (centre/offset heads, PQ); overrides the config's")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N]")] = "cpu",
 ) -> None:
     """Retrain an architecture from scratch: poly LR, scheduled drop path, best/last checkpoints.
 
     With --resume, the arch and config default to the run's in --out; any given must match it.
+    --task panoptic also needs the *_gtFine_instanceIds.png files and reports PQ.
     """
     import yaml
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -106,15 +114,17 @@ def retrain(
         except (FileNotFoundError, ValueError) as e:
             fail(str(e))
     candidate = _arch(arch, preset, resumed_arch)
-    cfg = _config(config, resumed_cfg, epochs)
+    cfg = _config(config, resumed_cfg, epochs, task)
     if device != "cpu":
         import torch
 
         if not torch.cuda.is_available():
             fail(f"device {device!r} requested but CUDA is not available here")
     train_tf = SegTransform(crop_size=cfg.crop_size, scale_range=cfg.scale_range, base_size=cfg.base_size)
-    train_set = _dataset(data, "train", train_tf, cfg.seed)
-    val_set = _dataset(data, "val", SegTransform(crop_size=None, train=False, base_size=cfg.base_size), cfg.seed)
+    panoptic = cfg.task == "panoptic"
+    train_set = _dataset(data, "train", train_tf, cfg.seed, panoptic)
+    val_tf = SegTransform(crop_size=None, train=False, base_size=cfg.base_size)
+    val_set = _dataset(data, "val", val_tf, cfg.seed, panoptic)
     if cfg.model.num_classes != train_set.num_classes:
         fail(f"model.num_classes is {cfg.model.num_classes}; Cityscapes has {train_set.num_classes} train classes")
     try:
@@ -138,7 +148,7 @@ def retrain(
     ]
     start_miou = "-" if trainer.last_miou is None else f"{100 * trainer.last_miou:.2f}"
     with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(
+        bar_task = bar.add_task(
             "retrain",
             total=trainer.total_steps,
             completed=trainer.step,
@@ -148,7 +158,7 @@ def retrain(
             miou=start_miou,
         )
         try:
-            summary = trainer.fit(progress=lambda p: bar.update(task, completed=p.step, **_bar_fields(p)))
+            summary = trainer.fit(progress=lambda p: bar.update(bar_task, completed=p.step, **_bar_fields(p)))
         except KeyboardInterrupt:
             bar.stop()
             typer.echo(f"interrupted at step {trainer.step}; continue from the last checkpoint with --resume", err=True)

@@ -97,8 +97,17 @@ def train_supernet(
 
 
 def evaluate(
-    supernet: Annotated[Path, typer.Option("--supernet", help="supernet checkpoint (supernet.pt or last.pt)")],
     data: Annotated[Path, typer.Option("--data", help="dataset root in the Cityscapes layout")],
+    supernet: Annotated[
+        Path | None, typer.Option("--supernet", help="supernet checkpoint (supernet.pt or last.pt)")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="or a retrained network (best.pt / last.pt of hyctas retrain)")
+    ] = None,
+    task: Annotated[str, typer.Option(help="semantic (mIoU) or panoptic (PQ/SQ/RQ; needs --checkpoint)")] = "semantic",
+    predictions: Annotated[
+        Path | None, typer.Option("--predictions", help="--task panoptic: keep the COCO panoptic PNGs + JSON here")
+    ] = None,
     arch: Annotated[Path | None, typer.Option("--arch", help="arch in the official JSON format")] = None,
     preset: Annotated[str | None, typer.Option("--preset")] = None,
     calib_images: Annotated[int, typer.Option(min=0, help="training images for BN recalibration (0: none)")] = 64,
@@ -111,8 +120,29 @@ def evaluate(
     device: Annotated[str, typer.Option(help="cpu or cuda[:N]")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Score one architecture with the supernet's weights: BN recalibration, mIoU, latency, FLOPs."""
+    """Score one architecture with the supernet's weights: BN recalibration, mIoU, latency, FLOPs.
+
+    With --checkpoint instead, score a retrained network: mIoU, or with --task panoptic PQ / SQ /
+    RQ (all, things, stuff, per class) and mIoU.
+    """
     from hyctas_core.cli import load_arch
+    from hyctas_core.retrain import TASKS
+
+    if task not in TASKS:
+        fail(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    if supernet is not None and checkpoint is not None:
+        fail("give only one of --supernet FILE (an arch with supernet weights) or --checkpoint FILE (a retrained net)")
+    if checkpoint is not None:
+        if arch is not None or preset is not None:
+            fail("--checkpoint holds its own architecture: drop --arch / --preset")
+        _evaluate_checkpoint(checkpoint, data, task, predictions, val_images, eval_size, seed, device, as_json)
+        return
+    if supernet is None:
+        fail("give --supernet FILE (with --arch or --preset), or --checkpoint FILE of a retrained network")
+    if task == "panoptic":
+        fail("--task panoptic scores a retrained network: give --checkpoint FILE from hyctas retrain --task panoptic")
+    if predictions is not None:
+        fail("--predictions is for --task panoptic with --checkpoint")
     from hyctas_core.data.transforms import SegTransform
     from hyctas_core.evaluate import CandidateEvaluator
     from hyctas_core.latency import LatencyModel, LatencyTable, LookupTableLatency, MeasuredLatency
@@ -168,6 +198,85 @@ def evaluate(
         f"({result.latency_source})  {result.gmacs:.2f} GMACs  {result.params_m:.3f} M params  "
         f"[{result.calib_images} calibration / {result.val_images} validation images, {result.seconds:.1f} s]"
     )
+
+
+def _evaluate_checkpoint(
+    checkpoint: Path,
+    data: Path,
+    task: str,
+    predictions: Path | None,
+    val_images: int,
+    eval_size: str | None,
+    seed: int,
+    device: str,
+    as_json: bool,
+) -> None:
+    """``hyctas evaluate --checkpoint``: mIoU, or PQ / SQ / RQ and mIoU, of a retrained network."""
+    from hyctas_core.data.labels import train_id_to_id
+    from hyctas_core.data.transforms import SegTransform
+    from hyctas_core.evaluate import evaluate_miou, subset_indices
+    from hyctas_core.metrics import MetricsError
+    from hyctas_core.panoptic import evaluate_panoptic
+    from hyctas_core.retrain import load_model
+
+    if device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            fail(f"device {device!r} requested but CUDA is not available here")
+    if predictions is not None and task != "panoptic":
+        fail("--predictions is for --task panoptic")
+    if predictions is not None and predictions.exists() and not predictions.is_dir():
+        fail(f"--predictions {str(predictions)!r} exists and is not a directory")
+    try:
+        net, arch, cfg = load_model(checkpoint, device=device)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    panoptic = task == "panoptic"
+    if panoptic and not net.panoptic:
+        fail(f"{checkpoint} holds a semantic network; --task panoptic needs one from hyctas retrain --task panoptic")
+    base = parse_size(eval_size) if eval_size else cfg.base_size  # default: as the run validated
+    transform = SegTransform(crop_size=None, train=False, base_size=base)
+    val = _dataset(data, "val", transform=transform, seed=seed, return_instances=panoptic)
+    num_classes = cfg.model.num_classes
+    if num_classes != val.num_classes:
+        fail(f"the checkpoint predicts {num_classes} classes; Cityscapes has {val.num_classes} train classes")
+    indices = subset_indices(len(val), val_images, seed, stream=4)
+    head = {"task": task, "checkpoint": str(checkpoint), "arch_hash": arch.hash}
+    if panoptic:
+        try:
+            evaluation = evaluate_panoptic(
+                net,
+                val,
+                cfg=cfg.panoptic,
+                num_classes=num_classes,
+                indices=indices,
+                class_names=val.class_names,
+                category_ids=[train_id_to_id(t) for t in range(num_classes)],  # Cityscapes label ids
+                device=device,
+                out_dir=predictions,
+            )
+        except (MetricsError, OSError) as e:
+            fail(str(e).splitlines()[0])
+        out = {**head, **evaluation.to_dict(), "val_images": len(indices)}
+    else:
+        cm = evaluate_miou(net, val, indices, num_classes, device=device)
+        out = {**head, **cm.to_dict(val.class_names), "val_images": len(indices)}
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    if panoptic:
+        typer.echo(
+            f"{checkpoint}: PQ {_pct(out['pq'])} (things {_pct(out['things']['pq'])}, stuff {_pct(out['stuff']['pq'])})"
+            f"  SQ {_pct(out['sq'])}  RQ {_pct(out['rq'])}  mIoU {_pct(out['miou'])}  "
+            f"[{len(indices)} validation images, post-processing {out['postprocess_ms']:.1f} ms/image]"
+        )
+    else:
+        typer.echo(f"{checkpoint}: mIoU {_pct(out.get('miou'))}  [{len(indices)} validation images]")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
 
 
 @latency_app.command("build-table")

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["ModelConfig"]
+__all__ = ["CITYSCAPES_THING_IDS", "ModelConfig", "PanopticConfig"]
+
+# Cityscapes train ids of the classes with instances: person, rider, car, truck, bus, train,
+# motorcycle, bicycle (cityscapesScripts labels.py, hasInstances).
+CITYSCAPES_THING_IDS: tuple[int, ...] = (11, 12, 13, 14, 15, 16, 17, 18)
 
 
 @dataclass(frozen=True)
@@ -57,3 +61,72 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown ModelConfig field(s) {unknown}; known: {sorted(names)}")
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class PanopticConfig:
+    """Targets, loss weights and post-processing of the Panoptic-DeepLab style heads.
+
+    Defaults follow Panoptic-DeepLab on Cityscapes (Cheng et al., arXiv 1911.10194, and the
+    detectron2 project the official HyCTAS code trains with); sizes are in input pixels.
+    """
+
+    # Train ids with instances ("things"); every other class is stuff.
+    thing_ids: tuple[int, ...] = CITYSCAPES_THING_IDS
+    # Standard deviation of the Gaussian drawn at each instance centre, pixels.
+    sigma: float = 8.0
+    # Instances smaller than this (pixels, after augmentation) weigh `small_instance_weight`
+    # in the semantic loss, so that small objects are not drowned by large stuff regions.
+    small_instance_area: int = 4096
+    small_instance_weight: float = 3.0
+    # Offsets are learnt on thing pixels only (stuff has no centre to point at).
+    ignore_stuff_in_offset: bool = True
+    # Loss weights (official code and Panoptic-DeepLab): centre MSE x 200, offset L1 x 0.01.
+    center_weight: float = 200.0
+    offset_weight: float = 0.01
+    # Post-processing: centre keypoints are local maxima over nms_kernel x nms_kernel pixels
+    # with a heatmap value above center_threshold, at most top_k of them per image.
+    center_threshold: float = 0.1
+    nms_kernel: int = 7
+    top_k: int = 200
+    # Stuff regions smaller than this many pixels are left void.
+    stuff_area: int = 2048
+
+    def __post_init__(self) -> None:
+        if any(int(t) != t or not 0 <= t < 255 for t in self.thing_ids) or len(set(self.thing_ids)) != len(
+            self.thing_ids
+        ):
+            raise ValueError(f"thing_ids must be distinct train ids in 0..254, got {self.thing_ids!r}")
+        if self.sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if self.small_instance_area < 0 or self.small_instance_weight <= 0:
+            raise ValueError(
+                "small_instance_area >= 0 and small_instance_weight > 0 required, got "
+                f"{self.small_instance_area}, {self.small_instance_weight}"
+            )
+        if self.center_weight < 0 or self.offset_weight < 0:
+            raise ValueError(
+                f"center_weight and offset_weight must be >= 0, got {self.center_weight}, {self.offset_weight}"
+            )
+        if self.nms_kernel < 1 or self.nms_kernel % 2 == 0:
+            raise ValueError(f"nms_kernel must be an odd number >= 1, got {self.nms_kernel}")
+        if self.top_k < 1 or self.stuff_area < 0:
+            raise ValueError(f"top_k >= 1 and stuff_area >= 0 required, got {self.top_k}, {self.stuff_area}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["thing_ids"] = list(self.thing_ids)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PanopticConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown PanopticConfig field(s) {unknown}; known: {sorted(names)}")
+        kwargs = dict(data)
+        if "thing_ids" in kwargs:
+            if not isinstance(kwargs["thing_ids"], list | tuple):
+                raise ValueError(f"thing_ids must be a list of train ids, got {kwargs['thing_ids']!r}")
+            kwargs["thing_ids"] = tuple(kwargs["thing_ids"])
+        return cls(**kwargs)

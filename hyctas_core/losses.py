@@ -24,8 +24,12 @@ class TopKCrossEntropy(nn.Module):
             raise ValueError(f"top_k must be in (0, 1], got {top_k}")
         self.top_k, self.ignore_index = top_k, ignore_index
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pixel = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none").flatten()
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``weights`` (same shape as ``target``) scale each pixel's loss before the ranking."""
+        pixel = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none")
+        if weights is not None:
+            pixel = pixel * weights  # official DeepLabCE: weighted, then ranked
+        pixel = pixel.flatten()
         if self.top_k < 1:
             k = max(1, int(self.top_k * pixel.numel()))
             pixel = pixel.topk(k).values

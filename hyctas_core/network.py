@@ -7,7 +7,10 @@ those cells and compute them once, as in the official ``get_branch_groups_cells`
 branch is brought to stride 8 by its fusion node, the branch outputs are concatenated and
 fused, and the head predicts at stride 8 (or 4); ``forward`` returns ``{"out": logits}`` at
 the input size, plus ``"aux"`` (a light head on the coarsest branch) in training mode when
-built with ``aux=True``.
+built with ``aux=True``. Built with ``panoptic=True`` (or after :meth:`HyCTASNet.add_panoptic_head`)
+it also returns the instance branch's ``"center"`` heatmap (B, 1, H, W) and ``"offset"``
+(B, 2, H, W; dy, dx in input pixels, pointing from each pixel to its instance centre), computed
+from the same fused features as the semantic logits (:mod:`hyctas_core.panoptic`).
 
 Drop path (scheduled stochastic depth, used when retraining an architecture from scratch) is
 applied only where a cell op has a residual form, to the branch that is summed onto a bypass:
@@ -37,6 +40,7 @@ from hyctas_core.config import ModelConfig
 from hyctas_core.heads import BranchFusion, FeatureFusion, SegHead, Stem, upsample_logits
 from hyctas_core.layers import ConvNormAct, DropPath
 from hyctas_core.ops import EfficientSelfAttention, LightConv, create_op
+from hyctas_core.panoptic.head import PanopticHead
 from hyctas_core.search_space import SCALES, Arch, ArchError, num_filters, validate
 
 __all__ = ["BranchPlan", "CellPlan", "HyCTASNet", "NetPlan", "build", "plan_network"]
@@ -157,6 +161,9 @@ class _HyCTASBase(nn.Module):
     def _aux_head(self, end_scale: int) -> nn.Module | None:
         raise NotImplementedError
 
+    def _instance_head(self) -> nn.Module | None:
+        return None
+
     def _run(self, x: torch.Tensor, plan: NetPlan) -> dict[str, torch.Tensor]:
         size = (x.shape[-2], x.shape[-1])
         s4, s8 = self.stem(x)
@@ -174,6 +181,15 @@ class _HyCTASBase(nn.Module):
         fused = ffm(torch.cat(outs, dim=1))  # (B, k * nf8, H/8, W/8)
         logits = head(fused, s4 if self.cfg.output_stride == 4 else None)
         result = {"out": upsample_logits(logits, size, self.cfg.align_corners)}
+        instance_head = self._instance_head()
+        if instance_head is not None:
+            center, offset = instance_head(fused, s4 if self.cfg.output_stride == 4 else None)
+            # offsets are learnt in head pixels; scale them to input pixels while upsampling
+            scale = torch.tensor(
+                [size[0] / offset.shape[-2], size[1] / offset.shape[-1]], device=offset.device, dtype=offset.dtype
+            )
+            result["center"] = upsample_logits(center, size, self.cfg.align_corners)
+            result["offset"] = upsample_logits(offset, size, self.cfg.align_corners) * scale.view(1, 2, 1, 1)
         coarsest = plan.branches[-1]
         aux_head = self._aux_head(coarsest.end_scale)
         if self.training and aux_head is not None:
@@ -197,6 +213,12 @@ def _new_aggregation(combination: tuple[int, ...], cfg: ModelConfig) -> tuple[Fe
 
 def _new_aux_head(end_scale: int, cfg: ModelConfig) -> SegHead:
     return SegHead(num_filters(end_scale, cfg.base_channels), cfg.num_classes, align_corners=cfg.align_corners)
+
+
+def _new_instance_head(combination: tuple[int, ...], cfg: ModelConfig) -> PanopticHead:
+    chs = num_filters(8, cfg.base_channels) * len(combination)
+    s4_chs = stem_widths(cfg)[1] if cfg.output_stride == 4 else 0
+    return PanopticHead(chs, s4_chs=s4_chs, align_corners=cfg.align_corners)
 
 
 def _new_stem(cfg: ModelConfig) -> Stem:
@@ -229,9 +251,10 @@ class HyCTASNet(_HyCTASBase):
         arch: the architecture (validated).
         cfg: widths, classes, output stride, attention settings.
         aux: also build the auxiliary head used in training.
+        panoptic: also build the instance branch (centre heatmap and offsets).
     """
 
-    def __init__(self, arch: Arch, cfg: ModelConfig, *, aux: bool = False) -> None:
+    def __init__(self, arch: Arch, cfg: ModelConfig, *, aux: bool = False, panoptic: bool = False) -> None:
         super().__init__()
         self.arch = arch.canonical()
         self.cfg = cfg
@@ -260,6 +283,27 @@ class HyCTASNet(_HyCTASBase):
         )
         self.ffm, self.head = _new_aggregation(self.plan.combination, cfg)
         self.aux_head = _new_aux_head(self.plan.branches[-1].end_scale, cfg) if aux else None
+        self.instance_head: PanopticHead | None = None
+        if panoptic:
+            self.add_panoptic_head()
+
+    def add_panoptic_head(self) -> HyCTASNet:
+        """Give the network a freshly initialised instance branch (e.g. after ``Supernet.extract``).
+
+        Returns the network itself; a network that already has one keeps it.
+        """
+        if self.instance_head is None:
+            device = next(self.head.parameters()).device
+            self.instance_head = _new_instance_head(self.plan.combination, self.cfg).to(device).train(self.training)
+        return self
+
+    @property
+    def panoptic(self) -> bool:
+        """Whether the network predicts centres and offsets besides the semantic logits."""
+        return self.instance_head is not None
+
+    def _instance_head(self) -> nn.Module | None:
+        return self.instance_head
 
     def _cell(self, c: CellPlan) -> nn.Module:
         return self.cells[c.key]
@@ -303,13 +347,19 @@ class HyCTASNet(_HyCTASBase):
 
 
 def build(
-    arch: Arch, num_classes: int = 19, base_channels: int = 12, *, aux: bool = False, **cfg_kwargs: object
+    arch: Arch,
+    num_classes: int = 19,
+    base_channels: int = 12,
+    *,
+    aux: bool = False,
+    panoptic: bool = False,
+    **cfg_kwargs: object,
 ) -> HyCTASNet:
     """A freshly initialised network for ``arch`` (other :class:`ModelConfig` fields by keyword)."""
     kwargs = dict(cfg_kwargs)
     kwargs.setdefault("num_layers", max(arch.num_layers, 3))
     cfg = ModelConfig(num_classes=num_classes, base_channels=base_channels, **kwargs)  # type: ignore[arg-type]
-    return HyCTASNet(arch, cfg, aux=aux)
+    return HyCTASNet(arch, cfg, aux=aux, panoptic=panoptic)
 
 
 class InferenceWrapper(nn.Module):

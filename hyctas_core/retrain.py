@@ -17,6 +17,14 @@ from a checkpoint alone. Resume is exact: the data order of an epoch and each sa
 augmentation are pure functions of (seed, epoch, index), the LR is a pure function of the
 step, and drop path draws from its own generator whose state is checkpointed, so a run stopped
 and resumed ends with bit-identical weights on CPU (``tests/core/test_retrain.py``).
+
+Panoptic retraining (``task: panoptic``): the network gets the instance branch of
+:mod:`hyctas_core.panoptic` (centre heatmap and offsets on the fused features), the training
+items get Gaussian-centre / offset targets computed from their instance maps, the loss adds
+centre MSE and offset L1 to the (small-instance weighted) top-k cross-entropy, and validation
+reports PQ / SQ / RQ (all, things, stuff) alongside mIoU; ``best.pt`` then keeps the weights
+with the best PQ. Checkpoints and configs written before the ``task`` key existed load as
+semantic runs.
 """
 
 from __future__ import annotations
@@ -36,14 +44,22 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from hyctas_core._epochs import atomic_save, epoch_batches, epoch_order, steps_per_epoch
-from hyctas_core.config import ModelConfig
+from hyctas_core.config import ModelConfig, PanopticConfig
 from hyctas_core.evaluate import evaluate_miou, subset_indices
 from hyctas_core.losses import build_loss
 from hyctas_core.network import HyCTASNet
+from hyctas_core.panoptic import (
+    TARGET_KEYS,
+    PanopticEvaluation,
+    PanopticLoss,
+    PanopticTargetDataset,
+    evaluate_panoptic,
+)
 from hyctas_core.search_space import Arch, ArchError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "TASKS",
     "RetrainConfig",
     "RetrainProgress",
     "Retrainer",
@@ -54,6 +70,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "hyctas-retrain/1"
+TASKS = ("semantic", "panoptic")
 
 
 def poly_lr(step: int, total_steps: int, base_lr: float, power: float = 0.9, warmup_iters: int = 0) -> float:
@@ -107,10 +124,14 @@ class RetrainConfig:
     val_images: int | None = None  # a fixed, seeded subset of the validation set; None = all
     seed: int = 0
     num_workers: int = 0
+    # Global gradient-norm clipping; None: off for semantic runs, 1.0 (official) for panoptic
+    # ones, whose centre loss (x 200) diverges under SGD without it; 0: off.
     grad_clip: float | None = None
     steps_per_epoch: int | None = None  # cap; None = one pass over the training set
     checkpoint_every: int = 100  # steps
     log_every: int = 10  # steps
+    task: str = "semantic"  # or "panoptic": adds the centre / offset heads, targets, loss and PQ
+    panoptic: PanopticConfig = field(default_factory=PanopticConfig)  # used when task is panoptic
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_every", "checkpoint_every", "log_every"):
@@ -130,10 +151,28 @@ class RetrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or null, got {value}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task == "panoptic":
+            if self.loss == "ohem":
+                raise ValueError("task panoptic trains with the weighted top-k loss: loss must be topk or ce, not ohem")
+            outside = [t for t in self.panoptic.thing_ids if t >= self.model.num_classes]
+            if outside:
+                raise ValueError(
+                    f"panoptic.thing_ids {outside} are not train ids of a model with {self.model.num_classes} classes"
+                )
+
+    @property
+    def effective_grad_clip(self) -> float | None:
+        """The clipping norm used in training (see ``grad_clip``); None = no clipping."""
+        if self.grad_clip is None:
+            return 1.0 if self.task == "panoptic" else None
+        return self.grad_clip or None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["model"] = self.model.to_dict()
+        out["panoptic"] = self.panoptic.to_dict()
         return out
 
     @classmethod
@@ -148,6 +187,13 @@ class RetrainConfig:
             if not isinstance(kwargs["model"], dict):
                 raise ValueError("'model' must be a mapping of ModelConfig fields")
             kwargs["model"] = ModelConfig.from_dict(kwargs["model"])
+        if "panoptic" in kwargs:
+            if not isinstance(kwargs["panoptic"], dict):
+                raise ValueError("'panoptic' must be a mapping of PanopticConfig fields")
+            try:
+                kwargs["panoptic"] = PanopticConfig.from_dict(kwargs["panoptic"])
+            except TypeError as e:
+                raise ValueError(f"bad panoptic config: {e}") from None
         for key in ("crop_size", "scale_range", "base_size"):
             if kwargs.get(key) is not None:
                 kwargs[key] = tuple(kwargs[key])
@@ -182,6 +228,8 @@ class RetrainProgress:
     drop_path: float
     miou: float | None  # the latest validation mIoU (0-1), None before the first
     best_miou: float | None
+    pq: float | None = None  # panoptic runs: the latest validation PQ (0-1)
+    best_pq: float | None = None
 
 
 class Retrainer:
@@ -192,14 +240,16 @@ class Retrainer:
         arch: the architecture to train.
         train_set: items are dicts with ``"image"`` (float 3xHxW) and ``"label"`` (int64 HxW,
             255 = ignore), all of one size (random crops); ``set_epoch(e)`` is called if present.
+            Panoptic runs also need ``"instances"`` (0 = none, 1..K); the targets are added here.
         val_set: validation items (any size, batch 1), or None for no validation (and no
-            ``best.pt``).
+            ``best.pt``); with ``"instances"`` for panoptic runs.
         run_dir: ``last.pt``, ``best.pt`` and ``train_log.jsonl`` go here.
         device: ``"cpu"`` or a CUDA device.
 
     Raises:
         ArchError: the arch does not fit ``cfg.model``.
-        ValueError: the training set holds less than one batch.
+        ValueError: the training set holds less than one batch, or a panoptic run's items
+            have no instance maps.
     """
 
     def __init__(
@@ -214,13 +264,22 @@ class Retrainer:
     ) -> None:
         self.cfg = cfg
         self.arch = arch.canonical()
+        self.panoptic = cfg.task == "panoptic"
+        if self.panoptic:
+            for items, role in ((train_set, "training"), (val_set, "validation")):
+                if items is not None and len(items) and "instances" not in items[0]:  # type: ignore[arg-type]
+                    raise ValueError(
+                        f"panoptic retraining needs instance maps in the {role} items (return_instances=True)"
+                    )
+            if not isinstance(train_set, PanopticTargetDataset):
+                train_set = PanopticTargetDataset(train_set, cfg.panoptic)
         self.train_set, self.val_set = train_set, val_set
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
         self.steps_per_epoch = steps_per_epoch(train_set, cfg.batch_size, cfg.steps_per_epoch)  # type: ignore[arg-type]
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left alone
             torch.manual_seed(cfg.seed)
-            self.model = HyCTASNet(self.arch, cfg.model, aux=cfg.aux_weight > 0).to(self.device)
+            self.model = HyCTASNet(self.arch, cfg.model, aux=cfg.aux_weight > 0, panoptic=self.panoptic).to(self.device)
         drop_seed = int(np.random.default_rng([cfg.seed, 6]).integers(2**62))
         self.drop_rng = torch.Generator().manual_seed(drop_seed)
         self.model.set_drop_path(0.0, generator=self.drop_rng)
@@ -228,6 +287,9 @@ class Retrainer:
             self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
         self.criterion = build_loss(cfg.loss, top_k=cfg.top_k)
+        self.panoptic_loss: PanopticLoss | None = None
+        if self.panoptic:
+            self.panoptic_loss = PanopticLoss(cfg.panoptic, top_k=cfg.top_k if cfg.loss == "topk" else 1.0)
         self.val_indices: list[int] = []
         if val_set is not None:
             n_val = len(val_set)  # type: ignore[arg-type]
@@ -238,6 +300,9 @@ class Retrainer:
         self.step = 0
         self.best_miou: float | None = None
         self.last_miou: float | None = None
+        self.best_pq: float | None = None
+        self.last_pq: float | None = None
+        self._loss_parts: dict[str, float] = {}
         self._log_lines = 0
 
     @property
@@ -277,6 +342,8 @@ class Retrainer:
             "step_in_epoch": self.step_in_epoch,
             "best_miou": self.best_miou,
             "last_miou": self.last_miou,
+            "best_pq": self.best_pq,
+            "last_pq": self.last_pq,
             "log_lines": self._log_lines,
         }
 
@@ -287,9 +354,10 @@ class Retrainer:
         atomic_save(self.state_dict(), path)
         return path
 
-    def _save_best(self, miou: float) -> Path:
+    def _save_best(self, miou: float | None, pq: float | None = None) -> Path:
         path = self.run_dir / "best.pt"
-        atomic_save({**self._header("best"), "miou": miou}, path)
+        extra: dict[str, Any] = {"miou": miou} if pq is None else {"miou": miou, "pq": pq}
+        atomic_save({**self._header("best"), **extra}, path)
         return path
 
     def load(self, path: Path) -> None:
@@ -302,8 +370,12 @@ class Retrainer:
         if ckpt.get("kind") != "last":
             raise ValueError(f"{path}: holds weights only ({ckpt.get('kind')!r}); resume needs last.pt")
         mine = self.cfg.to_dict()
-        if ckpt["config"] != mine:
-            diff = sorted(k for k in set(mine) | set(ckpt["config"]) if ckpt["config"].get(k) != mine.get(k))
+        try:  # normalised: checkpoints from before a config key existed hold its default
+            theirs = RetrainConfig.from_dict(ckpt["config"]).to_dict()
+        except (KeyError, ValueError):
+            theirs = ckpt.get("config", {})
+        if theirs != mine:
+            diff = sorted(k for k in set(mine) | set(theirs) if theirs.get(k) != mine.get(k))
             raise ValueError(f"{path}: checkpoint was trained with a different config (differs in {diff})")
         if ckpt["arch"] != self.arch.to_official():
             raise ValueError(f"{path}: checkpoint was trained for another architecture")
@@ -313,6 +385,7 @@ class Retrainer:
         torch.set_rng_state(ckpt["torch_rng"])
         self.epoch, self.step_in_epoch, self.step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]
         self.best_miou, self.last_miou = ckpt["best_miou"], ckpt["last_miou"]
+        self.best_pq, self.last_pq = ckpt.get("best_pq"), ckpt.get("last_pq")
         self._log_lines = int(ckpt["log_lines"])
         self._truncate_log()
 
@@ -349,13 +422,22 @@ class Retrainer:
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
         out = self.model(images)
-        loss = self.criterion(out["out"], labels)
-        if "aux" in out and self.cfg.aux_weight > 0:
-            loss = loss + self.cfg.aux_weight * self.criterion(out["aux"], labels)
+        if self.panoptic_loss is not None:
+            targets = {k: batch[k].to(self.device, non_blocking=True) for k in ("label", *TARGET_KEYS)}
+            parts = self.panoptic_loss.parts(out, targets)
+            loss = self.panoptic_loss.combine(parts)
+            if "aux" in out and self.cfg.aux_weight > 0:
+                loss = loss + self.cfg.aux_weight * self.panoptic_loss.semantic(out["aux"], targets)
+            self._loss_parts = {f"loss_{k}": float(v.detach()) for k, v in parts.items()}
+        else:
+            loss = self.criterion(out["out"], labels)
+            if "aux" in out and self.cfg.aux_weight > 0:
+                loss = loss + self.cfg.aux_weight * self.criterion(out["aux"], labels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        torch.autograd.backward(loss)  # the same as loss.backward(), which torch leaves untyped
+        clip = self.cfg.effective_grad_clip
+        if clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.optimizer.step()
         return float(loss.detach()), lr
 
@@ -366,6 +448,28 @@ class Retrainer:
         cm = evaluate_miou(self.model, self.val_set, self.val_indices, self.cfg.model.num_classes, device=self.device)
         miou = cm.miou
         return None if math.isnan(miou) else miou
+
+    def validate_panoptic(self) -> PanopticEvaluation | None:
+        """PQ / SQ / RQ and mIoU of the current weights on the validation subset (panoptic runs).
+
+        Raises:
+            ValueError: the run is not a panoptic one.
+        """
+        if not self.panoptic:
+            raise ValueError("validate_panoptic needs a run with task panoptic")
+        if self.val_set is None or not self.val_indices:
+            return None
+        num_classes = self.cfg.model.num_classes
+        names = getattr(self.val_set, "class_names", None)
+        return evaluate_panoptic(
+            self.model,
+            self.val_set,
+            cfg=self.cfg.panoptic,
+            num_classes=num_classes,
+            indices=self.val_indices,
+            class_names=names if names is not None and len(names) == num_classes else None,
+            device=self.device,
+        )
 
     def fit(
         self, *, max_steps: int | None = None, progress: Callable[[RetrainProgress], None] | None = None
@@ -399,11 +503,16 @@ class Retrainer:
                     self.model.drop_path_p,
                     self.last_miou,
                     self.best_miou,
+                    self.last_pq,
+                    self.best_pq,
                 )
                 if progress is not None:
                     progress(info)
                 if self.step % self.cfg.log_every == 0:
-                    self._log({"event": "step", **dataclasses.asdict(info)})
+                    record = dataclasses.asdict(info)
+                    if not self.panoptic:
+                        del record["pq"], record["best_pq"]
+                    self._log({"event": "step", **record, **self._loss_parts})
                 stop = max_steps is not None and self.step >= max_steps
                 if self.step % self.cfg.checkpoint_every == 0 or stop:
                     self.save()
@@ -417,25 +526,57 @@ class Retrainer:
         return self._summary(t_start, images_seen, stopped=False)
 
     def _end_epoch(self, info: RetrainProgress | None, progress: Callable[[RetrainProgress], None] | None) -> None:
-        miou = None
-        if self.epoch % self.cfg.eval_every == 0 or self.finished:
-            miou = self.validate()
+        due = self.epoch % self.cfg.eval_every == 0 or self.finished
         record: dict[str, Any] = {"event": "epoch", "epoch": self.epoch, "step": self.step}
         record["drop_path"] = self.drop_path_at(self.epoch - 1)
-        if miou is not None:
-            self.last_miou = miou
-            record["miou"] = miou
-            if self.best_miou is None or miou > self.best_miou:
-                self.best_miou = miou
-                self._save_best(miou)
-                record["best"] = True
+        validated = False
+        if due:
+            validated = self._validate_panoptic(record) if self.panoptic else self._validate_semantic(record)
         self._log(record)
         self.save()
-        if miou is not None and progress is not None:
+        if validated and progress is not None:
             if info is None:  # resumed exactly at an epoch end: no step ran in this call
                 dp = self.drop_path_at(self.epoch - 1)
                 info = RetrainProgress(self.step, self.total_steps, self.epoch - 1, math.nan, 0.0, 0.0, dp, None, None)
-            progress(dataclasses.replace(info, miou=self.last_miou, best_miou=self.best_miou))
+            progress(
+                dataclasses.replace(
+                    info, miou=self.last_miou, best_miou=self.best_miou, pq=self.last_pq, best_pq=self.best_pq
+                )
+            )
+
+    def _validate_semantic(self, record: dict[str, Any]) -> bool:
+        """Validate mIoU; keep the best weights; returns whether a score came out."""
+        miou = self.validate()
+        if miou is None:
+            return False
+        self.last_miou = miou
+        record["miou"] = miou
+        if self.best_miou is None or miou > self.best_miou:
+            self.best_miou = miou
+            self._save_best(miou)
+            record["best"] = True
+        return True
+
+    def _validate_panoptic(self, record: dict[str, Any]) -> bool:
+        """Validate PQ and mIoU; ``best.pt`` follows PQ; returns whether a score came out."""
+        evaluation = self.validate_panoptic()
+        if evaluation is None:
+            return False
+        miou = evaluation.confusion.miou
+        summary = evaluation.to_dict()
+        self.last_miou = None if math.isnan(miou) else miou
+        if self.last_miou is not None:
+            record["miou"] = self.last_miou
+            self.best_miou = self.last_miou if self.best_miou is None else max(self.best_miou, self.last_miou)
+        pq = evaluation.pq
+        self.last_pq = None if math.isnan(pq) else pq
+        record.update({k: summary[k] for k in ("pq", "sq", "rq")})
+        record.update({f"{k}_{part}": summary[part][k] for part in ("things", "stuff") for k in ("pq", "sq", "rq")})
+        if self.last_pq is not None and (self.best_pq is None or self.last_pq > self.best_pq):
+            self.best_pq = self.last_pq
+            self._save_best(self.last_miou, self.last_pq)
+            record["best"] = True
+        return True
 
     def _summary(self, t_start: float, images: int, *, stopped: bool) -> dict[str, Any]:
         elapsed = time.perf_counter() - t_start
@@ -445,6 +586,7 @@ class Retrainer:
             "stopped": stopped,
             "best_miou": self.best_miou,
             "last_miou": self.last_miou,
+            **({"best_pq": self.best_pq, "last_pq": self.last_pq} if self.panoptic else {}),
             "seconds": round(elapsed, 3),
             "images_per_s": round(images / elapsed, 3) if elapsed > 0 else None,
             "run_dir": str(self.run_dir),
@@ -494,12 +636,17 @@ def read_checkpoint(path: Path) -> tuple[RetrainConfig, Arch, dict[str, Any]]:
         arch = Arch.from_official(ckpt["arch"])
     except (KeyError, ArchError) as e:
         raise ValueError(f"{path}: damaged retraining checkpoint ({e})") from None
-    info = {k: ckpt.get(k) for k in ("kind", "epoch", "step", "best_miou", "last_miou", "miou")}
+    keys = ("kind", "epoch", "step", "best_miou", "last_miou", "miou", "best_pq", "last_pq", "pq")
+    info = {k: ckpt.get(k) for k in keys}
     return cfg, arch, info
 
 
 def load_model(path: Path, *, device: str = "cpu") -> tuple[HyCTASNet, Arch, RetrainConfig]:
     """Rebuild the trained network of a ``last.pt`` or ``best.pt`` checkpoint (eval mode).
+
+    A panoptic checkpoint gives a network with its instance branch (``net.panoptic``), whose
+    output has ``"center"`` and ``"offset"`` besides ``"out"``; post-process it with
+    ``cfg.panoptic`` (:func:`hyctas_core.panoptic.postprocess_batch`).
 
     Raises:
         FileNotFoundError: no such file.
@@ -514,6 +661,7 @@ def load_model(path: Path, *, device: str = "cpu") -> tuple[HyCTASNet, Arch, Ret
     except (KeyError, ArchError) as e:
         raise ValueError(f"{path}: damaged retraining checkpoint ({e})") from None
     aux = any(k.startswith("aux_head.") for k in state)
-    net = HyCTASNet(arch, cfg.model, aux=aux).to(device)
+    panoptic = any(k.startswith("instance_head.") for k in state)
+    net = HyCTASNet(arch, cfg.model, aux=aux, panoptic=panoptic).to(device)
     net.load_state_dict(state)
     return net.eval(), net.arch, cfg
