@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -73,9 +74,14 @@ def main() -> None:
     }  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = []
     log = open(tmp / "services.log", "ab")  # noqa: SIM115
-    subprocess.run([BIN / "ray", "start", "--head", f"--port={ray_port}", "--num-cpus=2", "--include-dashboard=false",
-                    "--disable-usage-stats"], env=env, check=True, capture_output=True)  # fmt: skip
+    # Our own head, in its own process group: stopping it leaves any other Ray cluster alone.
+    head = subprocess.Popen([BIN / "ray", "start", "--head", f"--port={ray_port}", "--num-cpus=2",
+                             "--include-dashboard=false", "--disable-usage-stats", "--block"],
+                            env=env, stdout=log, stderr=log, start_new_session=True)  # fmt: skip
     try:
+        while not _listening(ray_port):
+            time.sleep(0.5)
+        time.sleep(2)
         procs.append(subprocess.Popen([BIN / "hyctas", "controller", "--port", str(port), "--log-level", "warning"],
                                       env=env, stdout=log, stderr=log))  # fmt: skip
         base = f"http://127.0.0.1:{port}"
@@ -153,10 +159,16 @@ def main() -> None:
         for p in procs:
             p.kill()
             p.wait()
-        subprocess.run([BIN / "ray", "stop", "--force"], env=env, capture_output=True)
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(60)
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _ready(base: str) -> bool:

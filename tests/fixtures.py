@@ -81,3 +81,21 @@ def randomize_checkpoint(path: Path, seed: int = 0) -> Path:
     ckpt["model"] = net.state_dict()
     torch.save(ckpt, path)
     return path
+
+
+def panoptic_checkpoint(semantic: Path, out: Path, seed: int = 1) -> Path:
+    """A panoptic retraining checkpoint (random weights) of the same arch as ``semantic``."""
+    import dataclasses
+
+    import torch
+
+    from hyctas_core.network import HyCTASNet
+    from hyctas_core.retrain import read_checkpoint
+    from tests.core.helpers import randomize
+
+    cfg, arch, _ = read_checkpoint(semantic)
+    cfg = dataclasses.replace(cfg, task="panoptic")
+    net = randomize(HyCTASNet(arch, cfg.model, panoptic=True), seed)
+    ckpt = torch.load(semantic, map_location="cpu", weights_only=False)
+    torch.save({**ckpt, "config": cfg.to_dict(), "model": net.state_dict()}, out)
+    return out

@@ -15,6 +15,7 @@ Metrics go through ``ray.serve.metrics`` into Ray's Prometheus endpoint:
 """
 
 import asyncio
+import base64
 import io
 import time
 from typing import Any, Literal
@@ -73,6 +74,15 @@ class SegmentationModel:
     async def __call__(self, image: np.ndarray) -> dict[str, Any]:
         result: dict[str, Any] = await self.predict(image)
         return result
+
+    async def panoptic(self, image: np.ndarray) -> dict[str, Any]:
+        """Panoptic output of one image, or ``{"error": ...}`` for a semantic model."""
+        segmenter = self.segmenter
+        assert segmenter is not None
+        if segmenter.panoptic_config is None:
+            return {"error": "this deployment serves a semantic model: output=panoptic needs a panoptic one"}
+        png, info = await asyncio.to_thread(segmenter.predict_panoptic, image)
+        return {"png": png, "segments_info": info, "model": segmenter.identity}
 
 
 def decode_image(body: bytes, *, max_pixels: int) -> np.ndarray:
@@ -222,9 +232,13 @@ class Gateway:
 
     @gateway_api.post("/segment/{deployment}")
     async def segment(
-        self, deployment: str, request: Request, output: Literal["labels", "overlay", "json"] = "labels"
+        self, deployment: str, request: Request, output: Literal["labels", "overlay", "json", "panoptic"] = "labels"
     ) -> Response:
-        """Segment one PNG or JPEG (raw body or multipart field ``image``)."""
+        """Segment one PNG or JPEG (raw body or multipart field ``image``).
+
+        ``output``: ``labels`` (train-id PNG), ``overlay`` (colour PNG), ``json`` (class fractions),
+        ``panoptic`` (JSON: base64 COCO-panoptic PNG of segment ids and its ``segments_info``).
+        """
         t0 = time.perf_counter()
         code = 500
         try:
@@ -255,6 +269,18 @@ class Gateway:
                     raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"body over the {self.max_bytes}-byte limit")
             data = bytes(body)
         image = await asyncio.to_thread(decode_image, data, max_pixels=self.max_pixels)
+        if output == "panoptic":
+            out = await handle.panoptic.remote(image)
+            if "error" in out:
+                raise HTTPException(status.HTTP_400_BAD_REQUEST, out["error"])
+            panoptic = {
+                "deployment": deployment,
+                "model": out["model"],
+                "size": list(image.shape[:2]),
+                "panoptic_png": base64.b64encode(out["png"]).decode(),
+                "segments_info": out["segments_info"],
+            }
+            return JSONResponse(panoptic)
         result = await handle.remote(image)
         labels: np.ndarray = result["labels"]
         headers = {"X-Batch-Size": str(result["batch_size"]), "X-Model": str(result["model"]["arch_hash"])}

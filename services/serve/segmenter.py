@@ -77,13 +77,16 @@ class Segmenter:
 
         if self.config.threads > 0:
             torch.set_num_threads(self.config.threads)
-        net, arch, _ = load_model(Path(self.config.checkpoint), device=self.config.device)
+        net, arch, cfg = load_model(Path(self.config.checkpoint), device=self.config.device)
+        self.raw = net
+        self.panoptic_config = cfg.panoptic if net.panoptic else None
         self.net = InferenceWrapper(net).eval()
         self.arch_hash = arch.hash
 
     @property
     def identity(self) -> dict[str, Any]:
         return {
+            "task": "panoptic" if self.panoptic_config is not None else "semantic",
             "name": self.config.name,
             "model_id": self.config.model_id,
             "arch_hash": self.arch_hash,
@@ -170,3 +173,20 @@ class Segmenter:
             for j, i in enumerate(idx):
                 out[i] = labels[j]
         return [o for o in out if o is not None]
+
+    @torch.inference_mode()
+    def predict_panoptic(self, image: np.ndarray) -> tuple[bytes, list[dict[str, Any]]]:
+        """COCO-panoptic PNG (RGB-encoded segment ids) and its ``segments_info`` for one image.
+
+        Runs the eager network (its centre / offset outputs are not in the compiled backends).
+
+        Raises:
+            ValueError: the model has no panoptic head.
+        """
+        from hyctas_core.panoptic.postprocess import encode_panoptic_png, postprocess_batch
+
+        if self.panoptic_config is None:
+            raise ValueError("this model was trained for semantic segmentation: it has no panoptic head")
+        x = torch.from_numpy(normalize(image)).permute(2, 0, 1)[None].to(self.config.device)
+        ids, segments = postprocess_batch(self.raw(x), self.panoptic_config)[0]
+        return encode_panoptic_png(ids.cpu(), segments)

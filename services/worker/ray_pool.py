@@ -3,9 +3,10 @@
 Each actor builds its :class:`~hyctas_core.evaluate.CandidateEvaluator` once (supernet
 checkpoint, calibration and validation data) and then scores architectures sent to it. The
 pool hands out work dynamically (a free actor takes the next arch), keeps results in the
-order asked, retries an arch on another actor when an actor or its node dies, and grows to
-the cluster's resources between batches (``workers=None``), so a GPU node added mid-search
-adds evaluators.
+order asked, retries an arch on another actor when an actor or its node dies, and grows by
+the cluster's free resources between batches (``workers=None``), so a GPU node added
+mid-search adds evaluators, while CPUs / GPUs held by Serve replicas or Tune trials are left
+to them.
 """
 
 from __future__ import annotations
@@ -51,19 +52,28 @@ class RayEvaluatorPool:
 
     Args:
         spec: what each actor loads; ``spec.threads`` should be 1 on a shared CPU host.
-        workers: number of actors; None sizes the pool to the cluster (GPUs if the spec's
-            device is CUDA, else CPUs) and re-checks before every batch.
+        workers: number of actors; None adds one actor per free GPU (CUDA spec) or CPU
+            before every batch (at least one actor in all).
         address: Ray cluster address; None starts (or joins) a local Ray.
         max_retries: attempts per arch on other actors after an actor failure.
+        startup_timeout_s: how long new actors may take to start (load the supernet and data)
+            before the pool goes on without them.
     """
 
     def __init__(
-        self, spec: EvaluatorSpec, workers: int | None = None, *, address: str | None = None, max_retries: int = 3
+        self,
+        spec: EvaluatorSpec,
+        workers: int | None = None,
+        *,
+        address: str | None = None,
+        max_retries: int = 3,
+        startup_timeout_s: float = 120.0,
     ) -> None:
         self.spec = spec
         self.cache_key = spec.cache_key()
         self.fixed_size = workers
         self.max_retries = max_retries
+        self.startup_timeout_s = startup_timeout_s
         self._started_ray = False
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
@@ -78,18 +88,32 @@ class RayEvaluatorPool:
     def _target_size(self) -> int:
         if self.fixed_size is not None:
             return self.fixed_size
-        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-        return max(1, int(resources.get("GPU" if self.use_gpu else "CPU", 1)))
+        # What is free now, not the cluster's total: Serve replicas, Tune trials and other
+        # searches hold resources too, and an actor that cannot be placed would wait forever.
+        free: dict[str, float] = ray.available_resources()  # type: ignore[no-untyped-call]
+        return max(1, len(self.actors) + int(free.get("GPU" if self.use_gpu else "CPU", 0)))
 
     def _resize(self) -> None:
         want = self._target_size()
         options: dict[str, Any] = {"num_cpus": 1, "num_gpus": 1 if self.use_gpu else 0}
         actor_cls: Any = EvaluatorActor  # a Ray actor class: .options() / .remote() are added by @ray.remote
         new = [actor_cls.options(**options).remote(self.spec.to_dict()) for _ in range(want - len(self.actors))]
-        if new:
-            ray.get([a.ready.remote() for a in new])  # load once, fail early
-            self.actors += new
-            log.info("evaluator pool: %d actors", len(self.actors))
+        if not new:
+            return
+        refs = {actor.ready.remote(): actor for actor in new}
+        if not self.actors:  # nothing to evaluate with yet: wait as long as it takes for the first one
+            first, _ = ray.wait(list(refs), num_returns=1)
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.startup_timeout_s)
+            ready = list(dict.fromkeys([*first, *ready]))
+        else:
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.startup_timeout_s)
+        ray.get(ready)  # load errors surface here, early
+        for ref, actor in refs.items():
+            if ref in ready:
+                self.actors.append(actor)
+            else:  # resources went elsewhere meanwhile: do not keep a pending actor
+                ray.kill(actor)
+        log.info("evaluator pool: %d actors", len(self.actors))
 
     @property
     def size(self) -> int:

@@ -214,6 +214,8 @@ class Worker:
             ctx.stop.set()
             beat.join()
             try:
+                if ctx.progress:  # the last progress, which the stopped heartbeat thread did not send
+                    self.storage.heartbeat_job(job.id, self.name, progress=ctx.progress)
                 self.storage.finish_job(job.id, JobState.SUCCEEDED, result=result)
             except IllegalTransition:  # cancelled in the very last moment: the cancel wins
                 self.queue.ack(entry)

@@ -15,7 +15,7 @@ from hyctas_core.presets import get_preset
 from hyctas_core.retrain import RetrainConfig, Retrainer, load_model
 from hyctas_core.segment import predict_labels
 from services.serve.segmenter import BACKENDS, Segmenter, SegmenterConfig
-from tests.fixtures import randomize_checkpoint, write_cityscapes
+from tests.fixtures import panoptic_checkpoint, randomize_checkpoint, write_cityscapes
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +66,27 @@ def test_cuda_matches_cpu(checkpoint: Path, backend: str) -> None:
     gpu = Segmenter(SegmenterConfig(str(checkpoint), backend=backend, device="cuda")).predict(images)
     agree = np.mean([np.mean(c == g) for c, g in zip(cpu, gpu, strict=True)])
     assert agree > 0.99, agree
+
+
+def test_panoptic_output(checkpoint: Path, tmp_path: Path) -> None:
+    """A panoptic model gives a COCO-panoptic PNG whose segment ids are exactly its segments_info."""
+    import io
+
+    from PIL import Image
+
+    from hyctas_core.panoptic.postprocess import id_to_rgb
+
+    pan = Segmenter(SegmenterConfig(str(panoptic_checkpoint(checkpoint, tmp_path / "pan.pt")), backend="torch"))
+    assert pan.identity["task"] == "panoptic"
+    image = _images()[0]
+    png, info = pan.predict_panoptic(image)
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int64)
+    assert rgb.shape == (*image.shape[:2], 3)
+    ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    assert info and {s["id"] for s in info} == set(np.unique(ids)) - {0}
+    for s in info:
+        assert s["area"] == int((ids == s["id"]).sum())
+    assert (id_to_rgb(ids) == rgb).all()
+    semantic = Segmenter(SegmenterConfig(str(checkpoint), backend="torch"))
+    with pytest.raises(ValueError, match="no panoptic head"):
+        semantic.predict_panoptic(image)

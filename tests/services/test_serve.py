@@ -37,7 +37,7 @@ from services.settings import Settings  # noqa: E402
 from services.storage import SQLStorage  # noqa: E402
 from services.worker.jobs import run_deploy  # noqa: E402
 from services.worker.runner import JobContext  # noqa: E402
-from tests.fixtures import randomize_checkpoint, write_cityscapes  # noqa: E402
+from tests.fixtures import panoptic_checkpoint, randomize_checkpoint, write_cityscapes  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -249,3 +249,25 @@ def test_reconfigure_under_load_drops_nothing(served: Served) -> None:
 def test_gateway_health(served: Served) -> None:
     assert httpx.get(f"{served.base}/health").json() == {"status": "ok"}
     assert httpx.get(f"{served.base}/ready").status_code == 200
+
+
+def test_panoptic_output(served: Served, tmp_path: Path) -> None:
+    """?output=panoptic: 400 on a semantic deployment; a PNG of segment ids + segments_info on a panoptic one."""
+    import base64
+
+    r = httpx.post(f"{served.base}/segment/seg?output=panoptic", content=served.png, headers=served.alice, timeout=60)
+    assert r.status_code == 400 and "semantic" in r.json()["detail"]
+    pan = panoptic_checkpoint(served.checkpoint, tmp_path / "pan.pt")
+    model_id = served.storage.create_model("pan", get_preset("hyctas-s").to_official(), "p", owner="alice")
+    served.storage.update_model(model_id, state=JobState.RUNNING)
+    served.storage.update_model(model_id, state=JobState.SUCCEEDED, checkpoint_uri=f"file://{pan}")
+    did = served.storage.create_deployment("pan", model_id, {"backend": "torch"}, owner="alice")
+    job = served.storage.start_job(served.storage.create_job("deploy", {"deployment_id": did}, owner="alice"), "t")
+    run_deploy(JobContext(job, "t", served.storage, None, served.settings))
+    r = httpx.post(f"{served.base}/segment/pan?output=panoptic", content=served.png, headers=served.alice, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"]["task"] == "panoptic" and body["size"] == list(served.image.shape[:2])
+    rgb = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["panoptic_png"]))).convert("RGB")).astype(np.int64)
+    ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    assert {s["id"] for s in body["segments_info"]} == set(np.unique(ids)) - {0}

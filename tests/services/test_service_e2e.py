@@ -98,19 +98,38 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def ray_head() -> Iterator[str]:
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Ray head of our own (``ray start --head --block`` in its own process group), stopped afterwards.
+
+    Only this head is stopped (SIGTERM to its group): a Ray cluster the developer runs is left alone.
+    """
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    started = subprocess.run(
+    log = open(tmp_path_factory.mktemp("ray") / "head.log", "wb")  # noqa: SIM115 - owned by the child
+    head = subprocess.Popen(
         [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-         "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, timeout=120,
+         "--disable-usage-stats", "--block"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
-    assert started.returncode == 0, started.stdout + started.stderr
     try:
+        deadline = time.monotonic() + 120
+        while True:  # up once the GCS accepts connections
+            assert head.poll() is None, "ray start --head exited"
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "the Ray head did not come up"
+            time.sleep(0.5)
+        time.sleep(2)  # let the raylet register with the GCS
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(10)
+        log.close()
 
 
 @pytest.fixture
@@ -188,18 +207,31 @@ def test_end_to_end_with_a_killed_worker_and_a_restarted_controller(stack: Stack
     client = httpx.Client(base_url=stack.base + "/api/v1", timeout=10)
     worker_a = stack.start_worker("worker-a")
 
-    # A tiny supernet, trained by the worker.
+    # A tiny supernet (25 epochs of 4 steps); kill -9 its worker after the first checkpoint (step 20):
+    # another worker resumes it from there.
     r = client.post("/supernets", headers=alice, json={
         "name": "tiny", "dataset": {"kind": "synthetic", "train": 8, "val": 4, "size": [64, 128]},
-        "epochs": 1, "steps_per_epoch": 3, "batch_size": 2, "base_channels": 4, "num_layers": 6,
+        "epochs": 25, "batch_size": 2, "base_channels": 4, "num_layers": 6,
     })  # fmt: skip
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
+    _wait(
+        lambda: client.get(f"/supernets/{sid}", headers=alice).json(),
+        lambda b: (b["progress"] or {}).get("step", 0) >= 20,
+        240,
+    )
+    trainer_a = worker_a
+    trainer_a.send_signal(signal.SIGKILL)
+    trainer_a.wait(10)
+    worker_a = stack.start_worker("worker-a2")
     supernet = _wait(
         lambda: client.get(f"/supernets/{sid}", headers=alice).json(), lambda b: b["state"] in FINISHED, 240
     )
     assert supernet["state"] == "succeeded", supernet
     assert Path(supernet["checkpoint"]).exists()
+    job = client.get(f"/jobs/{sid}", headers=alice).json()
+    assert job["attempts"] == 2 and job["worker"] == "worker-a2" and job["result"]["steps"] == 100
+    assert job["progress"]["resumed"] is True  # from last.pt (step 20 or 40), not from scratch
 
     # A search; kill -9 its worker once a generation is committed.
     r = client.post("/searches", headers=alice, json={"name": "killed", "supernet_id": sid, **SEARCH})

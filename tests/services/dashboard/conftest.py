@@ -259,9 +259,13 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     sock.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium: str, dashboard: Dashboard, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    """Headless Chromium (closed before the server stops: it holds the event streams open)."""
+    """Headless Chromium (closed before the server stops: it holds the event streams open).
+
+    Module-scoped: Playwright's sync API keeps an asyncio loop running in the main thread while
+    it is open, which would break every later test that calls ``asyncio.run``.
+    """
     from playwright.sync_api import sync_playwright
 
     home = tmp_path_factory.mktemp("chromium-home")
