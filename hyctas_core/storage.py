@@ -204,6 +204,12 @@ class DeploymentRecord:
 DEPLOYMENT_STATES = ("deploying", "running", "failed", "deleting", "deleted")
 
 
+def check_deployment_state(state: str | None) -> None:
+    """Raises ValueError unless ``state`` is None or one of :data:`DEPLOYMENT_STATES` (shared by the backends)."""
+    if state is not None and state not in DEPLOYMENT_STATES:
+        raise ValueError(f"unknown deployment state {state!r}; one of {', '.join(DEPLOYMENT_STATES)}")
+
+
 @dataclass
 class ApiKeyRecord:
     """An API key; only a hash of the secret is stored, with a short prefix to recognise it."""

@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hyctas_core.storage import (
-    DEPLOYMENT_STATES,
     JOB_TRANSITIONS,
     MODEL_TRANSITIONS,
     SEARCH_TRANSITIONS,
@@ -37,6 +36,7 @@ from hyctas_core.storage import (
     SearchState,
     SearchStorage,
     StorageError,
+    check_deployment_state,
 )
 
 __all__ = ["InMemoryStorage"]
@@ -657,8 +657,7 @@ class InMemoryStorage(SearchStorage):
             ValueError: unknown state.
             IllegalTransition: the deployment is deleted.
         """
-        if state is not None and state not in DEPLOYMENT_STATES:
-            raise ValueError(f"unknown deployment state {state!r}; one of {', '.join(DEPLOYMENT_STATES)}")
+        check_deployment_state(state)
         stored = None if options is None else _json_copy(options, "deployment options")
         with self._lock:
             d = self._deployment(deployment_id)

@@ -1,8 +1,9 @@
-"""Small datasets written in real on-disk formats, for tests."""
+"""Small datasets written in real on-disk formats, and tiny trained networks, for tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -99,3 +100,40 @@ def panoptic_checkpoint(semantic: Path, out: Path, seed: int = 1) -> Path:
     ckpt = torch.load(semantic, map_location="cpu", weights_only=False)
     torch.save({**ckpt, "config": cfg.to_dict(), "model": net.state_dict()}, out)
     return out
+
+
+def tiny_supernet(tmp: Path, *, calib_images: int = 4, val_images: int = 2) -> Any:
+    """An :class:`~hyctas_core.evaluate.EvaluatorSpec` over a freshly trained tiny supernet (F=4, 6 layers)."""
+    from hyctas_core.config import ModelConfig
+    from hyctas_core.data.cityscapes import CityscapesDataset
+    from hyctas_core.data.transforms import SegTransform
+    from hyctas_core.evaluate import EvaluatorSpec
+    from hyctas_core.train import SupernetTrainConfig, SupernetTrainer
+
+    root = write_cityscapes(tmp / "data", train=4, val=2, size=(64, 128))
+    cfg = SupernetTrainConfig(
+        model=ModelConfig(base_channels=4, num_layers=6, num_classes=19), epochs=1, batch_size=4, crop_size=(64, 128)
+    )
+    run = tmp / "supernet"
+    SupernetTrainer(cfg, CityscapesDataset(root, "train", transform=SegTransform(crop_size=(64, 128))), run).fit()
+    return EvaluatorSpec(
+        str(run / "supernet.pt"), str(root), calib_images=calib_images, val_images=val_images, latency_seconds=0.05,
+        threads=1,
+    )  # fmt: skip
+
+
+def tiny_retrained(tmp: Path) -> tuple[Path, Path]:
+    """(checkpoint, data root): HyCTAS-S at F=4 retrained one epoch, then given random weights (non-trivial maps)."""
+    from hyctas_core.config import ModelConfig
+    from hyctas_core.data.cityscapes import CityscapesDataset
+    from hyctas_core.data.transforms import SegTransform
+    from hyctas_core.presets import get_preset
+    from hyctas_core.retrain import RetrainConfig, Retrainer
+
+    root = write_cityscapes(tmp / "data", train=4, val=2, size=(64, 128))
+    cfg = RetrainConfig(
+        model=ModelConfig(base_channels=4, num_layers=11), epochs=1, batch_size=2, crop_size=(64, 128), aux_weight=0
+    )
+    train = CityscapesDataset(root, "train", transform=SegTransform(crop_size=(64, 128)))
+    Retrainer(cfg, get_preset("hyctas-s"), train, None, tmp / "run").fit()
+    return randomize_checkpoint(tmp / "run" / "last.pt"), root

@@ -29,12 +29,12 @@ import functools
 import json
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -45,7 +45,6 @@ from sqlalchemy.orm import Session, defer
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from hyctas_core.storage import (
-    DEPLOYMENT_STATES,
     JOB_TRANSITIONS,
     MODEL_TRANSITIONS,
     SEARCH_TRANSITIONS,
@@ -63,6 +62,7 @@ from hyctas_core.storage import (
     SearchState,
     SearchStorage,
     StorageError,
+    check_deployment_state,
 )
 from services.storage.models import (
     ApiKeyRow,
@@ -77,6 +77,7 @@ from services.storage.models import (
 
 __all__ = ["SQLStorage", "create_storage_engine", "mask_url", "one_line"]
 
+R = TypeVar("R")
 _WRITE_OPTION = "hyctas_write"  # execution option: the SQLite transaction starts with BEGIN IMMEDIATE
 _MAX_MESSAGE = 400
 _IN_CHUNK = 500  # bound on bind parameters per IN (...) clause
@@ -401,6 +402,15 @@ class SQLStorage(SearchStorage):
         finally:
             session.close()
 
+    def _page(
+        self, table: Any, conditions: list[Any], offset: int, limit: int, record: Callable[[Any], R]
+    ) -> tuple[list[R], int]:
+        """(records of one page of ``table`` rows matching ``conditions``, by id; total count)."""
+        with self._session_scope() as session:
+            total = session.scalar(select(func.count()).select_from(table).where(*conditions)) or 0
+            rows = session.scalars(select(table).where(*conditions).order_by(table.id).offset(offset).limit(limit))
+            return [record(r) for r in rows.all()], total
+
     @staticmethod
     def _owner_is(column: Any, owner: str | None) -> Any:
         return column.is_(None) if owner is None else column == owner
@@ -496,12 +506,7 @@ class SQLStorage(SearchStorage):
             conditions.append(SearchRow.owner == owner)
         if state is not None:
             conditions.append(SearchRow.state == SearchState(state).value)
-        with self._session_scope() as session:
-            total = session.scalar(select(func.count()).select_from(SearchRow).where(*conditions)) or 0
-            rows = session.scalars(
-                select(SearchRow).where(*conditions).order_by(SearchRow.id).offset(offset).limit(limit)
-            ).all()
-            return [_search_record(r) for r in rows], total
+        return self._page(SearchRow, conditions, offset, limit, _search_record)
 
     def set_search_state(self, search_id: int, state: SearchState, *, error: str | None = None) -> None:
         """Move the search to ``state``; ``error`` replaces the stored error (None clears it).
@@ -751,12 +756,7 @@ class SQLStorage(SearchStorage):
             conditions.append(JobRow.owner == owner)
         if state is not None:
             conditions.append(JobRow.state == JobState(state).value)
-        with self._session_scope() as session:
-            total = session.scalar(select(func.count()).select_from(JobRow).where(*conditions)) or 0
-            rows = session.scalars(
-                select(JobRow).where(*conditions).order_by(JobRow.id).offset(offset).limit(limit)
-            ).all()
-            return [_job_record(r) for r in rows], total
+        return self._page(JobRow, conditions, offset, limit, _job_record)
 
     def start_job(self, job_id: int, worker: str, *, stale_after_s: float | None = None) -> JobRecord:
         """QUEUED (or a RUNNING job silent for ``stale_after_s``) -> RUNNING on ``worker``, ``attempts += 1``.
@@ -919,12 +919,7 @@ class SQLStorage(SearchStorage):
             conditions.append(ModelRow.owner == owner)
         if job_id is not None:
             conditions.append(ModelRow.job_id == job_id)
-        with self._session_scope() as session:
-            total = session.scalar(select(func.count()).select_from(ModelRow).where(*conditions)) or 0
-            rows = session.scalars(
-                select(ModelRow).where(*conditions).order_by(ModelRow.id).offset(offset).limit(limit)
-            ).all()
-            return [_model_record(r) for r in rows], total
+        return self._page(ModelRow, conditions, offset, limit, _model_record)
 
     def update_model(
         self,
@@ -1039,8 +1034,7 @@ class SQLStorage(SearchStorage):
             ValueError: unknown state.
             IllegalTransition: the deployment is deleted.
         """
-        if state is not None and state not in DEPLOYMENT_STATES:
-            raise ValueError(f"unknown deployment state {state!r}; one of {', '.join(DEPLOYMENT_STATES)}")
+        check_deployment_state(state)
         with self._session_scope(write=True) as session:
             row = session.get(DeploymentRow, deployment_id, with_for_update=True)
             if row is None:

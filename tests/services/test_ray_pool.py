@@ -9,29 +9,18 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from hyctas_core.config import ModelConfig  # noqa: E402
-from hyctas_core.data.cityscapes import CityscapesDataset  # noqa: E402
-from hyctas_core.data.transforms import SegTransform  # noqa: E402
 from hyctas_core.evaluate import EvaluatorSpec, LocalEvaluator  # noqa: E402
 from hyctas_core.search_space import sample_arch  # noqa: E402
-from hyctas_core.train import SupernetTrainConfig, SupernetTrainer  # noqa: E402
 from services.worker.ray_pool import RayEvaluatorPool  # noqa: E402
-from tests.fixtures import write_cityscapes  # noqa: E402
+from tests.fixtures import tiny_supernet  # noqa: E402
 
 KEYS = ("miou", "gmacs", "params_m")
 
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory: pytest.TempPathFactory) -> EvaluatorSpec:
-    root = write_cityscapes(tmp_path_factory.mktemp("data"), train=4, val=2, size=(64, 128))
-    cfg = SupernetTrainConfig(
-        model=ModelConfig(base_channels=4, num_layers=6, num_classes=19), epochs=1, batch_size=4, crop_size=(64, 128)
-    )
-    run = tmp_path_factory.mktemp("supernet")
-    SupernetTrainer(cfg, CityscapesDataset(root, "train", transform=SegTransform(crop_size=(64, 128))), run).fit()
-    return EvaluatorSpec(
-        str(run / "supernet.pt"), str(root), calib_images=4, val_images=2, latency_seconds=0.05, threads=1
-    )
+    spec: EvaluatorSpec = tiny_supernet(tmp_path_factory.mktemp("supernet"), calib_images=4)
+    return spec
 
 
 @pytest.mark.slow

@@ -8,26 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from hyctas_core.config import ModelConfig
-from hyctas_core.data.cityscapes import CityscapesDataset
-from hyctas_core.data.transforms import SegTransform
-from hyctas_core.presets import get_preset
-from hyctas_core.retrain import RetrainConfig, Retrainer, load_model
+from hyctas_core.retrain import load_model
 from hyctas_core.segment import predict_labels
 from services.serve.segmenter import BACKENDS, Segmenter, SegmenterConfig
-from tests.fixtures import panoptic_checkpoint, randomize_checkpoint, write_cityscapes
+from tests.fixtures import panoptic_checkpoint, tiny_retrained
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("segmenter")
-    root = write_cityscapes(tmp / "data", train=4, val=2, size=(64, 128))
-    cfg = RetrainConfig(
-        model=ModelConfig(base_channels=4, num_layers=11), epochs=1, batch_size=2, crop_size=(64, 128), aux_weight=0
-    )
-    train = CityscapesDataset(root, "train", transform=SegTransform(crop_size=(64, 128)))
-    Retrainer(cfg, get_preset("hyctas-s"), train, None, tmp / "run").fit()
-    return randomize_checkpoint(tmp / "run" / "last.pt")
+    return tiny_retrained(tmp_path_factory.mktemp("segmenter"))[0]
 
 
 def _images() -> list[np.ndarray]:

@@ -23,11 +23,8 @@ ray = pytest.importorskip("ray")
 
 from ray import serve  # noqa: E402
 
-from hyctas_core.config import ModelConfig  # noqa: E402
-from hyctas_core.data.cityscapes import CityscapesDataset  # noqa: E402
-from hyctas_core.data.transforms import SegTransform  # noqa: E402
 from hyctas_core.presets import get_preset  # noqa: E402
-from hyctas_core.retrain import RetrainConfig, Retrainer, load_model  # noqa: E402
+from hyctas_core.retrain import load_model  # noqa: E402
 from hyctas_core.segment import predict_labels  # noqa: E402
 from hyctas_core.storage import JobState  # noqa: E402
 from services.auth import issue_api_key  # noqa: E402
@@ -37,7 +34,7 @@ from services.settings import Settings  # noqa: E402
 from services.storage import SQLStorage  # noqa: E402
 from services.worker.jobs import run_deploy  # noqa: E402
 from services.worker.runner import JobContext  # noqa: E402
-from tests.fixtures import panoptic_checkpoint, randomize_checkpoint, write_cityscapes  # noqa: E402
+from tests.fixtures import panoptic_checkpoint, tiny_retrained  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -80,13 +77,7 @@ def _deploy(s: Served, name: str, *, public: bool = False, **options: object) ->
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("serve")
-    root = write_cityscapes(tmp / "data", train=4, val=2, size=(64, 128))
-    cfg = RetrainConfig(
-        model=ModelConfig(base_channels=4, num_layers=11), epochs=1, batch_size=2, crop_size=(64, 128), aux_weight=0
-    )
-    train = CityscapesDataset(root, "train", transform=SegTransform(crop_size=(64, 128)))
-    Retrainer(cfg, get_preset("hyctas-s"), train, None, tmp / "run").fit()
-    checkpoint = randomize_checkpoint(tmp / "run" / "last.pt")
+    checkpoint, root = tiny_retrained(tmp)
     url = f"sqlite:///{tmp / 'hyctas.db'}"
     storage = SQLStorage(url, create=True)
     alice = {"Authorization": "Bearer " + issue_api_key(storage, "alice")}
