@@ -28,7 +28,7 @@ def test_ray_pool_matches_in_process_and_retries(spec: EvaluatorSpec) -> None:
     rng = np.random.default_rng(0)
     archs = [sample_arch(rng, 6) for _ in range(5)]
     local = LocalEvaluator(spec).evaluate(archs)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a running cluster
     try:
         pool = RayEvaluatorPool(replace(spec), workers=2)
         assert pool.size == 2 and pool.cache_key == LocalEvaluator(spec).cache_key
