@@ -161,12 +161,19 @@ def main() -> None:
             _load(url, png, 1, 2.0)  # warm the path
             for clients in (1, 8, 32):
                 results[f"max_batch_{max_batch}/clients_{clients}"] = _load(url, png, clients, args.seconds)
+        report = _report(h, w, backend, in_process, results, png, image)
+        print(json.dumps(report, indent=2), flush=True)  # before Ray's shutdown chatter
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def _report(
+    h: int, w: int, backend: str, in_process: dict[str, Any], results: dict[str, Any], png: bytes, image: np.ndarray
+) -> dict[str, Any]:
     overhead = results["max_batch_1/clients_1"]["p50_ms"] - in_process[backend]["batch1_p50_ms"]
     codec = _codec_ms(png, image.shape[:2])
-    print(json.dumps({
+    return {
         "benchmark": "serve", "size": [h, w], "cpu_count": os.cpu_count(), "backend": backend,
         "in_process": in_process, "endpoint": results, "overhead_ms_p50": round(overhead, 2),
         "overhead_breakdown_ms": {**codec, "rest (HTTP proxy, 2 actor hops, queueing)": round(
@@ -174,7 +181,7 @@ def main() -> None:
         "batched_vs_unbatched_32_clients": round(
             results["max_batch_8/clients_32"]["throughput_rps"] / results["max_batch_1/clients_32"]["throughput_rps"], 3
         ),
-    }, indent=2))  # fmt: skip
+    }  # fmt: skip
 
 
 if __name__ == "__main__":
