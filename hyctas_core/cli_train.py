@@ -288,6 +288,9 @@ def build_table_cmd(
     base_channels: Annotated[int, typer.Option(min=1, max=256)] = 12,
     output_stride: Annotated[int, typer.Option(help="8 or 4")] = 8,
     seconds_per_entry: Annotated[float, typer.Option(min=0.001)] = 0.1,
+    calibrate: Annotated[
+        int, typer.Option(min=0, max=1000, help="also measure N sampled networks and fit per-op scales to them")
+    ] = 0,
 ) -> None:
     """Time every op configuration of the search space at one input size on one device."""
     from rich.progress import Progress
@@ -322,7 +325,9 @@ def build_table_cmd(
             size,
             device=device,
             duration_s=seconds_per_entry,
+            calibration_archs=calibrate,
             progress=lambda d, t, k: bar.update(task, completed=d, total=t),
         )
     table.save(out)
-    typer.echo(f"wrote {len(table.entries)} entries for {table.device_name} at {size[0]}x{size[1]} to {out}")
+    fitted = f", calibrated on {calibrate} networks" if calibrate else ""
+    typer.echo(f"wrote {len(table.entries)} entries for {table.device_name} at {size[0]}x{size[1]}{fitted} to {out}")

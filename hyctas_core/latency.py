@@ -6,6 +6,14 @@ channels and stride (``conv_downup_H64_W128_Cin96_Cout64_s1``), plus the stem, t
 fusion nodes and the aggregation heads. :meth:`LookupTableLatency.predict` sums the entries
 of an architecture's cells (shared cells once) without running it. The device, the model
 configuration and the input size are part of the table's identity.
+
+Ops timed alone are not ops inside a network: on CPU an isolated attention block is slower
+than the same block between convolutions, fusion and head pieces are faster, and every cell
+adds a little dispatch cost. ``build_table(calibration_archs=N)`` therefore also measures N
+sampled networks end to end and fits one non-negative scale per entry group (stem, each op,
+fusion, aggregation) plus a per-cell cost by NNLS (the kernel-level prediction plus linear
+correction of nn-Meter); the table stores the coefficients and :meth:`LookupTableLatency.predict`
+applies them. A table without them predicts the plain sum.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,15 +45,40 @@ from hyctas_core.network import (
 )
 from hyctas_core.ops import OPS, create_op
 from hyctas_core.profile import measure_latency, time_fn
-from hyctas_core.search_space import SCALES, WIDTHS, Arch, num_filters
+from hyctas_core.search_space import SCALES, WIDTHS, Arch, num_filters, sample_arch
 
-__all__ = ["LatencyModel", "LatencyTable", "LookupTableLatency", "MeasuredLatency", "build_table", "op_key"]
+__all__ = [
+    "GROUPS",
+    "LatencyModel",
+    "LatencyTable",
+    "LookupTableLatency",
+    "MeasuredLatency",
+    "build_table",
+    "calibrate",
+    "entry_group",
+    "op_key",
+]
 
 TABLE_FORMAT = "hyctas-latency-table/1"
 
 
 def op_key(op: str, h: int, w: int, cin: int, cout: int, stride: int) -> str:
     return f"{op}_H{h}_W{w}_Cin{cin}_Cout{cout}_s{stride}"
+
+
+# Entry groups the calibration scales separately ("per_cell" is a cost per cell on top).
+GROUPS: tuple[str, ...] = ("stem", *OPS, "fusion", "agg")
+
+
+def entry_group(key: str) -> str:
+    """The group of a table key: ``stem``, the op name, ``fusion`` or ``agg``."""
+    if key == "stem":
+        return key
+    if key.startswith("fusion"):
+        return "fusion"
+    if key.startswith("agg_"):
+        return "agg"
+    return key.split("_H", 1)[0]
 
 
 def _fusion_key(end_scale: int, skip_chs: tuple[int, ...]) -> str:
@@ -94,6 +128,8 @@ class LatencyTable:
     torch_version: str
     entries: dict[str, float] = field(default_factory=dict)
     format: str = TABLE_FORMAT
+    # group -> scale of its entries' sum, plus "per_cell" (ms per cell); empty: the plain sum.
+    calibration: dict[str, float] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         data = asdict(self)
@@ -122,8 +158,12 @@ class LookupTableLatency(LatencyModel):
         self.table = table
         self.cfg = ModelConfig.from_dict(table.model)
 
-    def predict(self, arch: Arch) -> float:
-        """Milliseconds; raises ``KeyError`` naming an op configuration the table lacks."""
+    def components(self, arch: Arch) -> dict[str, float]:
+        """Milliseconds per entry group (:data:`GROUPS`) of ``arch``, and ``per_cell``: its cell count.
+
+        Raises:
+            KeyError: naming an op configuration the table lacks.
+        """
         plan = plan_network(arch, self.cfg)
         sizes = feature_sizes(self.table.input_size)
         keys = ["stem"]
@@ -132,12 +172,21 @@ class LookupTableLatency(LatencyModel):
             keys.append(op_key(c.op, h, w, c.in_chs, c.out_chs, c.stride))
         keys += [_fusion_key(b.end_scale, b.skip_chs) for b in plan.branches if b.end_scale > 8]
         keys.append(_agg_key(plan.combination))
-        total = 0.0
+        out = dict.fromkeys(GROUPS, 0.0)
         for key in keys:
             if key not in self.table.entries:
                 raise KeyError(f"latency table ({self.table.device}, {self.table.input_size}) has no entry {key}")
-            total += self.table.entries[key]
-        return total
+            out[entry_group(key)] += self.table.entries[key]
+        out["per_cell"] = float(len(plan.cells))
+        return out
+
+    def predict(self, arch: Arch) -> float:
+        """Milliseconds (calibrated when the table is); raises ``KeyError`` naming a missing entry."""
+        parts = self.components(arch)
+        coef = self.table.calibration
+        if not coef:
+            return sum(v for g, v in parts.items() if g != "per_cell")
+        return sum(coef.get(g, 1.0 if g != "per_cell" else 0.0) * v for g, v in parts.items())
 
     def latency_ms(self, arch: Arch, net: nn.Module | None = None) -> tuple[float, str]:
         return self.predict(arch), f"lut:{self.table.device}"
@@ -201,6 +250,16 @@ def _entries(
 
 
 @torch.inference_mode()
+def calibrate(lut: LookupTableLatency, archs: list[Arch], measured_ms: list[float]) -> dict[str, float]:
+    """Non-negative per-group scales (and a per-cell cost) fitting the table to measured networks (NNLS)."""
+    from scipy.optimize import nnls
+
+    names = [*GROUPS, "per_cell"]
+    X = np.array([[lut.components(a)[n] for n in names] for a in archs])
+    coef, _ = nnls(X, np.asarray(measured_ms, dtype=np.float64))
+    return {n: round(float(c), 6) for n, c in zip(names, coef, strict=True)}
+
+
 def build_table(
     cfg: ModelConfig,
     input_size: tuple[int, int],
@@ -208,6 +267,9 @@ def build_table(
     device: str = "cpu",
     duration_s: float = 0.1,
     min_runs: int = 5,
+    calibration_archs: int = 0,
+    calibration_seconds: float = 1.0,
+    seed: int = 0,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> LatencyTable:
     """Time every op configuration the space can produce (plus stem, fusions, heads).
@@ -217,10 +279,14 @@ def build_table(
         input_size: the deployment input size (H, W).
         device: where to time ("cpu" or a CUDA device).
         duration_s: timing duration per entry (median of the runs is stored).
-        progress: called with (done, total, key) after each entry.
+        calibration_archs: also measure this many sampled networks (seeded by ``seed``) end to
+            end and store per-group scales fitted to them (0: none; 20-40 is plenty).
+        calibration_seconds: timing duration per calibration network.
+        progress: called with (done, total, key) after each entry and calibration network.
     """
     dev = torch.device(device)
     entries = list(_entries(cfg, input_size, dev))
+    total = len(entries) + calibration_archs
     table = LatencyTable(device, device_name(device), input_size, cfg.to_dict(), torch.__version__)
     for i, (key, fn) in enumerate(entries):
         if fn is None:
@@ -230,5 +296,15 @@ def build_table(
                 fn, duration_s=duration_s, min_runs=min_runs, warmup_runs=2, device=dev
             ).median_ms
         if progress is not None:
-            progress(i + 1, len(entries), key)
+            progress(i + 1, total, key)
+    if calibration_archs > 0:
+        rng = np.random.default_rng([seed, 7])
+        archs = [sample_arch(rng, cfg.num_layers) for _ in range(calibration_archs)]
+        measure = MeasuredLatency(cfg, input_size, duration_s=calibration_seconds, device=device)
+        measured = []
+        for j, arch in enumerate(archs):
+            measured.append(measure.latency_ms(arch)[0])
+            if progress is not None:
+                progress(len(entries) + j + 1, total, f"calibration network {j + 1}")
+        table.calibration = calibrate(LookupTableLatency(table), archs, measured)
     return table

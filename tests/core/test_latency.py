@@ -72,3 +72,33 @@ def test_save_load_and_identity_errors(table: LatencyTable, tmp_path: Path) -> N
 def test_measured_latency_source() -> None:
     ms, source = MeasuredLatency(CFG, SIZE, duration_s=0.05).latency_ms(sample_arch(np.random.default_rng(1), 6))
     assert ms > 0 and source == "measured:cpu"
+
+
+def test_calibration_is_fitted_stored_and_applied(tmp_path: Path) -> None:
+    """Calibrated tables store non-negative per-group scales and predict sum(scale * group ms) + per-cell cost."""
+    from dataclasses import replace
+
+    from hyctas_core.latency import GROUPS, calibrate, entry_group
+
+    table = build_table(CFG, SIZE, duration_s=0.0, min_runs=1, calibration_archs=12, calibration_seconds=0.01)
+    assert set(table.calibration) == {*GROUPS, "per_cell"}
+    assert all(v >= 0 for v in table.calibration.values())
+    lut = LookupTableLatency(table)
+    arch = sample_arch(np.random.default_rng(3), CFG.num_layers)
+    parts = lut.components(arch)
+    expected = sum(table.calibration[g] * v for g, v in parts.items())
+    assert lut.predict(arch) == pytest.approx(expected)
+    plain = LookupTableLatency(replace(table, calibration={}))
+    assert plain.predict(arch) == pytest.approx(sum(v for g, v in parts.items() if g != "per_cell"))
+    path = tmp_path / "t.json"
+    table.save(path)
+    assert LatencyTable.load(path).calibration == table.calibration
+    # The fit recovers known scales exactly when the "measurements" follow them.
+    rng = np.random.default_rng(0)
+    archs = [sample_arch(rng, CFG.num_layers) for _ in range(40)]
+    truth = dict.fromkeys([*GROUPS, "per_cell"], 0.0) | {"sa": 2.0, "conv": 0.5, "stem": 1.0, "per_cell": 0.01}
+    measured = [sum(truth[g] * v for g, v in plain.components(a).items()) for a in archs]
+    fitted = calibrate(plain, archs, measured)
+    for group in ("sa", "conv", "stem", "per_cell"):
+        assert fitted[group] == pytest.approx(truth[group], abs=1e-3), group
+    assert entry_group("sa_H8_W16_Cin96_Cout96_s1") == "sa" and entry_group("agg_8_16") == "agg"
