@@ -3,15 +3,26 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Kept equal to pyproject.toml's pins by `tools/lockfile.py check` (part of `make test`).
+TORCH_VERSION := 2.13.0
+PIP_VERSION := 26.3
+PIP_TOOLS_VERSION := 7.7.0
+TORCH_PIP_ARGS ?=
+LOCK_VENV := .venv-lock
 
-.PHONY: test lint typecheck pytest install demo bench bench-search clean
+.PHONY: lock lockcheck test lint typecheck pytest install demo bench bench-search clean
 
-$(STAMP): pyproject.toml
+# Everything but torch comes from requirements.lock (hashes checked, no resolution): a release
+# made overnight cannot change what a commit installs. Then torch, pinned apart (the CPU wheel on
+# this machine's disk; TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" on a
+# Linux laptop without it), then the project itself without dependencies, then `pip check`.
+$(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch first, pinned: the CPU wheel on this disk (an unpinned torch downloads CUDA).
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,services]'
+	$(BIN)/python -m pip install --quiet pip==$(PIP_VERSION)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,7 +37,19 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+test: lockcheck lint typecheck pytest
+
+lockcheck: $(STAMP)
+	$(BIN)/python tools/lockfile.py check
+
+# Rewrites requirements.lock and docker/requirements.lock from pyproject.toml with pip-tools,
+# keeping every pin that still fits. Upgrades: `make lock UPGRADE=1` (all) or
+# `make lock UPGRADE_PACKAGE=ray` (one; `ray==2.61.0` for a given version).
+lock:
+	test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet pip==$(PIP_VERSION) pip-tools==$(PIP_TOOLS_VERSION)
+	$(LOCK_VENV)/bin/python tools/lockfile.py compile $(if $(UPGRADE),--upgrade) \
+		$(foreach p,$(UPGRADE_PACKAGE),--upgrade-package $(p))
 
 demo: $(STAMP)
 	$(BIN)/hyctas demo --out runs/demo --overwrite
@@ -42,4 +65,4 @@ bench-search: $(STAMP)
 	$(BIN)/python benchmarks/search_throughput.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -24,18 +24,19 @@ RUN groupadd --gid 1000 hyctas \
 # 1. torch first, pinned, CPU build: the Linux wheel on PyPI is the multi-GB CUDA build.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 
-# 2. The dependencies of '.[services]', read from pyproject.toml alone, so this layer stays
-#    cached until pyproject.toml or the constraints change (source edits do not rebuild it).
+# 2. Every other dependency of '.[services,export]', exactly as docker/requirements.lock pins it
+#    (hashes checked, nothing resolved): this layer stays cached until the lock changes, and a
+#    release made overnight never changes an image. `make lock` writes the lock.
 WORKDIR /app
-COPY pyproject.toml docker/constraints.txt ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['services']))" > requirements.txt \
-    && pip install -r requirements.txt -c constraints.txt
+COPY docker/requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock
 
-# 3. The source, installed without dependencies (all of them are in the layer above).
-COPY README.md ./
+# 3. The source, installed without dependencies (all of them are in the layer above; setuptools,
+#    the build backend, too), then checked for consistency.
+COPY pyproject.toml README.md ./
 COPY hyctas_core ./hyctas_core
 COPY services ./services
-RUN pip install --no-deps . && rm -rf build
+RUN pip install --no-deps --no-build-isolation . && pip check && rm -rf build
 
 USER hyctas
 WORKDIR /home/hyctas

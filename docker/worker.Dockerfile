@@ -37,19 +37,19 @@ RUN apt-get update \
 # 1. torch first, pinned, the CUDA build from the PyTorch index.
 RUN pip install --index-url ${TORCH_INDEX_URL} torch==2.13.0
 
-# 2. The dependencies of '.[services]' (Ray Serve and Tune included), from pyproject.toml alone:
-#    cached until pyproject.toml or the constraints change. The constraints pin Ray, so the Ray
-#    nodes and `hyctas worker` (a Ray client) always run the same version.
+# 2. Every other dependency of '.[services,export]' (Ray Serve and Tune, ONNX Runtime for
+#    serving), exactly as docker/requirements.lock pins it (hashes checked, nothing resolved):
+#    cached until the lock changes. The lock pins Ray, so the Ray nodes and `hyctas worker` (a Ray
+#    client) always run the same version, the one `rayVersion` in deploy/k8s names.
 WORKDIR /app
-COPY pyproject.toml docker/constraints.txt ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['services']))" > requirements.txt \
-    && pip install -r requirements.txt -c constraints.txt
+COPY docker/requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock
 
-# 3. The source, installed without dependencies.
-COPY README.md ./
+# 3. The source, installed without dependencies, then checked for consistency.
+COPY pyproject.toml README.md ./
 COPY hyctas_core ./hyctas_core
 COPY services ./services
-RUN pip install --no-deps . && rm -rf build
+RUN pip install --no-deps --no-build-isolation . && pip check && rm -rf build
 
 USER hyctas
 WORKDIR /home/hyctas

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hyctas_core.cli_utils import fail, parse_size
+from hyctas_core.cli_utils import cli_console, fail, parse_size
 from hyctas_core.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -101,10 +101,9 @@ def arch(
 
 
 def _print_arch(net: HyCTASNet, result: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = cli_console()
     ends = ", ".join(f"1/{s}" for s in result["output_scales"])
     table = Table(title=f"arch {result['arch_hash']}: {result['branches']} branch(es) ending at {ends}")
     for name, justify in (("branch", "left"), ("cell", "right"), ("op", "left"), ("scale", "left")):

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from hyctas_core.cli_utils import fail, parse_size
+from hyctas_core.cli_utils import cli_progress, fail, parse_size
 
 __all__ = ["app", "synth"]
 
@@ -39,8 +39,7 @@ def synth(
     color: Annotated[bool, typer.Option("--color/--no-color", help="also write *_gtFine_color.png")] = True,
 ) -> None:
     """Render synthetic street scenes into leftImg8bit/ and gtFine/ under --out."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from hyctas_core.data.synth import check_generate_args, generate
 
@@ -51,7 +50,7 @@ def synth(
         fail(str(e))
     start = time.perf_counter()
     columns = (TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    with cli_progress(*columns, stderr=True, transient=True) as bar:
         task = bar.add_task("synth", total=train + val)
 
         def advance(done: int, total: int) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from hyctas_core.cli_utils import fail
+from hyctas_core.cli_utils import cli_console, fail
 
 if TYPE_CHECKING:
     from hyctas_core.metrics import PanopticResult, SemsegDataset, SemsegResult
@@ -42,19 +42,29 @@ def semseg(
     pred: Annotated[
         list[Path] | None, typer.Option("--pred", help="prediction PNG file or directory (repeatable)")
     ] = None,
+    pred_ids: Annotated[
+        str,
+        typer.Option(
+            "--pred-ids",
+            help="train: train ids (Cityscapes 0..18, ADE20K 0..149); label: the official submission "
+            "encoding (Cityscapes label ids, ADE20K 1..150). Other values (255, void) count as misses.",
+        ),
+    ] = "train",
     as_json: JsonFlag = False,
 ) -> None:
     """Per-class IoU and mIoU of prediction PNGs against Cityscapes or ADE20K ground truth."""
-    from hyctas_core.metrics import MetricsError, evaluate_semseg_files
+    from hyctas_core.metrics import PRED_IDS, MetricsError, PredIds, evaluate_semseg_files
 
     if dataset not in _DATASETS:
         fail(f"--dataset must be cityscapes or ade20k, got {dataset!r}")
+    if pred_ids not in PRED_IDS:
+        fail(f"--pred-ids must be train or label, got {pred_ids!r}")
     if not gt:
         fail("give at least one --gt FILE_OR_DIR")
     if not pred:
         fail("give at least one --pred FILE_OR_DIR")
     try:
-        result = evaluate_semseg_files(cast("SemsegDataset", dataset), gt, pred)
+        result = evaluate_semseg_files(cast("SemsegDataset", dataset), gt, pred, cast("PredIds", pred_ids))
     except MetricsError as e:
         fail(str(e))
     if as_json:
@@ -64,7 +74,6 @@ def semseg(
 
 
 def _print_semseg(result: SemsegResult) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     data = result.to_dict()
@@ -77,11 +86,13 @@ def _print_semseg(result: SemsegResult) -> None:
     absent = len(data["per_class"]) - len(present)
     if absent:
         table.caption = f"{absent} absent class(es) not shown"
-    console = Console()
+    console = cli_console()
     console.print(table)
     console.print(
         f"mIoU: {_pct(data['miou'])} % over {len(present)} class(es)   pixel accuracy: {_pct(data['pixel_accuracy'])} %"
     )
+    if data["void_predictions"]:
+        console.print(f"{data['void_predictions']} pixel(s) predicted outside the classes, counted as misses")
 
 
 @app.command()
@@ -111,11 +122,10 @@ def panoptic(
 
 
 def _print_panoptic(result: PanopticResult) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     data: dict[str, Any] = result.to_dict()
-    console = Console()
+    console = cli_console()
     summary = Table(title=f"panoptic quality: {result.num_images} image(s)")
     for name in ("", "PQ %", "SQ %", "RQ %", "N"):
         summary.add_column(name, justify="left" if not name else "right")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hyctas_core.cli_utils import fail
+from hyctas_core.cli_utils import cli_progress, fail
 
 if TYPE_CHECKING:
     from hyctas_core.data.cityscapes import CityscapesDataset
@@ -92,7 +92,7 @@ def retrain(
     --task panoptic also needs the *_gtFine_instanceIds.png files and reports PQ.
     """
     import yaml
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
     from hyctas_core.data.transforms import SegTransform
     from hyctas_core.retrain import Retrainer, read_checkpoint
@@ -147,7 +147,7 @@ def retrain(
         TimeRemainingColumn(),
     ]
     start_miou = "-" if trainer.last_miou is None else f"{100 * trainer.last_miou:.2f}"
-    with Progress(*columns, transient=False) as bar:
+    with cli_progress(*columns, transient=False) as bar:
         bar_task = bar.add_task(
             "retrain",
             total=trainer.total_steps,

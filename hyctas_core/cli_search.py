@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hyctas_core.cli_utils import fail, parse_size
+from hyctas_core.cli_utils import cli_console, cli_progress, fail, parse_size
 
 if TYPE_CHECKING:
     from hyctas_core.storage import IndividualRecord, SearchRecord, SearchStorage
@@ -75,7 +75,6 @@ def _front_rows(storage: SearchStorage, search: SearchRecord) -> list[Individual
 
 
 def _print_front(search: SearchRecord, front: list[IndividualRecord], cost_key: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"Pareto front of {search.name!r} ({len(front)} archs, {search.state.value})")
@@ -87,7 +86,7 @@ def _print_front(search: SearchRecord, front: list[IndividualRecord], cost_key: 
             str(i), ind.arch_hash, str(ind.num_branches), f"{100 * o['miou']:.2f}", f"{o[cost_key]:.3f}",
             f"{o['gmacs']:.3f}", f"{o['params_m']:.3f}",
         )  # fmt: skip
-    Console().print(table)
+    cli_console().print(table)
 
 
 def _front_json(search: SearchRecord, front: list[IndividualRecord]) -> dict[str, Any]:
@@ -144,7 +143,7 @@ def search(
     device: Annotated[str, typer.Option()] = "cpu",
 ) -> None:
     """Multi-objective NSGA-II search over the supernet's sub-networks; resumable."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     from hyctas_core.evaluate import EvaluatorSpec, LocalEvaluator
     from hyctas_core.search import OBJECTIVES, SearchConfig
@@ -229,7 +228,7 @@ def search(
         TimeElapsedColumn(),
     ]
     try:
-        with Progress(*columns) as bar:
+        with cli_progress(*columns) as bar:
             task = bar.add_task(
                 "search", total=cfg.total_generations, completed=record.generation + 1, hv=0.0, front=0, n=0
             )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hyctas_core.cli_utils import fail, parse_size
+from hyctas_core.cli_utils import cli_progress, fail, parse_size
 
 if TYPE_CHECKING:
     from hyctas_core.data.cityscapes import CityscapesDataset
@@ -53,7 +53,7 @@ def train_supernet(
 ) -> None:
     """Train the weight-sharing supernet, sampling one sub-network per step."""
     import yaml
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
     from hyctas_core.data.transforms import SegTransform
     from hyctas_core.train import SupernetTrainer
@@ -86,7 +86,7 @@ def train_supernet(
         TextColumn("loss {task.fields[loss]:.3f}  {task.fields[rate]:.1f} img/s"),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, transient=False) as bar:
+    with cli_progress(*columns, transient=False) as bar:
         task = bar.add_task(
             "train", total=trainer.total_steps, completed=trainer.step, epoch=trainer.epoch, loss=0.0, rate=0.0
         )
@@ -242,7 +242,15 @@ def _evaluate_checkpoint(
     if num_classes != val.num_classes:
         fail(f"the checkpoint predicts {num_classes} classes; Cityscapes has {val.num_classes} train classes")
     indices = subset_indices(len(val), val_images, seed, stream=4)
-    head = {"task": task, "checkpoint": str(checkpoint), "arch_hash": arch.hash}
+    from hyctas_core.profile import count_params, count_training_head_params
+
+    head = {
+        "task": task,
+        "checkpoint": str(checkpoint),
+        "arch_hash": arch.hash,
+        "params_m": count_params(net) / 1e6,  # the network inference runs
+        "training_head_params_m": count_training_head_params(net) / 1e6,  # auxiliary head, training only
+    }
     if panoptic:
         try:
             evaluation = evaluate_panoptic(
@@ -272,7 +280,10 @@ def _evaluate_checkpoint(
             f"[{len(indices)} validation images, post-processing {out['postprocess_ms']:.1f} ms/image]"
         )
     else:
-        typer.echo(f"{checkpoint}: mIoU {_pct(out.get('miou'))}  [{len(indices)} validation images]")
+        typer.echo(
+            f"{checkpoint}: mIoU {_pct(out.get('miou'))}  {out['params_m']:.3f} M params  "
+            f"[{len(indices)} validation images]"
+        )
 
 
 def _pct(value: float | None) -> str:
@@ -293,7 +304,6 @@ def build_table_cmd(
     ] = 0,
 ) -> None:
     """Time every op configuration of the search space at one input size on one device."""
-    from rich.progress import Progress
 
     from hyctas_core.config import ModelConfig
     from hyctas_core.latency import build_table
@@ -318,7 +328,7 @@ def build_table_cmd(
             cfg = ModelConfig(base_channels=base_channels, output_stride=output_stride)
         except ValueError as e:
             fail(str(e))
-    with Progress() as bar:
+    with cli_progress() as bar:
         task = bar.add_task("timing ops", total=None)
         table = build_table(
             cfg,

@@ -1,12 +1,43 @@
-"""Helpers shared by the ``hyctas`` CLI modules: one-line errors (exit 2), size parsing."""
+"""Helpers shared by the ``hyctas`` CLI modules: one-line errors (exit 2), size parsing, consoles."""
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-__all__ = ["fail", "parse_size"]
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, ProgressColumn
+
+__all__ = ["cli_console", "cli_progress", "fail", "parse_size"]
+
+# Width of output that goes to a pipe or a file: wide enough that no table cell is folded.
+PIPE_WIDTH = 1000
+
+
+def cli_console(stderr: bool = False) -> Console:
+    """A rich console for CLI output.
+
+    On a terminal: its width, colours and live progress bars. On a pipe or a file (a CI log,
+    ``| tee``): plain lines, never wrapped, so that a value or a path is never split across
+    lines; tables take their natural width, and progress bars print only their final state.
+    """
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    return Console(stderr=stderr, soft_wrap=True, width=PIPE_WIDTH)
+
+
+def cli_progress(
+    *columns: str | ProgressColumn, console: Console | None = None, stderr: bool = False, **kwargs: Any
+) -> Progress:
+    """A rich progress bar on ``console`` or a new :func:`cli_console` (a live bar on a terminal only)."""
+    from rich.progress import Progress
+
+    return Progress(*columns, console=console or cli_console(stderr), **kwargs)
 
 
 def fail(message: str) -> NoReturn:

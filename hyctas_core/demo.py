@@ -75,16 +75,16 @@ def run_demo(
         FileExistsError: ``out`` exists and is not empty (and not a previous demo with ``overwrite``).
     """
     import torch
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
+    from hyctas_core.cli_utils import cli_console, cli_progress
     from hyctas_core.data.cityscapes import CityscapesDataset
     from hyctas_core.data.synth import generate
     from hyctas_core.data.transforms import SegTransform
     from hyctas_core.evaluate import EvaluatorSpec, LocalEvaluator, evaluate_miou
     from hyctas_core.latency import build_table
     from hyctas_core.plots import plot_pareto
-    from hyctas_core.profile import count_macs, count_params, measure_latency
+    from hyctas_core.profile import count_macs, count_params, count_training_head_params, measure_latency
     from hyctas_core.retrain import RetrainConfig, Retrainer
     from hyctas_core.search import SearchConfig, knee_index
     from hyctas_core.search_runner import create_search, run_search
@@ -103,12 +103,12 @@ def run_demo(
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text(json.dumps({"status": "running", "config": _jsonable(asdict(cfg))}))
-    console = Console()
+    console = cli_console()
     step = _Step(console.print)
     torch.manual_seed(cfg.seed)
 
-    def bar(*extra: Any) -> Progress:
-        return Progress(
+    def bar(*extra: Any) -> Any:
+        return cli_progress(
             TextColumn("    "),
             BarColumn(),
             MofNCompleteColumn(),
@@ -282,15 +282,19 @@ def run_demo(
             "latency_ms": latency.median_ms,
             "fps": latency.fps,
             "gmacs": count_macs(model, cfg.image_size) / 1e9,
-            "params_m": count_params(model) / 1e6,
+            "params_m": count_params(model) / 1e6,  # the network inference runs, as the search counts it
+            "training_head_params_m": count_training_head_params(model) / 1e6,  # auxiliary head, training only
             "input_size": list(cfg.image_size),
         },
         "segmented": {"image": name, "classes": class_stats(labels)[:5]},
         "config": _jsonable(asdict(cfg)),
     }
     (out / MARKER).write_text(json.dumps(summary, indent=1))
+    r = summary["retrained"]
     step.done(
-        f"val mIoU {100 * cm.miou:.2f}, {latency.median_ms:.1f} ms ({latency.fps:.1f} FPS) at batch 1; "
+        f"val mIoU {100 * cm.miou:.2f}, {latency.median_ms:.1f} ms ({latency.fps:.1f} FPS) at batch 1, "
+        f"{r['params_m']:.3f} M params, {r['gmacs']:.3f} GMACs (the search: {knee.objectives['params_m']:.3f} M, "
+        f"{knee.objectives['gmacs']:.3f} GMACs; training-only auxiliary head: {r['training_head_params_m']:.3f} M); "
         f"overlay: {overlay_path}"
     )
     return summary

@@ -3,9 +3,12 @@
 * Semantic segmentation: a confusion matrix over ``num_classes`` classes with an ignore label,
   per-class IoU and mIoU as in the Cityscapes benchmark scripts (a class with neither
   ground-truth nor predicted pixels has IoU NaN and is left out of the mean; a class that only
-  appears in the prediction has IoU 0 and counts). :func:`evaluate_semseg_files` reads
+  appears in the prediction has IoU 0 and counts). As there, a predicted value outside the
+  evaluated classes (void, 255, an unevaluated label id) is a miss: a false negative of the
+  pixel's ground-truth class and a false positive of none. :func:`evaluate_semseg_files` reads
   Cityscapes (``*_gtFine_labelIds.png``) or ADE20K (``ADEChallengeData2016``) ground truth and
-  single-channel prediction PNGs.
+  single-channel prediction PNGs of train ids or (Cityscapes, as the official server takes
+  them) label ids.
 * Panoptic segmentation: :func:`pq_compute` computes PQ / SQ / RQ with the matching rules of
   the COCO ``panopticapi`` (IoU > 0.5 within a category, prediction pixels on void excluded
   from the union, crowd regions neither matched nor counted as false negatives, unmatched
@@ -41,6 +44,8 @@ __all__ = [
     "PQSummary",
     "PanopticCategory",
     "PanopticResult",
+    "PRED_IDS",
+    "PredIds",
     "SemsegDataset",
     "SemsegResult",
     "evaluate_semseg_files",
@@ -48,6 +53,8 @@ __all__ = [
 ]
 
 SemsegDataset: TypeAlias = Literal["cityscapes", "ade20k"]
+PredIds: TypeAlias = Literal["train", "label"]
+PRED_IDS: tuple[str, ...] = ("train", "label")
 ImageId: TypeAlias = int | str
 
 ADE20K_NUM_CLASSES = 150
@@ -110,6 +117,10 @@ def _out_of_range(values: npt.NDArray[Any], low: int, high: int) -> list[int]:
 class ConfusionMatrix:
     """Pixel confusion matrix ``[ground truth, prediction]`` for ``num_classes`` classes.
 
+    Predicted values outside ``0..num_classes-1`` (void, ``255``, ...) are counted per
+    ground-truth class in :attr:`misses`: each is a false negative of that class and a false
+    positive of none, as in the official Cityscapes evaluation.
+
     Args:
         num_classes: Number of classes; valid labels are ``0..num_classes-1``.
         ignore_index: Ground-truth label whose pixels are not evaluated (must lie outside
@@ -128,7 +139,8 @@ class ConfusionMatrix:
             )
         self._num_classes = num_classes
         self._ignore_index = ignore_index
-        self._mat: npt.NDArray[np.int64] = np.zeros((num_classes, num_classes), dtype=np.int64)
+        # The last column counts predictions outside the classes (misses).
+        self._mat: npt.NDArray[np.int64] = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
 
     @property
     def num_classes(self) -> int:
@@ -143,26 +155,28 @@ class ConfusionMatrix:
     @property
     def matrix(self) -> npt.NDArray[np.int64]:
         """A copy of the ``int64`` matrix, rows = ground truth, columns = prediction."""
-        return self._mat.copy()
+        return self._mat[:, :-1].copy()
+
+    @property
+    def misses(self) -> npt.NDArray[np.int64]:
+        """Per ground-truth class, the pixels predicted as a value outside the classes."""
+        return self._mat[:, -1].copy()
 
     def update(self, pred: npt.NDArray[Any] | torch.Tensor, target: npt.NDArray[Any] | torch.Tensor) -> None:
         """Add one batch (any shape) of predicted and ground-truth labels.
 
         Args:
-            pred: Predicted class indices, integers in ``0..num_classes-1``.
+            pred: Predicted labels; a value outside ``0..num_classes-1`` is a miss.
             target: Ground-truth class indices of the same shape; ``ignore_index`` pixels are skipped.
 
         Raises:
-            MetricsError: On a shape mismatch, a non-integer input, or a value out of range.
+            MetricsError: On a shape mismatch, a non-integer input, or a target value out of range.
         """
         p = _as_int_array(pred, "prediction")
         t = _as_int_array(target, "target")
         if p.shape != t.shape:
             raise MetricsError(f"prediction shape {tuple(p.shape)} differs from target shape {tuple(t.shape)}")
         n = self._num_classes
-        bad = _out_of_range(p, 0, n - 1)
-        if bad:
-            raise MetricsError(f"prediction holds value(s) {bad} outside the classes 0..{n - 1}")
         p = p.reshape(-1)
         t = t.reshape(-1)
         keep = t != self._ignore_index
@@ -173,8 +187,10 @@ class ConfusionMatrix:
             raise MetricsError(
                 f"target holds value(s) {bad}; allowed are the classes 0..{n - 1} and ignore_index {self._ignore_index}"
             )
-        idx = t.astype(np.int64) * n + p.astype(np.int64)
-        self._mat += np.bincount(idx, minlength=n * n).reshape(n, n)
+        p = p.astype(np.int64)
+        p[(p < 0) | (p >= n)] = n  # the miss column
+        idx = t.astype(np.int64) * (n + 1) + p
+        self._mat += np.bincount(idx, minlength=n * (n + 1)).reshape(n, n + 1)
 
     def reset(self) -> None:
         """Set every count back to zero."""
@@ -197,14 +213,15 @@ class ConfusionMatrix:
         self._mat += other._mat
 
     def iou(self) -> npt.NDArray[np.float64]:
-        """Per-class IoU ``tp / (tp + fp + fn)``.
+        """Per-class IoU ``tp / (tp + fp + fn)``; misses count in ``fn`` of their ground-truth class.
 
         Returns:
             A float array of length ``num_classes``; NaN for classes with neither
             ground-truth nor predicted pixels.
         """
-        tp = np.diag(self._mat).astype(np.float64)
-        union = self._mat.sum(axis=0) + self._mat.sum(axis=1) - tp
+        square = self._mat[:, :-1]
+        tp = np.diag(square).astype(np.float64)
+        union = square.sum(axis=0) + self._mat.sum(axis=1) - tp
         out = np.full(self._num_classes, np.nan, dtype=np.float64)
         np.divide(tp, union, out=out, where=union > 0)
         return out
@@ -218,9 +235,9 @@ class ConfusionMatrix:
 
     @property
     def pixel_accuracy(self) -> float:
-        """Correct pixels / evaluated pixels (NaN before any pixel was evaluated)."""
+        """Correct pixels / evaluated pixels, misses included (NaN before any pixel was evaluated)."""
         total = int(self._mat.sum())
-        return float(np.trace(self._mat)) / total if total else math.nan
+        return float(np.trace(self._mat[:, :-1])) / total if total else math.nan
 
     def to_dict(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
         """A JSON-able summary; NaN values become ``None``.
@@ -229,7 +246,9 @@ class ConfusionMatrix:
             class_names: One name per class (default ``class_<k>``).
 
         Returns:
-            ``{"miou": float | None, "pixel_accuracy": float | None, "per_class": {name: iou | None}}``.
+            ``{"miou": float | None, "pixel_accuracy": float | None, "void_predictions": int,
+            "per_class": {name: iou | None}}``; ``void_predictions`` counts the evaluated pixels
+            predicted outside the classes (misses).
 
         Raises:
             MetricsError: If the number of names is not ``num_classes``.
@@ -240,6 +259,7 @@ class ConfusionMatrix:
         return {
             "miou": _none_if_nan(self.miou),
             "pixel_accuracy": _none_if_nan(self.pixel_accuracy),
+            "void_predictions": int(self._mat[:, -1].sum()),
             "per_class": {name: _none_if_nan(float(v)) for name, v in zip(names, self.iou(), strict=True)},
         }
 
@@ -412,27 +432,47 @@ def _ade_gt(path: Path) -> npt.NDArray[Any]:
     return mapped
 
 
-def evaluate_semseg_files(dataset: SemsegDataset, gt: Sequence[Path], pred: Sequence[Path]) -> SemsegResult:
+def _pred_to_train_ids(dataset: SemsegDataset, pred: npt.NDArray[Any], lut: npt.NDArray[np.uint8]) -> npt.NDArray[Any]:
+    """Official submission encoding to train ids; anything unevaluated becomes a miss (IGNORE_INDEX)."""
+    p = pred.astype(np.int64)
+    if dataset == "cityscapes":  # label ids 0..33 (unevaluated ones map to IGNORE_INDEX)
+        inside = (p >= 0) & (p < lut.size)
+        return np.where(inside, lut[np.clip(p, 0, lut.size - 1)], IGNORE_INDEX)
+    return np.where((p >= 1) & (p <= ADE20K_NUM_CLASSES), p - 1, IGNORE_INDEX)  # ADE20K: 1..150, 0 = other
+
+
+def evaluate_semseg_files(
+    dataset: SemsegDataset, gt: Sequence[Path], pred: Sequence[Path], pred_ids: PredIds = "train"
+) -> SemsegResult:
     """Per-class IoU / mIoU of prediction PNGs against Cityscapes or ADE20K ground truth.
 
     Cityscapes: ground truth is ``*_gtFine_labelIds.png`` (label ids, mapped to the 19 train
-    ids; unevaluated ids become ignore), predictions are single-channel PNGs of train ids
-    0..18, paired by the frame prefix ``<city>_<seq>_<frame>``. ADE20K: ground truth PNGs hold
-    0 (ignored) and 1..150 (mapped to 0..149), predictions hold 0..149, paired by the stem
-    ``ADE_<split>_<number>`` (any suffix after it, such as ``_pred``, is ignored).
+    ids; unevaluated ids become ignore), paired with predictions by the frame prefix
+    ``<city>_<seq>_<frame>``. ADE20K: ground truth PNGs hold 0 (ignored) and 1..150 (mapped to
+    0..149), paired by the stem ``ADE_<split>_<number>`` (any suffix after it, such as
+    ``_pred``, is ignored).
+
+    Predictions are single-channel PNGs (8 or 16 bit, grey or palette) of train ids
+    (``pred_ids="train"``: Cityscapes 0..18, ADE20K 0..149) or of the official submission
+    encoding (``"label"``: Cityscapes label ids 0..33, ADE20K 1..150). As in the official
+    evaluations, any other value (255, void, an unevaluated label id, ADE20K's 0) is accepted
+    and counted as a miss: a false negative of the pixel's ground-truth class.
 
     Args:
         dataset: ``"cityscapes"`` or ``"ade20k"``.
         gt: Ground-truth files or directories (searched recursively).
         pred: Prediction files or directories (searched recursively for ``*.png``).
+        pred_ids: ``"train"`` or ``"label"``, the encoding of the predictions.
 
     Returns:
         The accumulated result over all pairs.
 
     Raises:
-        MetricsError: On an unknown dataset, a missing path, no or incomplete pairs, unreadable
-            or multi-channel PNGs, a size mismatch, or a label value out of range.
+        MetricsError: On an unknown dataset or encoding, a missing path, no or incomplete pairs,
+            unreadable or multi-channel PNGs, a size mismatch, or a ground-truth label out of range.
     """
+    if pred_ids not in PRED_IDS:
+        raise MetricsError(f"unknown prediction encoding {pred_ids!r}; choose train or label")
     if dataset == "cityscapes":
         num_classes, names = NUM_CLASSES, TRAIN_ID_NAMES
         gt_pattern = "*_gtFine_labelIds.png"
@@ -463,12 +503,8 @@ def evaluate_semseg_files(dataset: SemsegDataset, gt: Sequence[Path], pred: Sequ
                 f"size mismatch: ground truth {str(gt_path)!r} is {target.shape[0]}x{target.shape[1]} (HxW) "
                 f"but prediction {str(pred_path)!r} is {p.shape[0]}x{p.shape[1]}"
             )
-        bad = _out_of_range(p, 0, num_classes - 1)
-        if bad:
-            raise MetricsError(
-                f"prediction {str(pred_path)!r} holds value(s) {bad}; allowed are the {dataset} "
-                f"train ids 0..{num_classes - 1}"
-            )
+        if pred_ids == "label":
+            p = _pred_to_train_ids(dataset, p, lut)
         cm.update(p, target)
     return SemsegResult(dataset=dataset, confusion=cm, class_names=tuple(names), num_images=len(pairs))
 

@@ -22,8 +22,28 @@ from hyctas_core.layers import SDPAttention
 __all__ = ["LatencyStats", "count_macs", "count_params", "measure_latency", "time_fn"]
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+# Heads that only training runs (their parameters are in a retrained checkpoint, never in inference).
+TRAINING_ONLY_HEADS: tuple[str, ...] = ("aux_head",)
+
+
+def _training_only(name: str) -> bool:
+    return name.split(".", 1)[0] in TRAINING_ONLY_HEADS
+
+
+def count_params(model: nn.Module, *, training_heads: bool = False) -> int:
+    """Parameters of the network that inference runs (the numbers a search reports for an arch).
+
+    Args:
+        model: Any module; a retrained :class:`~hyctas_core.network.HyCTASNet` may hold an
+            auxiliary head that only training uses.
+        training_heads: Also count the training-only heads.
+    """
+    return sum(p.numel() for n, p in model.named_parameters() if training_heads or not _training_only(n))
+
+
+def count_training_head_params(model: nn.Module) -> int:
+    """Parameters of the training-only heads (the auxiliary head), 0 when there are none."""
+    return sum(p.numel() for n, p in model.named_parameters() if _training_only(n))
 
 
 @torch.no_grad()

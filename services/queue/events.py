@@ -171,7 +171,7 @@ class RedisEventBus(EventBus):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(pubsub.unsubscribe(), timeout=1.0)
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                await pubsub.aclose()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await client.aclose()
 

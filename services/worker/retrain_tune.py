@@ -119,7 +119,7 @@ def _datasets(data_dir: Path, cfg: RetrainConfig) -> tuple[CityscapesDataset, Ci
 
 def _profile(model: nn.Module, input_size: tuple[int, int], device: str) -> dict[str, float]:
     """Params (M, without the auxiliary head), GMACs and batch-1 FPS of the network."""
-    params = count_params(model) - sum(p.numel() for n, p in model.named_parameters() if n.startswith("aux_head."))
+    params = count_params(model)  # the inference network: without the auxiliary head
     # measure_latency draws its input from the global RNG, which training checkpoints: keep it.
     with torch.random.fork_rng(devices=[] if device == "cpu" else None):
         macs = count_macs(model, input_size)

@@ -69,3 +69,56 @@ def test_console_script_is_installed() -> None:
         [Path(sys.executable).parent / "hyctas", "--help"], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0 and "arch" in proc.stdout
+
+
+_PRINT_LONG = """
+import sys, time
+from rich.table import Table
+from hyctas_core.cli_utils import cli_console, cli_progress
+path = sys.argv[1]
+console = cli_console()
+console.print("[bold]step[/] " + "word " * 30 + f"0.181 GMACs; plot: {path}")
+table = Table(title="front")
+table.add_column("path")
+table.add_column("GMACs")
+table.add_row(path, "0.181")
+console.print(table)
+with cli_progress(console=console, transient=False) as bar:
+    task = bar.add_task("steps", total=3)
+    for _ in range(3):
+        time.sleep(0.05)
+        bar.advance(task)
+"""
+
+
+def test_piped_output_never_splits_values_and_a_terminal_gets_bars(tmp_path: Path) -> None:
+    import os
+    import pty
+
+    path = str(tmp_path / ("run_" * 30) / "city_000000_000001_overlay.png")
+    env = {**os.environ, "COLUMNS": "80"}
+    env.pop("FORCE_COLOR", None)
+    piped = subprocess.run([sys.executable, "-c", _PRINT_LONG, path], capture_output=True, text=True, env=env)
+    assert piped.returncode == 0, piped.stderr
+    lines = piped.stdout.splitlines()
+    assert any(f"0.181 GMACs; plot: {path}" in line for line in lines), piped.stdout  # one line, unbroken
+    assert any(path in line and "0.181" in line for line in lines), piped.stdout  # the table row too
+    assert "\x1b[" not in piped.stdout  # no colour codes in a log
+    # On a terminal (a pseudo-terminal here) the same program draws a live bar at the terminal's width.
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", _PRINT_LONG, path], stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=60) == 0
+    os.close(leader)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert "━" in shown and "\x1b[" in shown, shown  # a bar, drawn with terminal control codes
+    assert f"0.181 GMACs; plot: {path}" not in shown.replace("\r\n", "\n")  # folded to the 80 columns

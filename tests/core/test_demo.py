@@ -25,6 +25,13 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
             assert Path(value).exists(), key
     assert summary["search"]["evaluated"] >= 6 and summary["search"]["front_size"] >= 1
     assert 0.0 <= summary["retrained"]["val_miou"] <= 1.0 and summary["retrained"]["fps"] > 0
+    # The retrained network reports the size of what inference runs: the numbers the search showed.
+    knee, retrained = summary["search"]["knee"], summary["retrained"]
+    assert retrained["params_m"] == pytest.approx(knee["params_m"], rel=1e-9)
+    assert retrained["gmacs"] == pytest.approx(knee["gmacs"], rel=1e-9)
+    assert retrained["training_head_params_m"] > 0  # the auxiliary head, reported apart
+    # Piped output (not a terminal) is never folded inside a value: the overlay path is on one line.
+    assert any(summary["outputs"]["overlay"] in line for line in result.stdout.splitlines()), result.stdout
     overlay = np.asarray(Image.open(summary["outputs"]["overlay"]))
     assert overlay.shape == (64, 128, 3)
     png = Image.open(summary["outputs"]["pareto_plot"])

@@ -106,8 +106,6 @@ def test_confusion_matrix_matches_a_pixel_loop() -> None:
     ("pred", "target", "needle"),
     [
         (np.zeros((2, 2), dtype=np.int64), np.zeros((2, 3), dtype=np.int64), "shape (2, 2) differs"),
-        (np.array([0, 4]), np.array([0, 1]), "prediction holds value(s) [4] outside the classes 0..3"),
-        (np.array([0, -1]), np.array([0, 1]), "value(s) [-1]"),
         (np.array([0, 1]), np.array([0, 7]), "target holds value(s) [7]"),
         (np.array([0.0, 1.0]), np.array([0, 1]), "dtype float64"),
         ([0, 1], np.array([0, 1]), "got list"),
@@ -229,6 +227,92 @@ def test_ade20k_files_hand_computed(tmp_path: Path) -> None:
     assert per_class["wall"] == pytest.approx(1 / 3) and per_class["flag"] == pytest.approx(0.5)
 
 
+# Void in predictions (cityscapesscripts: a predicted id outside the evaluated classes is a false
+# negative of the pixel's ground-truth class and a false positive of no class).
+# GT_4x4 with (0,0) -> 255 and (3,3) -> 255 on gt 0, (1,2) -> 9 on gt 1, (2,0) -> 255 on ignore.
+PRED_VOID = PRED_4x4.copy()
+PRED_VOID[0, 0], PRED_VOID[3, 3], PRED_VOID[1, 2], PRED_VOID[2, 0] = 255, 255, 9, 255
+# gt 0 (9 px): pred 0: 5, pred 1: 1, pred 2: 1, missed: 2; gt 1 (5 px): pred 1: 4, missed: 1.
+VOID_MATRIX = np.array([[5, 1, 1, 0], [0, 4, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+# IoU 0 = 5 / (9 + 5 - 5) = 5/9; IoU 1 = 4 / (5 + 5 - 4) = 2/3; IoU 2 = 0 / (0 + 1) = 0; IoU 3 NaN.
+VOID_IOU = [5 / 9, 2 / 3, 0.0]
+
+
+def test_void_predictions_are_misses_of_the_ground_truth_class() -> None:
+    cm = ConfusionMatrix(4)
+    cm.update(PRED_VOID, GT_4x4)
+    np.testing.assert_array_equal(cm.matrix, VOID_MATRIX)
+    np.testing.assert_array_equal(cm.misses, [2, 1, 0, 0])
+    np.testing.assert_allclose(cm.iou()[:3], VOID_IOU)
+    assert math.isnan(cm.iou()[3])
+    assert cm.miou == pytest.approx(sum(VOID_IOU) / 3)
+    assert cm.pixel_accuracy == pytest.approx(9 / 14)  # misses are evaluated pixels, never correct
+    assert cm.to_dict()["void_predictions"] == 3
+    # negative ids and any other out-of-range value are misses too; a merged matrix keeps them
+    other = ConfusionMatrix(4)
+    other.update(np.where(PRED_VOID == 255, -1, PRED_VOID), GT_4x4)
+    cm.merge(other)
+    np.testing.assert_array_equal(cm.misses, [4, 2, 0, 0])
+    np.testing.assert_allclose(cm.iou()[:3], VOID_IOU)
+
+
+# CS_PRED with person's correct pixel (2,2) predicted as void: person tp 0, gt 2 -> IoU 0.
+CS_VOID_IOU = {**CS_EXPECTED, "person": 0.0}
+CS_VOID_MIOU = (0.5 * 3 + 2 / 3 + 0.0) / 5
+# Train id -> Cityscapes label id, for the classes of CS_PRED.
+TRAIN_TO_LABEL = {0: 7, 1: 8, 2: 11, 5: 17, 11: 24, 13: 26, 18: 33}
+
+
+@pytest.mark.parametrize(
+    ("encoding", "void"),
+    [("train", 255), ("train", 19), ("label", 255), ("label", 0), ("label", 4), ("label", 34)],
+)
+def test_cityscapes_void_predictions_cli(tmp_path: Path, encoding: str, void: int) -> None:
+    gt_dir, _ = _cityscapes_fixture(tmp_path)
+    pred = CS_PRED.copy()
+    if encoding == "label":
+        pred = np.vectorize(TRAIN_TO_LABEL.__getitem__)(pred)
+    pred[2, 2] = void  # label ids 0 (unlabeled) and 4 (static) are not evaluated: misses as well
+    pred[1, 3] = void  # on an ignored ground-truth pixel: not counted at all
+    pred_file = _png(tmp_path / "void" / "city_000000_000001_pred.png", pred)
+    args = ["semseg", "--dataset", "cityscapes", "--gt", str(gt_dir), "--pred", str(pred_file)]
+    out = runner.invoke(app, [*args, "--pred-ids", encoding, "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    present = {k: v for k, v in data["per_class"].items() if v is not None}
+    assert present == {k: pytest.approx(v) for k, v in CS_VOID_IOU.items()}
+    assert data["miou"] == pytest.approx(CS_VOID_MIOU)
+    assert data["pixel_accuracy"] == pytest.approx(6 / 10) and data["void_predictions"] == 1
+    table = runner.invoke(app, [*args, "--pred-ids", encoding])
+    assert table.exit_code == 0 and "1 pixel(s) predicted outside the classes" in table.stdout, table.output
+
+
+def test_cityscapes_label_id_predictions_match_train_ids(tmp_path: Path) -> None:
+    gt_dir, _ = _cityscapes_fixture(tmp_path)
+    labels = _png(
+        tmp_path / "labels" / "city_000000_000001_pred.png", np.vectorize(TRAIN_TO_LABEL.__getitem__)(CS_PRED)
+    )
+    result = evaluate_semseg_files("cityscapes", [gt_dir], [labels], pred_ids="label")
+    assert result.miou == pytest.approx(CS_MIOU) and int(result.confusion.misses.sum()) == 0
+    # read as train ids, the same file is almost all misses (label ids 24..33 are no train ids)
+    assert evaluate_semseg_files("cityscapes", [gt_dir], [labels]).miou < CS_MIOU
+
+
+def test_ade20k_void_predictions(tmp_path: Path) -> None:
+    gt_dir, _ = _ade_fixture(tmp_path)
+    # (1,1) predicted 150 (no such train id) instead of the correct 149: flag tp 0, gt 2 -> 0.
+    pred = _png(tmp_path / "p" / "ADE_val_00000001.png", np.where(ADE_PRED == 149, 150, ADE_PRED))
+    iou = evaluate_semseg_files("ade20k", [gt_dir], [pred]).confusion.iou()
+    np.testing.assert_allclose(iou[[0, 1, 149]], [1 / 3, 1 / 2, 0.0])
+    # the official encoding (1..150, 0 = other): ADE_PRED + 1 scores as ADE_PRED; 0 is a miss
+    official = _png(tmp_path / "o" / "ADE_val_00000001.png", ADE_PRED + 1)
+    assert evaluate_semseg_files("ade20k", [gt_dir], [official], pred_ids="label").miou == pytest.approx(4 / 9)
+    other = _png(tmp_path / "z" / "ADE_val_00000001.png", np.where(ADE_PRED == 149, -1, ADE_PRED) + 1)
+    result = evaluate_semseg_files("ade20k", [gt_dir], [other], pred_ids="label")
+    np.testing.assert_allclose(result.confusion.iou()[[0, 1, 149]], [1 / 3, 1 / 2, 0.0])
+    assert int(result.confusion.misses.sum()) == 1
+
+
 def _one_line_error(args: list[str], needle: str) -> str:
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
@@ -278,10 +362,10 @@ def test_semseg_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     )
     line = cs(bad_gt, pred_file, "label id(s) [40]")
     assert str(bad_gt) in line
-    for value in (19, 255):
-        bad_pred = _png(tmp_path / f"p{value}" / "city_000000_000001_pred.png", np.where(CS_PRED == 18, value, CS_PRED))
-        line = cs(gt_file, bad_pred, f"holds value(s) [{value}]")
-        assert str(bad_pred) in line and "0..18" in line
+    _one_line_error(
+        ["semseg", "--dataset", "cityscapes", "--gt", str(gt_file), "--pred", str(pred_file), "--pred-ids", "rgb"],
+        "--pred-ids must be train or label, got 'rgb'",
+    )
     rgb = tmp_path / "rgb" / "city_000000_000001_pred.png"
     rgb.parent.mkdir()
     Image.fromarray(np.stack([CS_PRED.astype(np.uint8)] * 3, axis=-1)).save(rgb)
@@ -304,9 +388,6 @@ def test_ade20k_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     bad_gt = _png(tmp_path / "bad" / "ADE_val_00000001.png", np.where(ADE_GT == 2, 151, ADE_GT))
     args = ["semseg", "--dataset", "ade20k", "--gt", str(bad_gt), "--pred", str(pred_dir)]
     assert str(bad_gt) in _one_line_error(args, "holds value(s) [151]")
-    bad_pred = _png(tmp_path / "p" / "ADE_val_00000001.png", np.where(ADE_PRED == 149, 150, ADE_PRED))
-    args = ["semseg", "--dataset", "ade20k", "--gt", str(gt_dir), "--pred", str(bad_pred)]
-    assert str(bad_pred) in _one_line_error(args, "0..149")
     other = _png(tmp_path / "o" / "ADE_val_00000002.png", ADE_PRED)
     _one_line_error(["semseg", "--dataset", "ade20k", "--gt", str(gt_dir), "--pred", str(other)], "no pairs found")
 

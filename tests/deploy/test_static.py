@@ -414,14 +414,14 @@ def _pyproject_requirement(name: str, extra: str | None = None) -> Requirement:
     return req
 
 
-def _constraints() -> dict[str, Requirement]:
-    reqs = {}
-    for line in (ROOT / "docker" / "constraints.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            req = Requirement(line)
-            reqs[req.name] = req
-    return reqs
+def _image_lock() -> dict[str, str]:
+    """Package -> version pinned by docker/requirements.lock (the images' dependencies)."""
+    pins: dict[str, str] = {}
+    for line in (ROOT / "docker" / "requirements.lock").read_text().splitlines():
+        found = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line)
+        if found:
+            pins[found.group(1).lower()] = found.group(2)
+    return pins
 
 
 def _pinned(req: Requirement) -> str:
@@ -769,16 +769,18 @@ def test_dockerfile_caches_dependencies_before_the_source(image: str) -> None:
         return any(re.fullmatch(r"\.|\./|(hyctas_core|services)(/.*)?", word) for word in sources(x))
 
     torch_at = first(runs, rf"pip install .*--index-url \S+ torch=={re.escape(torch_pin)}(\s|$)")
-    (pyproject_at,) = [i for i, x in copies if "pyproject.toml" in sources(x)]
-    deps_at = first([r for r in runs if r[0] > pyproject_at], r"pip install -r \S+ -c \S*constraints\.txt")
+    (lock_at,) = [i for i, x in copies if "docker/requirements.lock" in sources(x)]
+    deps_at = first(
+        [r for r in runs if r[0] > lock_at], r"pip install --require-hashes --no-deps -r \S*requirements\.lock"
+    )
     source_at = min(i for i, x in copies if copies_source(x))
-    install_at = first([r for r in runs if r[0] > source_at], r"pip install --no-deps \.")
-    assert torch_at < deps_at < source_at < install_at, f"{path.name}: torch, deps, source, package: in this order"
-    assert pyproject_at < deps_at, f"{path.name}: deps are installed from the copied pyproject.toml"
-    assert "optional-dependencies']['services']" in ins[deps_at].args, f"{path.name}: the deps of '.[services]'"
+    install_at = first(
+        [r for r in runs if r[0] > source_at], r"pip install --no-deps --no-build-isolation \. && pip check"
+    )
+    assert torch_at < deps_at < source_at < install_at, f"{path.name}: torch, locked deps, source, package in order"
     for i, x in copies:
         if i < deps_at:
-            assert set(sources(x)) <= {"pyproject.toml", "docker/constraints.txt"}, f"{path.name}: {x.args} first"
+            assert set(sources(x)) <= {"docker/requirements.lock"}, f"{path.name}: {x.args} first (busts the cache)"
     # every torch that pip installs is the pinned one
     for _, x in runs:
         if "pip install" in x.args:
@@ -859,10 +861,10 @@ def test_dockerignore_keeps_what_the_dockerfile_copies(image: str) -> None:
 
 
 def test_ray_is_pinned_once_for_images_and_clusters() -> None:
-    constraints = _constraints()
-    ray_pin = _pinned(constraints["ray"])
-    assert Version(ray_pin) in _pyproject_requirement("ray", "services").specifier, "constraints vs pyproject.toml"
-    assert _pinned(constraints["torch"]) == _pinned(_pyproject_requirement("torch"))
+    locked = _image_lock()
+    ray_pin = locked["ray"]
+    assert Version(ray_pin) in _pyproject_requirement("ray", "services").specifier, "image lock vs pyproject.toml"
+    assert "torch" not in locked, "torch is pinned per image (CPU / CUDA), never in the lock"
     for path in (K8S / "base").glob("*.yaml"):
         for obj in _yaml_docs(path):
             if (obj.get("apiVersion"), obj.get("kind")) in RAY_KINDS:
