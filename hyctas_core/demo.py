@@ -13,7 +13,9 @@ finish in well under 15 minutes on 2 CPU cores; ``DemoConfig`` scales everything
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -223,10 +225,17 @@ def run_demo(
     )
 
     # 5. retrain -------------------------------------------------------------------------------
+    from hyctas_core.latency import LookupTableLatency
     from hyctas_core.search_space import Arch
 
     arch = Arch.from_official(knee.arch)
-    step(f"retraining the knee point {knee.arch_hash} from scratch for {cfg.retrain_epochs} epochs")
+    # The control: a random valid architecture of similar predicted latency, same budget.
+    lut = LookupTableLatency(table)
+    control = _similar_latency_arch(lut, arch, cfg.model.num_layers, np.random.default_rng([cfg.seed, 9]))
+    step(
+        f"retraining the knee point {knee.arch_hash} and, as a control, a random architecture "
+        f"{control.hash} of similar latency from scratch for {cfg.retrain_epochs} epochs each"
+    )
     retrain_cfg = RetrainConfig(
         model=cfg.model,
         epochs=cfg.retrain_epochs,
@@ -238,14 +247,30 @@ def run_demo(
         checkpoint_every=1000,
     )
     val_set = CityscapesDataset(data, "val", transform=SegTransform(crop_size=None, train=False), seed=cfg.seed)
-    retrainer = Retrainer(retrain_cfg, arch, train_set, val_set, out / "retrain", device=device)
-    with bar(TextColumn("loss {task.fields[loss]:.3f}  drop path {task.fields[dp]:.2f}")) as p:
-        task = p.add_task("retrain", total=retrainer.total_steps, loss=0.0, dp=0.0)
-        retrainer.fit(progress=lambda s: p.update(task, completed=s.step, loss=s.loss, dp=s.drop_path))
-    step.done(f"checkpoints: {out / 'retrain' / 'last.pt'}, {out / 'retrain' / 'best.pt'}")
+    retrained: dict[str, Retrainer] = {}
+    for role, which in (("knee", arch), ("random", control)):
+        retrainer = Retrainer(retrain_cfg, which, train_set, val_set, out / f"retrain_{role}", device=device)
+        with bar(TextColumn(f"{role:6s} loss {{task.fields[loss]:.3f}}  drop path {{task.fields[dp]:.2f}}")) as p:
+            task = p.add_task("retrain", total=retrainer.total_steps, loss=0.0, dp=0.0)
+            retrainer.fit(progress=functools.partial(_show_retrain, p, task))
+        retrained[role] = retrainer
+    retrainer = retrained["knee"]
+    step.done(f"checkpoints: {out / 'retrain_knee' / 'best.pt'}, {out / 'retrain_random' / 'best.pt'}")
 
     # 6. evaluate + segment --------------------------------------------------------------------
     step("evaluating the retrained network and segmenting a validation image")
+    scores: dict[str, dict[str, Any]] = {}
+    for role, r in retrained.items():
+        net = r.model.eval()
+        role_cm = evaluate_miou(net, val_set, list(range(len(val_set))), cfg.model.num_classes, device=device)
+        role_latency = measure_latency(net, cfg.image_size, duration_s=cfg.latency_seconds)
+        scores[role] = {
+            "arch_hash": r.arch.hash,
+            "miou": float(role_cm.miou),
+            "latency_ms": role_latency.median_ms,
+            "predicted_latency_ms": lut.predict(r.arch),
+            "branches": r.arch.num_branches,
+        }
     model = retrainer.model.eval()
     cm = evaluate_miou(model, val_set, list(range(len(val_set))), cfg.model.num_classes, device=device)
     latency = measure_latency(model, cfg.image_size, duration_s=cfg.latency_seconds)
@@ -267,7 +292,8 @@ def run_demo(
             "search": record.name,
             "pareto_plot": str(plot),
             "knee_arch": str(out / "knee_arch.json"),
-            "retrained": str(out / "retrain" / "best.pt"),
+            "retrained": str(out / "retrain_knee" / "best.pt"),
+            "retrained_random": str(out / "retrain_random" / "best.pt"),
             "overlay": str(overlay_path),
         },
         "search": {
@@ -285,12 +311,23 @@ def run_demo(
             "params_m": count_params(model) / 1e6,  # the network inference runs, as the search counts it
             "training_head_params_m": count_training_head_params(model) / 1e6,  # auxiliary head, training only
             "input_size": list(cfg.image_size),
+            "knee": scores["knee"],
+            "random": scores["random"],
+            "knee_wins": scores["knee"]["miou"] > scores["random"]["miou"],
         },
         "segmented": {"image": name, "classes": class_stats(labels)[:5]},
         "config": _jsonable(asdict(cfg)),
     }
     (out / MARKER).write_text(json.dumps(summary, indent=1))
     r = summary["retrained"]
+    k, c = scores["knee"], scores["random"]
+    verdict = "the knee wins" if r["knee_wins"] else "the knee does NOT beat the random control"
+    console.print(
+        f"    knee   {k['arch_hash']}  {k['branches']} branch(es)  mIoU {100 * k['miou']:5.2f}  "
+        f"{k['latency_ms']:6.2f} ms measured\n"
+        f"    random {c['arch_hash']}  {c['branches']} branch(es)  mIoU {100 * c['miou']:5.2f}  "
+        f"{c['latency_ms']:6.2f} ms measured   ({verdict})"
+    )
     step.done(
         f"val mIoU {100 * cm.miou:.2f}, {latency.median_ms:.1f} ms ({latency.fps:.1f} FPS) at batch 1, "
         f"{r['params_m']:.3f} M params, {r['gmacs']:.3f} GMACs (the search: {knee.objectives['params_m']:.3f} M, "
@@ -298,6 +335,29 @@ def run_demo(
         f"overlay: {overlay_path}"
     )
     return summary
+
+
+def _show_retrain(bar: Any, task: Any, s: Any) -> None:
+    bar.update(task, completed=s.step, loss=s.loss, dp=s.drop_path)
+
+
+def _similar_latency_arch(lut: Any, target: Any, num_layers: int, rng: np.random.Generator, tries: int = 400) -> Any:
+    """A random valid architecture whose predicted latency is closest to ``target``'s (not ``target``)."""
+    from hyctas_core.search_space import sample_arch
+
+    goal = lut.predict(target)
+    best, gap = None, math.inf
+    for _ in range(tries):
+        cand = sample_arch(rng, num_layers)
+        if cand.hash == target.hash:
+            continue
+        d = abs(lut.predict(cand) - goal) / goal
+        if d < gap:
+            best, gap = cand, d
+        if gap < 0.05:
+            break
+    assert best is not None
+    return best
 
 
 def _jsonable(value: Any) -> Any:

@@ -19,7 +19,7 @@ from torch import nn
 
 from hyctas_core.layers import SDPAttention
 
-__all__ = ["LatencyStats", "count_macs", "count_params", "measure_latency", "time_fn"]
+__all__ = ["LatencyStats", "count_macs", "count_params", "count_training_head_params", "measure_latency", "time_fn"]
 
 
 # Heads that only training runs (their parameters are in a retrained checkpoint, never in inference).

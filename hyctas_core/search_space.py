@@ -50,6 +50,8 @@ __all__ = [
     "VectorCodec",
     "num_filters",
     "sample_arch",
+    "sample_largest",
+    "sample_smallest",
     "validate",
 ]
 
@@ -428,6 +430,52 @@ def sample_arch(
         if memory is None or is_valid(arch, memory=memory):
             return arch
     raise ArchError(f"no valid architecture found in {max_tries} draws (memory budget too small?)")
+
+
+def sample_largest(rng: np.random.Generator, num_layers: int, *, max_tries: int = 1000) -> Arch:
+    """A largest sub-network, for the sandwich rule: 3 branches, every cell at full width, no skip.
+
+    The space has no single largest network (ops are categorical, down-sampling positions
+    are free), so the structure and the ops are drawn uniformly: every elastic dimension
+    (branches, width) at its maximum, every cell computing something.
+
+    Raises:
+        ArchError: ``num_layers`` is too small for three branches with distinct down positions.
+    """
+    for _ in range(max_tries):
+        downs = _sample_downs(rng, num_layers, SCALES)
+        if downs is None:
+            continue
+        branches = []
+        for end in SCALES:
+            cells = [
+                Cell(OP_NAMES[1 + int(rng.integers(len(OP_NAMES) - 1))], FULL_WIDTH, 2 if i in downs[end] else 1)
+                for i in range(num_layers)
+            ]
+            branches.append(Branch(tuple(cells)))
+        return Arch(tuple(branches))
+    raise ArchError(f"no 3-branch architecture with {num_layers} layers found in {max_tries} draws")
+
+
+def sample_smallest(rng: np.random.Generator, num_layers: int) -> Arch:
+    """A smallest sub-network, for the sandwich rule: 1 branch, narrowest widths, skip wherever allowed.
+
+    The end scale and the down-sampling positions are drawn uniformly; a down-sampling cell
+    (where skip is not allowed) gets a uniform non-skip op. The last cell keeps full width,
+    as every architecture does.
+    """
+    end = SCALES[int(rng.integers(len(SCALES)))]
+    downs = _sample_downs(rng, num_layers, (end,))
+    if downs is None:  # too few layers to move down: stay at stride 8
+        end, downs = 8, {8: ()}
+    cells = []
+    for i in range(num_layers):
+        width = FULL_WIDTH if i == num_layers - 1 else 0
+        if i in downs[end]:
+            cells.append(Cell(OP_NAMES[1 + int(rng.integers(len(OP_NAMES) - 1))], width, 2))
+        else:
+            cells.append(Cell("skip", width, 1))
+    return Arch((Branch(tuple(cells)),))
 
 
 # ---------------------------------------------------------------------------------------

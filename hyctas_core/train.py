@@ -6,6 +6,19 @@ weight decay, LR 0.02 decayed by 0.992 per epoch; top-k (or OHEM) cross-entropy 
 auxiliary head. Parameters a step's sub-network does not use get no gradient, so SGD leaves
 them (and their momentum) untouched.
 
+Options from the one-shot literature, each a config field (``benchmarks/supernet_ranking.py``
+measures how well each ranks sub-networks against standalone training):
+
+- ``sampling="sandwich"`` (BigNAS / slimmable networks' sandwich rule): each step trains a
+  largest sub-network (3 branches, full width, no skip), a smallest one (1 branch, narrowest,
+  skip wherever allowed) and ``sandwich_random`` prior-sampled ones; their gradients are summed
+  into one SGD step.
+- ``distill=True`` (in-place distillation): the other sub-networks of a step learn from the
+  largest one's softened predictions (detached) instead of the labels; with
+  ``sampling="prior"`` a largest sub-network is run (without gradient) as the teacher.
+- ``warmup_steps=N``: the first N steps train only largest sub-networks, with the LR ramped
+  linearly from 0, so that the shared weights are useful before small networks share them.
+
 Resume is exact: a checkpoint holds the weights, optimiser, scheduler, the arch sampler's
 RNG, the torch RNG and the position in the epoch; the data order of an epoch and each
 sample's augmentation are pure functions of (seed, epoch, index). A run stopped and resumed
@@ -24,13 +37,14 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
 from hyctas_core._epochs import atomic_save, epoch_batches, epoch_order, steps_per_epoch
 from hyctas_core.config import ModelConfig
 from hyctas_core.losses import build_loss
-from hyctas_core.search_space import BRANCH_PRIOR, sample_arch
+from hyctas_core.search_space import BRANCH_PRIOR, Arch, sample_arch, sample_largest, sample_smallest
 from hyctas_core.supernet import Supernet
 
 __all__ = [
@@ -42,6 +56,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "hyctas-supernet/1"
+SAMPLINGS: tuple[str, ...] = ("prior", "sandwich")
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,12 @@ class SupernetTrainConfig:
     # Resize images to this size before augmenting (e.g. half resolution); None keeps them.
     base_size: tuple[int, int] | None = None
     branch_prior: tuple[float, float, float] = BRANCH_PRIOR
+    # "prior": one sub-network per step (paper); "sandwich": largest + smallest + sandwich_random.
+    sampling: str = "prior"
+    sandwich_random: int = 2
+    distill: bool = False  # in-place distillation from the largest sub-network
+    distill_temperature: float = 1.0
+    warmup_steps: int = 0  # largest sub-networks only, LR ramped linearly from 0
     seed: int = 0
     num_workers: int = 0
     grad_clip: float | None = None
@@ -80,6 +101,14 @@ class SupernetTrainConfig:
             raise ValueError(f"loss must be topk, ohem or ce, got {self.loss!r}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
+        if self.sandwich_random < 0:
+            raise ValueError(f"sandwich_random must be >= 0, got {self.sandwich_random}")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -232,22 +261,80 @@ class SupernetTrainer:
             num_workers=self.cfg.num_workers,
         )
 
+    def step_archs(self) -> tuple[list[Arch], Arch | None]:
+        """The sub-networks the next step trains, and the teacher of in-place distillation.
+
+        Drawn from ``arch_rng`` only, so that a resumed run draws the same ones. With
+        distillation the teacher is the step's largest sub-network (sandwich, warm-up) or a
+        largest one drawn to teach (prior sampling); it is None without distillation.
+        """
+        cfg, rng, layers = self.cfg, self.arch_rng, self.cfg.model.num_layers
+        if self.step < cfg.warmup_steps:
+            return [sample_largest(rng, layers)], None
+        if cfg.sampling == "sandwich":
+            archs = [sample_largest(rng, layers), sample_smallest(rng, layers)]
+            archs += [sample_arch(rng, layers, branch_prior=cfg.branch_prior) for _ in range(cfg.sandwich_random)]
+            return archs, archs[0] if cfg.distill else None
+        arch = sample_arch(rng, layers, branch_prior=cfg.branch_prior)
+        return [arch], sample_largest(rng, layers) if cfg.distill else None
+
+    def lr_factor(self) -> float:
+        """The warm-up's LR multiplier of the next step (1 after the warm-up)."""
+        if self.step >= self.cfg.warmup_steps:
+            return 1.0
+        return (self.step + 1) / self.cfg.warmup_steps
+
+    def _seg_loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        loss: torch.Tensor = self.criterion(out["out"], labels)
+        if "aux" in out and self.cfg.aux_weight > 0:
+            loss = loss + self.cfg.aux_weight * self.criterion(out["aux"], labels)
+        return loss
+
+    def _distill_loss(self, logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Pixel-wise KL(teacher || student) at temperature T (times T^2), over labelled pixels."""
+        t = self.cfg.distill_temperature
+        log_p = F.log_softmax(logits / t, dim=1)
+        q = F.softmax(teacher / t, dim=1)
+        kl = (q * (torch.log(q.clamp_min(1e-8)) - log_p)).sum(dim=1)
+        keep = labels != 255
+        return kl[keep].mean() * t * t if keep.any() else kl.sum() * 0.0
+
     def train_step(self, batch: dict[str, Any]) -> tuple[float, int]:
-        """One SGD step on a freshly sampled sub-network; returns (loss, branch count)."""
-        arch = sample_arch(self.arch_rng, self.cfg.model.num_layers, branch_prior=self.cfg.branch_prior)
+        """One SGD step on this step's sub-networks (gradients summed); returns (mean loss, branches).
+
+        The branch count reported is that of the last sub-network trained (the prior-sampled one).
+        """
+        archs, teacher_arch = self.step_archs()
         self.supernet.train()
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
-        out = self.supernet(images, arch)
-        loss = self.criterion(out["out"], labels)
-        if "aux" in out and self.cfg.aux_weight > 0:
-            loss = loss + self.cfg.aux_weight * self.criterion(out["aux"], labels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        teacher: torch.Tensor | None = None
+        if teacher_arch is not None and teacher_arch is not archs[0]:
+            with torch.no_grad():
+                teacher = self.supernet(images, teacher_arch)["out"].detach()
+        losses = []
+        for arch in archs:
+            out = self.supernet(images, arch)
+            loss: torch.Tensor
+            if teacher is not None:
+                loss = self._distill_loss(out["out"], teacher, labels)
+            else:
+                loss = self._seg_loss(out, labels)
+                if arch is teacher_arch:  # the sandwich's largest teaches the rest of this step
+                    teacher = out["out"].detach()
+            torch.autograd.backward(loss)  # loss.backward(), which torch leaves untyped
+            losses.append(float(loss.detach()))
         if self.cfg.grad_clip:
             nn.utils.clip_grad_norm_(self.supernet.parameters(), self.cfg.grad_clip)
+        factor = self.lr_factor()
+        scheduled = [group["lr"] for group in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
         self.optimizer.step()
-        return float(loss.detach()), arch.num_branches
+        for group, lr in zip(self.optimizer.param_groups, scheduled, strict=True):
+            group["lr"] = lr  # ExponentialLR chains on the group's LR: give it back unscaled
+        return sum(losses) / len(losses), archs[-1].num_branches
 
     def fit(
         self, *, max_steps: int | None = None, progress: Callable[[TrainProgress], None] | None = None

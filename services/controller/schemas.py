@@ -104,6 +104,12 @@ class SupernetCreate(Strict):
     base_channels: int = Field(12, ge=2, le=64)
     num_layers: int = Field(20, ge=2, le=40)
     lr: float = Field(0.02, gt=0, le=10)
+    sampling: Literal["prior", "sandwich"] = Field(
+        "prior", description="prior: one sub-network per step (paper); sandwich: largest + smallest + random"
+    )
+    sandwich_random: int = Field(2, ge=0, le=16, description="prior-sampled sub-networks per sandwich step")
+    distill: bool = Field(False, description="in-place distillation from the largest sub-network")
+    warmup_steps: int = Field(0, ge=0, le=1_000_000, description="largest sub-networks only, LR ramped from 0")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -89,6 +89,10 @@ def submit_supernet(
             lr=req.lr,
             crop_size=tuple(req.crop_size),  # type: ignore[arg-type]
             steps_per_epoch=req.steps_per_epoch,
+            sampling=req.sampling,
+            sandwich_random=req.sandwich_random,
+            distill=req.distill,
+            warmup_steps=req.warmup_steps,
             seed=req.seed,
             checkpoint_every=20,
         )

@@ -30,6 +30,14 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     assert retrained["params_m"] == pytest.approx(knee["params_m"], rel=1e-9)
     assert retrained["gmacs"] == pytest.approx(knee["gmacs"], rel=1e-9)
     assert retrained["training_head_params_m"] > 0  # the auxiliary head, reported apart
+    # The knee is compared with a random valid architecture of similar latency, same budget.
+    ctrl, kn = retrained["random"], retrained["knee"]
+    assert kn["arch_hash"] == knee["arch_hash"] and ctrl["arch_hash"] != kn["arch_hash"]
+    for row in (kn, ctrl):
+        assert 0.0 <= row["miou"] <= 1.0 and row["latency_ms"] > 0
+    assert abs(ctrl["predicted_latency_ms"] - kn["predicted_latency_ms"]) <= 0.5 * kn["predicted_latency_ms"]
+    assert retrained["knee_wins"] == (kn["miou"] > ctrl["miou"])
+    assert ("the knee wins" in result.stdout) == retrained["knee_wins"]
     # Piped output (not a terminal) is never folded inside a value: the overlay path is on one line.
     assert any(summary["outputs"]["overlay"] in line for line in result.stdout.splitlines()), result.stdout
     overlay = np.asarray(Image.open(summary["outputs"]["overlay"]))

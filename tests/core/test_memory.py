@@ -36,7 +36,7 @@ def saved_activation_bytes(arch: Arch) -> tuple[int, int]:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = net(x)
         F.cross_entropy(out["out"], target) + 0.4 * F.cross_entropy(out["aux"], target)
-    return sum(storages.values()), count_params(net)
+    return sum(storages.values()), count_params(net, training_heads=True)  # training memory: aux head too
 
 
 def _archs() -> list[Arch]:

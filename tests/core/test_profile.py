@@ -59,3 +59,18 @@ def test_measure_latency_reports_a_distribution() -> None:
     assert 0 < stats.p10_ms <= stats.median_ms <= stats.p90_ms
     assert stats.fps == 1000.0 / stats.median_ms
     assert stats.device == "cpu"
+
+
+def test_params_of_a_retrained_network_leave_out_the_training_only_head() -> None:
+    from hyctas_core.config import ModelConfig
+    from hyctas_core.network import HyCTASNet
+    from hyctas_core.presets import get_preset
+    from hyctas_core.profile import count_training_head_params
+
+    cfg = ModelConfig(base_channels=4, num_layers=20)
+    arch = get_preset("hyctas-s")
+    plain, with_aux = HyCTASNet(arch, cfg), HyCTASNet(arch, cfg, aux=True)
+    aux = sum(p.numel() for p in with_aux.aux_head.parameters())  # type: ignore[union-attr]
+    assert aux > 0 and count_training_head_params(with_aux) == aux and count_training_head_params(plain) == 0
+    assert count_params(with_aux) == count_params(plain)  # what inference runs: the same network
+    assert count_params(with_aux, training_heads=True) == count_params(plain) + aux

@@ -46,17 +46,27 @@ def _weights(trainer: SupernetTrainer) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in trainer.supernet.state_dict().items()}
 
 
-@pytest.mark.parametrize("stop_at", [1, 4, 5])
-def test_resume_is_bit_identical(tmp_path: Path, stop_at: int) -> None:
-    full = SupernetTrainer(_cfg(), ToyScenes(), tmp_path / "full")
+OPTIONS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "sandwich+distill+warmup": {"sampling": "sandwich", "sandwich_random": 1, "distill": True, "warmup_steps": 3},
+    "prior+distill": {"distill": True},
+}
+
+
+@pytest.mark.parametrize(
+    ("stop_at", "option"),
+    [(1, "paper"), (4, "paper"), (5, "paper"), (2, "sandwich+distill+warmup"), (5, "prior+distill")],
+)
+def test_resume_is_bit_identical(tmp_path: Path, stop_at: int, option: str) -> None:
+    full = SupernetTrainer(_cfg(**OPTIONS[option]), ToyScenes(), tmp_path / "full")
     full.fit()
     assert full.step == 9 and full.finished
 
-    first = SupernetTrainer(_cfg(), ToyScenes(), tmp_path / "resumed")
+    first = SupernetTrainer(_cfg(**OPTIONS[option]), ToyScenes(), tmp_path / "resumed")
     summary = first.fit(max_steps=stop_at)
     assert summary["stopped"] and first.step == stop_at
     del first  # the process "dies": only the checkpoint survives
-    second = SupernetTrainer(_cfg(), ToyScenes(), tmp_path / "resumed")
+    second = SupernetTrainer(_cfg(**OPTIONS[option]), ToyScenes(), tmp_path / "resumed")
     assert second.resume() and second.step == stop_at
     second.fit()
     ref, got = _weights(full), _weights(second)
@@ -93,6 +103,79 @@ def test_step_samples_follow_the_branch_prior(tmp_path: Path) -> None:
 
     counts = np.bincount([sample_arch(trainer.arch_rng, 5).num_branches for _ in range(3000)], minlength=4)[1:]
     np.testing.assert_allclose(counts / counts.sum(), [0.2, 0.3, 0.5], atol=0.03)
+
+
+def test_sandwich_steps_train_largest_smallest_and_random_subnetworks(tmp_path: Path) -> None:
+    from hyctas_core.search_space import OP_NAMES, WIDTHS, validate
+
+    trainer = SupernetTrainer(_cfg(sampling="sandwich", sandwich_random=2), ToyScenes(), tmp_path)
+    for _ in range(20):
+        archs, teacher = trainer.step_archs()
+        assert len(archs) == 4 and teacher is None
+        largest, smallest = archs[0], archs[1]
+        for arch in archs:
+            validate(arch, num_layers=5)
+        assert largest.num_branches == 3 and largest.last_scales == (8, 16, 32)
+        assert all(c.width_mult == 1.0 and c.op != "skip" for b in largest.branches for c in b.cells)
+        (branch,) = smallest.branches
+        assert all(c.width_mult == WIDTHS[0] for c in branch.cells[:-1]) and branch.cells[-1].width_mult == 1.0
+        assert all((c.op == "skip") == (c.stride == 1) for c in branch.cells)
+        assert {c.op for c in largest.branches[0].cells} <= set(OP_NAMES[1:])
+    # with distillation the step's largest sub-network is the teacher
+    trainer = SupernetTrainer(_cfg(sampling="sandwich", distill=True), ToyScenes(), tmp_path / "d")
+    archs, teacher = trainer.step_archs()
+    assert teacher is archs[0]
+    # prior sampling with distillation draws a largest teacher apart from the trained sub-network
+    trainer = SupernetTrainer(_cfg(distill=True), ToyScenes(), tmp_path / "p")
+    archs, teacher = trainer.step_archs()
+    assert len(archs) == 1 and teacher is not None and teacher.num_branches == 3
+
+
+def test_warmup_trains_the_largest_with_a_linear_lr_ramp(tmp_path: Path) -> None:
+    trainer = SupernetTrainer(_cfg(warmup_steps=4, lr=0.08, loss="ce"), ToyScenes(), tmp_path)
+    seen: list[float] = []
+    trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
+    branches: list[int] = []
+    trainer.fit(max_steps=6, progress=lambda p: branches.append(p.branches))
+    # 3 steps per epoch: the ramp (k/4 of the scheduled LR) crosses the first epoch's decay
+    decayed = 0.08 * 0.992
+    assert seen == pytest.approx([0.02, 0.04, 0.06, decayed, decayed, decayed])
+    assert branches[:4] == [3, 3, 3, 3]
+    # the scheduler's own LR is untouched by the ramp (max_steps stops before the second decay)
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(decayed)
+
+
+def test_distillation_pulls_students_towards_the_teacher(tmp_path: Path) -> None:
+    trainer = SupernetTrainer(_cfg(distill=True, distill_temperature=2.0), ToyScenes(), tmp_path)
+    logits = torch.randn(2, 3, 4, 5)
+    labels = torch.zeros(2, 4, 5, dtype=torch.long)
+    labels[0, 0] = 255
+    assert float(trainer._distill_loss(logits, logits, labels)) == pytest.approx(0.0, abs=1e-6)
+    # by hand: KL over the labelled pixels at T=2, times T^2
+    teacher = torch.randn(2, 3, 4, 5)
+    q, log_p = torch.softmax(teacher / 2, 1), torch.log_softmax(logits / 2, 1)
+    kl = (q * (q.log() - log_p)).sum(1)
+    expected = kl[labels != 255].mean() * 4
+    assert float(trainer._distill_loss(logits, teacher, labels)) == pytest.approx(float(expected), rel=1e-5)
+    # a sandwich+distill run trains without error and changes the weights
+    before = _weights(trainer)
+    SupernetTrainer(_cfg(sampling="sandwich", distill=True), ToyScenes(), tmp_path / "s").fit(max_steps=2)
+    trainer.fit(max_steps=2)
+    assert any(not torch.equal(before[k], v) for k, v in trainer.supernet.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        ("sampling", "random", "sampling must be one of prior, sandwich"),
+        ("sandwich_random", -1, "sandwich_random must be >= 0"),
+        ("distill_temperature", 0.0, "distill_temperature must be > 0"),
+        ("warmup_steps", -2, "warmup_steps must be >= 0"),
+    ],
+)
+def test_bad_training_options_are_refused(key: str, value: Any, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        _cfg(**{key: value})
 
 
 def test_resume_refuses_a_different_config(tmp_path: Path) -> None:

@@ -83,6 +83,20 @@ def test_submit_supernet_creates_a_queued_job_and_a_stream_entry(api: Api) -> No
     assert body["config"]["model"]["num_layers"] == 6
     entry = api.queue.claim("test", block_s=0)
     assert entry is not None and (entry.job_id, entry.kind) == (body["id"], "train_supernet")
+    assert (body["config"]["sampling"], body["config"]["distill"], body["config"]["warmup_steps"]) == (
+        "prior",
+        False,
+        0,
+    )
+
+
+def test_supernet_training_options_reach_the_job(api: Api) -> None:
+    options = {"sampling": "sandwich", "sandwich_random": 1, "distill": True, "warmup_steps": 40}
+    r = api.client.post("/api/v1/supernets", json={**SUPERNET, "name": "sw", **options}, headers=api.alice)
+    assert r.status_code == 201, r.text
+    assert {k: r.json()["config"][k] for k in options} == options
+    bad = api.client.post("/api/v1/supernets", json={**SUPERNET, "name": "x", "sampling": "greedy"}, headers=api.alice)
+    assert bad.status_code == 422 and "sampling" in bad.text
 
 
 def test_search_is_stored_with_everything_to_replay_it(api: Api) -> None:

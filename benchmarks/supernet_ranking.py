@@ -1,0 +1,247 @@
+"""Does the trained supernet rank sub-networks as training each one on its own would?
+
+Trains a supernet on the built-in synthetic street scenes, picks ``--archs`` valid
+architectures spread over 1 / 2 / 3 branches and over cost (GMACs quantiles per branch count,
+seeded by ``--seed``), scores each through the supernet (BN statistics recalibrated on
+training images, mIoU on the validation split) and trains each from scratch with one fixed
+budget (``hyctas retrain``'s trainer). Reports the rank agreement of the two scores:
+
+- ``kendall_tau`` / ``spearman``: supernet mIoU against standalone mIoU (the mean of the
+  standalone seeds), ``top3_overlap``: shared members of the two top-3 sets / 3;
+- ``standalone_tau``: Kendall tau between two standalone trainings with different seeds, the
+  ceiling: a supernet cannot rank better than training itself repeats.
+
+Prints one JSON object (settings, timings, a row per architecture). The default size runs on
+2 CPU cores in under an hour; ``--quick`` is a seconds-long smoke run for the test suite.
+
+    python benchmarks/supernet_ranking.py --seed 0
+    python benchmarks/supernet_ranking.py --sampling sandwich --distill --warmup-steps 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+from hyctas_core.config import ModelConfig
+from hyctas_core.data.cityscapes import CityscapesDataset
+from hyctas_core.data.synth import generate
+from hyctas_core.data.transforms import SegTransform
+from hyctas_core.evaluate import EvaluatorSpec, LocalEvaluator
+from hyctas_core.network import HyCTASNet
+from hyctas_core.profile import count_macs
+from hyctas_core.retrain import RetrainConfig, Retrainer
+from hyctas_core.search_space import Arch, sample_arch
+from hyctas_core.train import SAMPLINGS, SupernetTrainConfig, SupernetTrainer
+
+QUICK = {
+    "size": "64x128",
+    "train_images": 8,
+    "val_images": 4,
+    "base_channels": 4,
+    "layers": 4,
+    "supernet_epochs": 1,
+    "standalone_epochs": 1,
+    "batch_size": 4,
+    "archs": 12,
+    "calib_images": 4,
+    "latency_seconds": 0.02,
+    "candidates": 6,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seed", type=int, default=0, help="arch choice, supernet and standalone seeds")
+    p.add_argument("--data-seed", type=int, default=0, help="the synthetic dataset's seed")
+    p.add_argument("--quick", action="store_true", help="toy sizes: a smoke run, not a measurement")
+    p.add_argument("--size", default="64x128", help="HxW of the synthetic images")
+    p.add_argument("--train-images", type=int, default=160)
+    p.add_argument("--val-images", type=int, default=32)
+    p.add_argument("--base-channels", type=int, default=8)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--supernet-epochs", type=int, default=30)
+    p.add_argument("--supernet-lr", type=float, default=0.05)
+    p.add_argument("--sampling", choices=SAMPLINGS, default=SupernetTrainConfig.sampling)
+    p.add_argument("--sandwich-random", type=int, default=SupernetTrainConfig.sandwich_random)
+    p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=SupernetTrainConfig.distill)
+    p.add_argument("--warmup-steps", type=int, default=SupernetTrainConfig.warmup_steps)
+    p.add_argument("--archs", type=int, default=12, help="architectures to rank (a multiple of 3)")
+    p.add_argument("--candidates", type=int, default=60, help="sampled per branch count, to spread over cost")
+    p.add_argument("--standalone-epochs", type=int, default=12)
+    p.add_argument("--standalone-lr", type=float, default=0.05)
+    p.add_argument("--calib-images", type=int, default=32)
+    p.add_argument("--latency-seconds", type=float, default=0.3)
+    p.add_argument("--no-ceiling", action="store_true", help="skip the second standalone seed (no standalone_tau)")
+    p.add_argument("--workdir", type=Path, default=None, help="keep data and checkpoints here (default: a temp dir)")
+    args = p.parse_args(argv)
+    if args.quick:
+        defaults = {a.dest: a.default for a in p._actions}
+        for key, value in QUICK.items():
+            if getattr(args, key) == defaults[key]:
+                setattr(args, key, value)
+    if args.archs < 3 or args.archs % 3:
+        p.error(f"--archs must be a positive multiple of 3, got {args.archs}")
+    return args
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, w = (int(v) for v in text.lower().split("x"))
+    return h, w
+
+
+def pick_archs(args: argparse.Namespace, model: ModelConfig, size: tuple[int, int]) -> list[Arch]:
+    """``args.archs / 3`` per branch count, at evenly spaced GMACs quantiles of sampled candidates."""
+    rng = np.random.default_rng([args.seed, 71])
+    per = args.archs // 3
+    chosen: list[Arch] = []
+    for branches in (1, 2, 3):
+        pool: dict[str, tuple[float, Arch]] = {}
+        for _ in range(args.candidates * 4):
+            arch = sample_arch(rng, model.num_layers, num_branches=branches)
+            if arch.hash not in pool:
+                net = HyCTASNet(arch, model).eval()
+                pool[arch.hash] = (count_macs(net, size) / 1e9, arch)
+            if len(pool) >= args.candidates:
+                break
+        ranked = sorted(pool.values(), key=lambda t: t[0])
+        spots = np.linspace(0, len(ranked) - 1, per + 2)[1:-1] if len(ranked) > per else np.arange(len(ranked))
+        chosen += [ranked[int(round(i))][1] for i in spots]
+    return chosen
+
+
+def kendall(a: list[float], b: list[float]) -> float:
+    return float(stats.kendalltau(a, b).statistic)
+
+
+def top_overlap(a: list[float], b: list[float], k: int = 3) -> float:
+    top = lambda v: set(np.argsort(v)[::-1][:k].tolist())  # noqa: E731
+    return len(top(a) & top(b)) / k
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    size = parse_size(args.size)
+    model = ModelConfig(base_channels=args.base_channels, num_layers=args.layers, num_classes=19)
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="hyctas-ranking-") as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        data = work / "data"
+        generate(data, train=args.train_images, val=args.val_images, size=size, seed=args.data_seed, overwrite=True)
+        timings["data_s"] = time.perf_counter() - t0
+
+        train_tf = SegTransform(crop_size=size)
+        train_set = CityscapesDataset(data, "train", transform=train_tf, seed=args.seed)
+        val_set = CityscapesDataset(data, "val", transform=SegTransform(crop_size=None, train=False), seed=args.seed)
+
+        t0 = time.perf_counter()
+        train_cfg = SupernetTrainConfig(
+            model=model,
+            epochs=args.supernet_epochs,
+            batch_size=args.batch_size,
+            lr=args.supernet_lr,
+            crop_size=size,
+            sampling=args.sampling,
+            sandwich_random=args.sandwich_random,
+            distill=args.distill,
+            warmup_steps=args.warmup_steps,
+            seed=args.seed,
+            checkpoint_every=10**6,
+            log_every=10**6,
+        )
+        supernet_dir = work / f"supernet-{args.seed}"
+        trainer = SupernetTrainer(train_cfg, train_set, supernet_dir)
+        trainer.fit()
+        timings["supernet_s"] = time.perf_counter() - t0
+
+        archs = pick_archs(args, model, size)
+        t0 = time.perf_counter()
+        spec = EvaluatorSpec(
+            supernet=str(supernet_dir / "supernet.pt"),
+            data=str(data),
+            calib_images=args.calib_images,
+            val_images=args.val_images,
+            latency_seconds=args.latency_seconds,
+            seed=args.seed,
+        )
+        scored = LocalEvaluator(spec).evaluate(archs)
+        timings["supernet_eval_s"] = time.perf_counter() - t0
+
+        seeds = [args.seed * 1000 + 1] + ([] if args.no_ceiling else [args.seed * 1000 + 2])
+        base_retrain = RetrainConfig(
+            model=model,
+            epochs=args.standalone_epochs,
+            batch_size=args.batch_size,
+            lr=args.standalone_lr,
+            crop_size=size,
+            eval_every=args.standalone_epochs,
+            checkpoint_every=10**6,
+            log_every=10**6,
+        )
+        t0 = time.perf_counter()
+        standalone: list[list[float]] = []
+        for i, arch in enumerate(archs):
+            runs = []
+            for s in seeds:
+                retrainer = Retrainer(
+                    replace(base_retrain, seed=s), arch, train_set, val_set, work / "standalone" / f"{i}-{s}"
+                )
+                retrainer.fit()
+                assert retrainer.last_miou is not None
+                runs.append(float(retrainer.last_miou))
+            standalone.append(runs)
+            print(f"[{i + 1}/{len(archs)}] {arch.hash} standalone {runs}", file=sys.stderr, flush=True)
+        timings["standalone_s"] = time.perf_counter() - t0
+
+    sup = [float(r["miou"]) for r in scored]
+    mean_sa = [float(np.mean(r)) for r in standalone]
+    rows = [
+        {
+            "arch_hash": arch.hash,
+            "branches": arch.num_branches,
+            "supernet_miou": round(s, 4),
+            "standalone_miou": round(m, 4),
+            "standalone_runs": [round(v, 4) for v in runs],
+            "latency_ms": round(float(r["latency_ms"]), 3),
+            "gmacs": round(float(r["gmacs"]), 4),
+        }
+        for arch, s, m, runs, r in zip(archs, sup, mean_sa, standalone, scored, strict=True)
+    ]
+    report: dict[str, Any] = {
+        "benchmark": "supernet_ranking",
+        "kendall_tau": round(kendall(sup, mean_sa), 4),
+        "spearman": round(float(stats.spearmanr(sup, mean_sa).statistic), 4),
+        "top3_overlap": round(top_overlap(sup, mean_sa), 4),
+        "standalone_tau": None if args.no_ceiling else round(kendall(*map(list, zip(*standalone, strict=True))), 4),
+        "supernet_miou_range": [round(min(sup), 4), round(max(sup), 4)],
+        "standalone_miou_range": [round(min(mean_sa), 4), round(max(mean_sa), 4)],
+        "rows": rows,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "supernet_config": {k: v for k, v in train_cfg.to_dict().items() if k != "model"} | {"model": model.to_dict()},
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+    }
+    return report
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=1))

@@ -1,0 +1,46 @@
+"""Smoke runs of the search-quality benchmarks (`--quick`): the report's shape, never its values."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_supernet_ranking_quick_report_shape(tmp_path: Path) -> None:
+    bench = _load("supernet_ranking")
+    report = bench.main(["--quick", "--seed", "3", "--sampling", "sandwich", "--distill", "--workdir", str(tmp_path)])
+    json.dumps(report)  # printable as JSON
+    for key in ("kendall_tau", "spearman", "top3_overlap", "standalone_tau"):
+        assert isinstance(report[key], float) and (math.isnan(report[key]) or -1.0 <= report[key] <= 1.0), key
+    rows = report["rows"]
+    assert len(rows) == 12 and len({r["arch_hash"] for r in rows}) == 12
+    assert [r["branches"] for r in rows] == [1] * 4 + [2] * 4 + [3] * 4  # spread over branch counts
+    for row in rows:
+        assert {"arch_hash", "branches", "supernet_miou", "standalone_miou", "latency_ms"} <= row.keys()
+        assert 0.0 <= row["supernet_miou"] <= 1.0 and 0.0 <= row["standalone_miou"] <= 1.0
+        assert row["latency_ms"] > 0 and len(row["standalone_runs"]) == 2
+    assert report["settings"]["seed"] == 3 and report["settings"]["quick"] is True
+    assert report["supernet_config"]["sampling"] == "sandwich" and report["supernet_config"]["distill"] is True
+    # the architectures are a function of --seed
+    again = bench.pick_archs(
+        bench.parse_args(["--quick", "--seed", "3"]),
+        bench.ModelConfig(base_channels=4, num_layers=4, num_classes=19),
+        (64, 128),
+    )
+    assert [a.hash for a in again] == [r["arch_hash"] for r in rows]
