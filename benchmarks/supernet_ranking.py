@@ -84,7 +84,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--standalone-lr", type=float, default=0.05)
     p.add_argument("--calib-images", type=int, default=32)
     p.add_argument("--latency-seconds", type=float, default=0.3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the second standalone seed (no standalone_tau)")
+    p.add_argument(
+        "--standalone-cache",
+        type=Path,
+        default=None,
+        help="JSON file of standalone results to reuse across runs (they do not depend on the supernet)",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="keep data and checkpoints here (default: a temp dir)")
     args = p.parse_args(argv)
     if args.quick:
@@ -95,6 +102,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.archs < 3 or args.archs % 3:
         p.error(f"--archs must be a positive multiple of 3, got {args.archs}")
     return args
+
+
+# What a standalone result depends on (its cache key, with the arch and the seed).
+STANDALONE_KEYS = (
+    "size",
+    "train_images",
+    "val_images",
+    "data_seed",
+    "base_channels",
+    "layers",
+    "batch_size",
+    "standalone_epochs",
+    "standalone_lr",
+)
+
+
+class _Cache:
+    """Standalone mIoU by key, in a JSON file rewritten atomically after each new result."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.data: dict[str, float] = json.loads(path.read_text()) if path is not None and path.exists() else {}
+
+    def put(self, key: str, value: float) -> None:
+        self.data[key] = value
+        if self.path is not None:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.data, indent=0))
+            tmp.replace(self.path)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -133,6 +169,9 @@ def top_overlap(a: list[float], b: list[float], k: int = 3) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # tiny weights late in training are otherwise very slow on CPU
     torch.manual_seed(args.seed)
     size = parse_size(args.size)
     model = ModelConfig(base_channels=args.base_channels, num_layers=args.layers, num_classes=19)
@@ -194,16 +233,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log_every=10**6,
         )
         t0 = time.perf_counter()
+        cache = _Cache(args.standalone_cache)
+        budget = {k: vars(args)[k] for k in STANDALONE_KEYS}
         standalone: list[list[float]] = []
         for i, arch in enumerate(archs):
             runs = []
             for s in seeds:
-                retrainer = Retrainer(
-                    replace(base_retrain, seed=s), arch, train_set, val_set, work / "standalone" / f"{i}-{s}"
-                )
-                retrainer.fit()
-                assert retrainer.last_miou is not None
-                runs.append(float(retrainer.last_miou))
+                key = json.dumps({"arch": arch.hash, "seed": s, **budget}, sort_keys=True)
+                if key not in cache.data:
+                    retrainer = Retrainer(
+                        replace(base_retrain, seed=s), arch, train_set, val_set, work / "standalone" / f"{i}-{s}"
+                    )
+                    retrainer.fit()
+                    assert retrainer.last_miou is not None
+                    cache.put(key, float(retrainer.last_miou))
+                runs.append(cache.data[key])
             standalone.append(runs)
             print(f"[{i + 1}/{len(archs)}] {arch.hash} standalone {runs}", file=sys.stderr, flush=True)
         timings["standalone_s"] = time.perf_counter() - t0

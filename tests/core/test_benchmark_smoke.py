@@ -24,7 +24,9 @@ def _load(name: str) -> ModuleType:
 @pytest.mark.slow
 def test_supernet_ranking_quick_report_shape(tmp_path: Path) -> None:
     bench = _load("supernet_ranking")
-    report = bench.main(["--quick", "--seed", "3", "--sampling", "sandwich", "--distill", "--workdir", str(tmp_path)])
+    cache = tmp_path / "standalone.json"
+    common = ["--quick", "--seed", "3", "--workdir", str(tmp_path / "w"), "--standalone-cache", str(cache)]
+    report = bench.main([*common, "--sampling", "sandwich", "--distill"])
     json.dumps(report)  # printable as JSON
     for key in ("kendall_tau", "spearman", "top3_overlap", "standalone_tau"):
         assert isinstance(report[key], float) and (math.isnan(report[key]) or -1.0 <= report[key] <= 1.0), key
@@ -44,3 +46,8 @@ def test_supernet_ranking_quick_report_shape(tmp_path: Path) -> None:
         (64, 128),
     )
     assert [a.hash for a in again] == [r["arch_hash"] for r in rows]
+    # Standalone results do not depend on the supernet: a second option reuses them from the cache.
+    other = bench.main([*common, "--warmup-steps", "1"])
+    assert [r["standalone_runs"] for r in other["rows"]] == [r["standalone_runs"] for r in rows]
+    assert len(json.loads(cache.read_text())) == 24  # 12 archs x 2 seeds, each trained once
+    assert other["supernet_config"]["warmup_steps"] == 1 and other["supernet_config"]["sampling"] == "prior"
