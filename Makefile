@@ -10,7 +10,7 @@ PIP_TOOLS_VERSION := 7.7.0
 TORCH_PIP_ARGS ?=
 LOCK_VENV := .venv-lock
 
-.PHONY: lock lockcheck test lint typecheck pytest install demo bench bench-search clean
+.PHONY: lock lockcheck test lint typecheck pytest install demo bench bench-search bench-ranking clean
 
 # Everything but torch comes from requirements.lock (hashes checked, no resolution): a release
 # made overnight cannot change what a commit installs. Then torch, pinned apart (the CPU wheel on
@@ -63,6 +63,10 @@ bench: $(STAMP)
 bench-search: $(STAMP)
 	$(BIN)/python benchmarks/search_vs_random.py
 	$(BIN)/python benchmarks/search_throughput.py
+
+# Supernet ranking fidelity against standalone training (under an hour on 2 CPU cores).
+bench-ranking: $(STAMP)
+	$(BIN)/python benchmarks/supernet_ranking.py
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache .mypy_cache .ruff_cache

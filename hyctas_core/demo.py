@@ -260,10 +260,13 @@ def run_demo(
     # 6. evaluate + segment --------------------------------------------------------------------
     step("evaluating the retrained network and segmenting a validation image")
     scores: dict[str, dict[str, Any]] = {}
+    measured: dict[str, Any] = {}
+    confusions: dict[str, Any] = {}
     for role, r in retrained.items():
         net = r.model.eval()
         role_cm = evaluate_miou(net, val_set, list(range(len(val_set))), cfg.model.num_classes, device=device)
         role_latency = measure_latency(net, cfg.image_size, duration_s=cfg.latency_seconds)
+        measured[role], confusions[role] = role_latency, role_cm
         scores[role] = {
             "arch_hash": r.arch.hash,
             "miou": float(role_cm.miou),
@@ -272,8 +275,7 @@ def run_demo(
             "branches": r.arch.num_branches,
         }
     model = retrainer.model.eval()
-    cm = evaluate_miou(model, val_set, list(range(len(val_set))), cfg.model.num_classes, device=device)
-    latency = measure_latency(model, cfg.image_size, duration_s=cfg.latency_seconds)
+    cm, latency = confusions["knee"], measured["knee"]
     name = val_set.names[0]
     image = np.asarray(
         Image.open(next((data / "leftImg8bit" / "val").glob(f"*/{name}_leftImg8bit.png"))).convert("RGB")
