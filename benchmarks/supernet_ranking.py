@@ -163,6 +163,11 @@ def pick_archs(args: argparse.Namespace, model: ModelConfig, size: tuple[int, in
     return chosen
 
 
+def _finite(value: float) -> float | None:
+    """None where a rank correlation is undefined (constant input), so the output stays valid JSON."""
+    return None if np.isnan(value) else round(float(value), 4)
+
+
 def kendall(a: list[float], b: list[float]) -> float:
     return float(stats.kendalltau(a, b).statistic)
 
@@ -275,10 +280,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ]
     report: dict[str, Any] = {
         "benchmark": "supernet_ranking",
-        "kendall_tau": round(kendall(sup, mean_sa), 4),
-        "spearman": round(float(stats.spearmanr(sup, mean_sa).statistic), 4),
+        "kendall_tau": _finite(kendall(sup, mean_sa)),
+        "spearman": _finite(float(stats.spearmanr(sup, mean_sa).statistic)),
         "top3_overlap": round(top_overlap(sup, mean_sa), 4),
-        "standalone_tau": None if args.no_ceiling else round(kendall(*map(list, zip(*standalone, strict=True))), 4),
+        "standalone_tau": None if args.no_ceiling else _finite(kendall(*map(list, zip(*standalone, strict=True)))),
         "supernet_miou_range": [round(min(sup), 4), round(max(sup), 4)],
         "standalone_miou_range": [round(min(mean_sa), 4), round(max(mean_sa), 4)],
         "rows": rows,
@@ -295,4 +300,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(), indent=1))
+    print(json.dumps(main(), indent=1, allow_nan=False))

@@ -192,9 +192,10 @@ def demo(
     except FileExistsError as e:
         fail(str(e))
     typer.echo("\nDone in {:.0f} s. Outputs:".format(summary["seconds"]))
-    for key, value in summary["outputs"].items():
-        typer.echo(f"  {key:14s} {value}")
-    typer.echo(f"  {'summary':14s} {out / 'demo.json'}")
+    rows = [*summary["outputs"].items(), ("summary", out / "demo.json")]
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        typer.echo(f"  {key:{width}s} {value}")
 
 
 def _mount() -> None:

@@ -125,10 +125,10 @@ def test_sandwich_steps_train_largest_smallest_and_random_subnetworks(tmp_path: 
     trainer = SupernetTrainer(_cfg(sampling="sandwich", distill=True), ToyScenes(), tmp_path / "d")
     archs, teacher = trainer.step_archs()
     assert teacher is archs[0]
-    # prior sampling with distillation draws a largest teacher apart from the trained sub-network
+    # prior sampling with distillation adds a largest teacher, trained first, to each step
     trainer = SupernetTrainer(_cfg(distill=True), ToyScenes(), tmp_path / "p")
     archs, teacher = trainer.step_archs()
-    assert len(archs) == 1 and teacher is not None and teacher.num_branches == 3
+    assert len(archs) == 2 and teacher is archs[0] and teacher.num_branches == 3
 
 
 def test_warmup_trains_the_largest_with_a_linear_lr_ramp(tmp_path: Path) -> None:
@@ -157,7 +157,15 @@ def test_distillation_pulls_students_towards_the_teacher(tmp_path: Path) -> None
     kl = (q * (q.log() - log_p)).sum(1)
     expected = kl[labels != 255].mean() * 4
     assert float(trainer._distill_loss(logits, teacher, labels)) == pytest.approx(float(expected), rel=1e-5)
+    # the labels reach the supernet every step: the teacher trains on them, the student on it
+    calls: list[str] = []
+    seg, kd = trainer._seg_loss, trainer._distill_loss
+    trainer._seg_loss = lambda *a: (calls.append("labels"), seg(*a))[1]  # type: ignore[method-assign]
+    trainer._distill_loss = lambda *a: (calls.append("teacher"), kd(*a))[1]  # type: ignore[method-assign]
+    trainer.fit(max_steps=2)
+    assert calls == ["labels", "teacher"] * 2
     # a sandwich+distill run trains without error and changes the weights
+    trainer = SupernetTrainer(_cfg(distill=True), ToyScenes(), tmp_path / "t")
     before = _weights(trainer)
     SupernetTrainer(_cfg(sampling="sandwich", distill=True), ToyScenes(), tmp_path / "s").fit(max_steps=2)
     trainer.fit(max_steps=2)
