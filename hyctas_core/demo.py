@@ -21,12 +21,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from hyctas_core.config import ModelConfig
+
+if TYPE_CHECKING:
+    from hyctas_core.latency import LookupTableLatency
+    from hyctas_core.search_space import Arch
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -254,19 +258,17 @@ def run_demo(
             task = p.add_task("retrain", total=retrainer.total_steps, loss=0.0, dp=0.0)
             retrainer.fit(progress=functools.partial(_show_retrain, p, task))
         retrained[role] = retrainer
-    retrainer = retrained["knee"]
     step.done(f"checkpoints: {out / 'retrain_knee' / 'best.pt'}, {out / 'retrain_random' / 'best.pt'}")
 
     # 6. evaluate + segment --------------------------------------------------------------------
     step("evaluating the retrained network and segmenting a validation image")
     scores: dict[str, dict[str, Any]] = {}
-    measured: dict[str, Any] = {}
-    confusions: dict[str, Any] = {}
     for role, r in retrained.items():
         net = r.model.eval()
         role_cm = evaluate_miou(net, val_set, list(range(len(val_set))), cfg.model.num_classes, device=device)
         role_latency = measure_latency(net, cfg.image_size, duration_s=cfg.latency_seconds)
-        measured[role], confusions[role] = role_latency, role_cm
+        if role == "knee":  # the network the rest of the demo reports and segments with
+            model, cm, latency = net, role_cm, role_latency
         scores[role] = {
             "arch_hash": r.arch.hash,
             "miou": float(role_cm.miou),
@@ -274,8 +276,6 @@ def run_demo(
             "predicted_latency_ms": lut.predict(r.arch),
             "branches": r.arch.num_branches,
         }
-    model = retrainer.model.eval()
-    cm, latency = confusions["knee"], measured["knee"]
     name = val_set.names[0]
     image = np.asarray(
         Image.open(next((data / "leftImg8bit" / "val").glob(f"*/{name}_leftImg8bit.png"))).convert("RGB")
@@ -343,12 +343,15 @@ def _show_retrain(bar: Any, task: Any, s: Any) -> None:
     bar.update(task, completed=s.step, loss=s.loss, dp=s.drop_path)
 
 
-def _similar_latency_arch(lut: Any, target: Any, num_layers: int, rng: np.random.Generator, tries: int = 400) -> Any:
+def _similar_latency_arch(
+    lut: LookupTableLatency, target: Arch, num_layers: int, rng: np.random.Generator, tries: int = 400
+) -> Arch:
     """A random valid architecture whose predicted latency is closest to ``target``'s (not ``target``)."""
     from hyctas_core.search_space import sample_arch
 
     goal = lut.predict(target)
-    best, gap = None, math.inf
+    best: Arch | None = None
+    gap = math.inf
     for _ in range(tries):
         cand = sample_arch(rng, num_layers)
         if cand.hash == target.hash:

@@ -45,6 +45,7 @@ from typer.testing import CliRunner
 
 from hyctas_core.cli import app as hyctas_app
 from services.settings import Settings
+from tools import lockfile
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
@@ -416,12 +417,7 @@ def _pyproject_requirement(name: str, extra: str | None = None) -> Requirement:
 
 def _image_lock() -> dict[str, str]:
     """Package -> version pinned by docker/requirements.lock (the images' dependencies)."""
-    pins: dict[str, str] = {}
-    for line in (ROOT / "docker" / "requirements.lock").read_text().splitlines():
-        found = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line)
-        if found:
-            pins[found.group(1).lower()] = found.group(2)
-    return pins
+    return lockfile.read_lock((ROOT / "docker" / "requirements.lock").read_text()).versions
 
 
 def _pinned(req: Requirement) -> str:
