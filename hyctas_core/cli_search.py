@@ -77,15 +77,32 @@ def _front_rows(storage: SearchStorage, search: SearchRecord) -> list[Individual
 def _print_front(search: SearchRecord, front: list[IndividualRecord], cost_key: str) -> None:
     from rich.table import Table
 
-    table = Table(title=f"Pareto front of {search.name!r} ({len(front)} archs, {search.state.value})")
-    for col in ("#", "arch", "branches", "mIoU %", cost_key, "GMACs", "params M"):
+    from hyctas_core.verify import verification_summary
+
+    retrained = {
+        r["arch_hash"]: r["retrained_miou"]
+        for r in (search.verification or {}).get("rows", [])
+        if r.get("retrained_miou") is not None
+    }
+    table = Table(
+        title=f"Pareto front of {search.name!r} ({len(front)} archs, {search.state.value})",
+        caption=verification_summary(search.verification) if search.verification else None,
+    )
+    columns = ["#", "arch", "branches", "mIoU %", cost_key, "GMACs", "params M"]
+    if search.verification:
+        columns.insert(4, "retrained mIoU %")
+    for col in columns:
         table.add_column(col, justify="right" if col not in ("arch",) else "left")
     for i, ind in enumerate(front):
         o = ind.objectives
-        table.add_row(
+        cells = [
             str(i), ind.arch_hash, str(ind.num_branches), f"{100 * o['miou']:.2f}", f"{o[cost_key]:.3f}",
             f"{o['gmacs']:.3f}", f"{o['params_m']:.3f}",
-        )  # fmt: skip
+        ]  # fmt: skip
+        if search.verification:
+            value = retrained.get(ind.arch_hash)
+            cells.insert(4, f"{100 * value:.2f}" if value is not None else "")
+        table.add_row(*cells)
     cli_console().print(table)
 
 
@@ -95,6 +112,7 @@ def _front_json(search: SearchRecord, front: list[IndividualRecord]) -> dict[str
         "state": search.state.value,
         "generation": search.generation,
         "objective": search.config["search"]["objective"],
+        "verification": search.verification,
         "front": [
             {"arch_hash": i.arch_hash, "num_branches": i.num_branches, "objectives": i.objectives, "arch": i.arch}
             for i in front
@@ -141,6 +159,15 @@ def search(
     mutation_prob: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.02,
     out: Annotated[Path | None, typer.Option(help="where pareto.png / pareto.json go (default runs/<name>)")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
+    verify: Annotated[
+        int,
+        typer.Option(
+            "--verify",
+            min=0,
+            help="after the search, retrain K front points briefly and report the supernet's rank fidelity (0: off)",
+        ),
+    ] = 0,
+    verify_epochs: Annotated[int, typer.Option(min=1, help="training epochs per verified point")] = 8,
 ) -> None:
     """Multi-objective NSGA-II search over the supernet's sub-networks; resumable."""
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
@@ -150,6 +177,7 @@ def search(
     from hyctas_core.search_runner import SearchFinishedError, create_search, run_search
     from hyctas_core.storage import DuplicateName, SearchState
     from hyctas_core.train import load_supernet
+    from hyctas_core.verify import VerifyConfig
 
     if objective not in OBJECTIVES:
         fail(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
@@ -160,7 +188,17 @@ def search(
         assert name is not None
         record = _find(storage, name)
         if record.state == SearchState.SUCCEEDED:
-            typer.echo(f"search {name!r} already finished ({record.generation + 1} generations); nothing to resume")
+            pending = record.config.get("verify") and (record.verification or {}).get("state") != "succeeded"
+            if pending:
+                typer.echo(f"search {name!r} already finished; resuming its verification")
+                record = _verify(
+                    storage,
+                    record,
+                    EvaluatorSpec.from_dict(record.config["evaluator"]),
+                    Path(out or Path("runs") / name) / "verify",
+                )
+            else:
+                typer.echo(f"search {name!r} already finished ({record.generation + 1} generations); nothing to resume")
             _print_front(record, _front_rows(storage, record), SearchConfig.from_dict(record.config["search"]).cost_key)
             return
         if record.state == SearchState.CANCELLED:
@@ -202,9 +240,15 @@ def search(
             seed=seed,
             device=device,
         )
+        extra: dict[str, Any] = {}
+        if verify:
+            try:
+                extra["verify"] = VerifyConfig(k=verify, epochs=verify_epochs, seed=seed).to_dict()
+            except ValueError as e:
+                fail(str(e))
         name = name or f"search-{time.strftime('%Y%m%d-%H%M%S')}"
         try:
-            search_id = create_search(storage, name, config, spec.to_dict())
+            search_id = create_search(storage, name, config, spec.to_dict(), extra=extra)
         except DuplicateName:
             fail(f"a search named {name!r} already exists: pass --resume to continue it or choose another --name")
         record = storage.get_search(search_id)
@@ -244,9 +288,55 @@ def search(
         fail(str(e))
     finally:
         evaluator.close()
+    if record.config.get("verify"):
+        record = _verify(storage, record, spec, Path(out or Path("runs") / record.name) / "verify")
     _print_front(record, _front_rows(storage, record), cfg.cost_key)
     png, front_json = _write_outputs(storage, record, out or Path("runs") / record.name)
     typer.echo(f"plot: {png}\nfront: {front_json}\ndatabase: {db} (search {record.name!r})")
+
+
+def _verify(storage: SearchStorage, record: SearchRecord, spec: Any, run_root: Path) -> SearchRecord:
+    """Retrain the stored search's verification points in this process, with a bar per point."""
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+
+    from hyctas_core.verify import VerifyConfig, retrain_point, run_verification, verification_summary
+
+    cfg = VerifyConfig.from_dict(record.config["verify"])
+    if (record.verification or {}).get("state") == "succeeded":
+        return record
+    columns = [
+        TextColumn("verify {task.fields[arch]} ({task.fields[i]}/{task.fields[k]})"),
+        BarColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+    ]
+    with cli_progress(*columns) as bar:
+        task = bar.add_task("verify", total=None, arch="", i=0, k=cfg.k, loss=0.0)
+
+        done = int((record.verification or {}).get("done", 0))
+
+        def retrain(row: dict[str, Any]) -> float:
+            nonlocal done
+            done += 1
+            bar.reset(task, total=None, arch=row["arch_hash"], i=done, k=cfg.k, loss=0.0)
+            return retrain_point(
+                row["arch"],
+                supernet=Path(spec.supernet),
+                data=Path(spec.data),
+                cfg=cfg,
+                val_images=spec.val_images,
+                run_dir=run_root / row["arch_hash"],
+                device=spec.device,
+                progress=lambda p: bar.update(task, completed=p.step, total=p.total_steps, loss=p.loss),
+            )
+
+        try:
+            run_verification(storage, record.id, cfg, retrain)
+        except ValueError as e:  # e.g. a front of one point: the search stands, the check cannot run
+            typer.echo(f"cannot verify: {str(e).splitlines()[0]}", err=True)
+    record = storage.get_search(record.id)
+    typer.echo(verification_summary(record.verification))
+    return record
 
 
 def pareto(

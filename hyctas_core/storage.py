@@ -115,6 +115,9 @@ class SearchRecord:
     error: str | None
     created_at: datetime
     updated_at: datetime
+    # Retraining of front points after the search and the rank agreement with the supernet
+    # (see hyctas_core.verify); None when the search asked for none.
+    verification: dict[str, Any] | None = None
 
 
 @dataclass
@@ -260,6 +263,13 @@ class SearchStorage(abc.ABC):
     @abc.abstractmethod
     def set_reference_point(self, search_id: int, point: list[float]) -> None:
         """Fix the hypervolume reference point. Raises: IllegalTransition: already set."""
+
+    @abc.abstractmethod
+    def set_search_verification(self, search_id: int, verification: dict[str, Any]) -> None:
+        """Replace the search's verification record (JSON: state, k, rows, rank correlations).
+
+        Raises: KeyError: unknown id. StorageError: not JSON-serialisable.
+        """
 
     # -- generations ----------------------------------------------------------------------
     @abc.abstractmethod

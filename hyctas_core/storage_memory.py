@@ -218,6 +218,19 @@ class InMemoryStorage(SearchStorage):
             record.reference_point = stored
             record.updated_at = _now()
 
+    def set_search_verification(self, search_id: int, verification: dict[str, Any]) -> None:
+        """Replace the search's verification record.
+
+        Raises:
+            KeyError: unknown id.
+            StorageError: not JSON-serialisable (e.g. NaN).
+        """
+        stored = _json_copy(verification, "verification")
+        with self._lock:
+            record = self._search(search_id).record
+            record.verification = stored
+            record.updated_at = _now()
+
     # -- generations ----------------------------------------------------------------------
     def commit_generation(
         self,

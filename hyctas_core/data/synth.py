@@ -40,6 +40,8 @@ from hyctas_core.data.labels import (
 )
 
 __all__ = [
+    "ALIKE_GROUPS",
+    "ALIKE_P",
     "CITIES",
     "GENERATOR_VERSION",
     "METADATA_FILE",
@@ -54,7 +56,7 @@ __all__ = [
     "scene_stem",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: per-scene shared materials (see ALIKE_GROUPS)
 METADATA_FILE = "README_SYNTH.json"
 MIN_SIZE = (64, 128)
 MAX_SIDE = 4096
@@ -121,6 +123,17 @@ _CLOTHES = (
 _SKIN = ((232, 192, 162), (200, 150, 118), (150, 104, 76), (104, 72, 54))
 _LAMPS = ((236, 44, 34), (244, 172, 30), (40, 224, 124))
 _SIGN_COLOURS = ((200, 30, 30), (36, 84, 176), (232, 202, 40), (236, 236, 232), (30, 120, 70))
+
+# Per-scene shared materials: with probability ``ALIKE_P`` each, a scene paints a confusable
+# class group with ONE material, so that up close the classes look the same and only layout
+# and extent tell them apart (a local window cannot; context and several scales can):
+# - "ground": sidewalks in the road's asphalt (no paving joints), set apart by the kerb line
+#   and where they lie in the street's layout;
+# - "fleet": cars, trucks, buses and trams in one paint, set apart by their extent;
+# - "greens": trees, hedges and grass in one green, set apart by shape and height;
+# - "facades": buildings and walls in one facade material, set apart by height and windows.
+ALIKE_GROUPS: tuple[str, ...] = ("ground", "fleet", "greens", "facades")
+ALIKE_P = 0.7
 
 
 @dataclass(frozen=True)
@@ -421,7 +434,7 @@ def _pick(rng: np.random.Generator, options: Sequence[tuple[int, int, int]], jit
 class _Scene:
     """Builds one street scene into a :class:`_Canvas`."""
 
-    def __init__(self, rng: np.random.Generator, size: tuple[int, int]) -> None:
+    def __init__(self, rng: np.random.Generator, size: tuple[int, int], alike_p: float = ALIKE_P) -> None:
         h, w = size
         self.rng = rng
         r = rng
@@ -470,6 +483,26 @@ class _Scene:
             self.tram_x = self.lanes[int(r.integers(self.n_lanes))]
         self.occupied: list[tuple[float, float, float, float]] = []  # ground footprints (x0, x1, z0, z1)
         self.gaps: list[tuple[int, float, float]] = []  # (side, z0, z1) between buildings
+        self.alike = frozenset(k for k in ALIKE_GROUPS if r.random() < alike_p)
+        self._shared: dict[str, Arr] = {}
+
+    def material(self, group: str, options: Sequence[tuple[int, int, int]], jitter: float = 0.1) -> Arr:
+        """A colour from ``options``; the scene's one shared colour where ``group`` is alike.
+
+        A shared colour is drawn on first use and then varied by only 3 % per use, so the
+        classes of the group keep the same appearance up close.
+        """
+        if group not in self.alike:
+            return _pick(self.rng, options, jitter)
+        if group not in self._shared:
+            self._shared[group] = _pick(self.rng, options, jitter)
+        return self._shared[group] * (1 + self.rng.uniform(-0.03, 0.03, 3))
+
+    def wall_material(self, p_facade: float) -> Arr:
+        """A wall's colour: a facade's with probability ``p_facade`` (always when facades are alike)."""
+        if self.rng.random() < p_facade or "facades" in self.alike:
+            return self.material("facades", _FACADES)
+        return _pick(self.rng, _CONCRETE)
 
     def _side(self, s: int) -> _Side:
         r = self.rng
@@ -607,13 +640,20 @@ class _Scene:
         road_c = _u(r, 62, 130) * tint
         walk_v = _u(r, 75, 150)
         walk_c = walk_v * (np.array([1.12, 0.96, 0.9]) if r.random() < 0.25 else tint)
+        alike = "ground" in self.alike
+        if alike:  # the sidewalk in the road's asphalt: only the kerb line and the layout differ
+            walk_c = road_c * _u(r, 0.97, 1.03)
         kerb_c = walk_c * _u(r, 1.05, 1.3)
-        grass_c = _pick(r, _DRY if r.random() < 0.3 else _GREENS, 0.12)
+        if "greens" in self.alike:
+            grass_c = self.material("greens", _GREENS, 0.12)
+        else:
+            grass_c = _pick(r, _DRY if r.random() < 0.3 else _GREENS, 0.12)
         yard_c = _u(r, 80, 150) * tint
         base = np.stack([road_c, walk_c, kerb_c, grass_c, yard_c]).astype(np.float32)
-        a_f = np.array([0.06, 0.05, 0.04, 0.16, 0.05], np.float32)
-        a_m = np.array([0.05, 0.04, 0.02, 0.14, 0.04], np.float32)
-        a_c = np.array([0.08, 0.05, 0.03, 0.12, 0.05], np.float32)
+        walk_f, walk_m, walk_cn = (0.06, 0.05, 0.08) if alike else (0.05, 0.04, 0.05)
+        a_f = np.array([0.06, walk_f, 0.04, 0.16, 0.05], np.float32)
+        a_m = np.array([0.05, walk_m, 0.02, 0.14, 0.04], np.float32)
+        a_c = np.array([0.08, walk_cn, 0.03, 0.12, 0.05], np.float32)
         nf, nm, nc = cv.n_fine[i0:], cv.n_med[i0:], cv.n_coarse[i0:]
         g = 1 + a_f[idx] * nf + a_m[idx] * nm + a_c[idx] * nc
         # Pavement joints on sidewalks (faded out where they would alias).
@@ -621,9 +661,9 @@ class _Scene:
         fx, fz = np.mod(xsw / pw, 1.0), np.mod(zs_full / pl, 1.0)
         joint = ((fx < 0.08) | (fz < 0.08)) & (idx == 1)
         fade = np.clip(cam.f / zs_full * min(pw, pl) / 6 - 0.5, 0, 1)
-        g = g - joint * fade * _u(r, 0.05, 0.2)
-        # Asphalt repairs.
-        g = g - ((nc > 1.1) & (idx == 0)) * _u(r, 0.0, 0.12)
+        g = g - joint * fade * (0.0 if alike else _u(r, 0.05, 0.2))
+        # Asphalt repairs (on the sidewalk too where it is asphalt).
+        g = g - ((nc > 1.1) & ((idx == 0) | ((idx == 1) & alike))) * _u(r, 0.0, 0.12)
         lab_lut = np.array([ROAD, SIDEWALK, SIDEWALK, TERRAIN, SIDEWALK], np.uint8)
         cv.rgb[i0:] = base[idx] * g[..., None] * self.sun
         cv.label[i0:] = lab_lut[idx]
@@ -827,12 +867,19 @@ class _Scene:
             if r.random() < 0.25:  # a far tree line
                 self._canopy_wall(x, x + wd, z + 15, _u(r, 6, 14))
             else:
-                base = _pick(r, _FACADES) * self.sun * _u(r, 0.8, 1.0)
+                base = self.material("facades", _FACADES) * self.sun * _u(r, 0.8, 1.0)
                 self._end_wall(z + _u(r, 0, 10), x, x + wd, 0.0, _u(r, 8, 35), BUILDING, base, self._style())
             x += wd
         # Beyond everything: a continuous low skyline so the street never ends in nothing.
         self._end_wall(
-            z + 40, -half * 1.5, half * 1.5, 0.0, _u(r, 5, 12), BUILDING, _pick(r, _FACADES) * self.sun * 0.8, None
+            z + 40,
+            -half * 1.5,
+            half * 1.5,
+            0.0,
+            _u(r, 5, 12),
+            BUILDING,
+            self.material("facades", _FACADES) * self.sun * 0.8,
+            None,
         )
 
     def _canopy_wall(self, xa: float, xb: float, z: float, height: float) -> None:
@@ -848,7 +895,7 @@ class _Scene:
         x0, y0 = cam.pt(xa, height - 2, z)
         x1, y1 = cam.pt(xb, 0, z)
         bm = cv.polys([[(x0, y0), (x1, y0), (x1, y1), (x0, y1)]])
-        green = _pick(r, _GREENS) * self.sun
+        green = self.material("greens", _GREENS) * self.sun
         cv.paint(bm, z, VEGETATION, green, tex=(0.15, 0.22, 0.1))
         cv.paint(cv.ellipses(ells), z, VEGETATION, green, tex=(0.15, 0.22, 0.1))
 
@@ -889,7 +936,7 @@ class _Scene:
         r = self.rng
         x = side.x(side.facade_u + setback)
         top = _u(r, 5, 30) if r.random() < 0.85 else _u(r, 30, 45)
-        base = _pick(r, _FACADES) * lit
+        base = self.material("facades", _FACADES) * lit
         style = self._style()
         self._side_wall(x, z0, z1, self.kerb_h, top, BUILDING, base, style)
         if side.s != self.sun_side:
@@ -901,7 +948,7 @@ class _Scene:
 
     def _building_end_face(self, side: _Side, z: float, xa: float, xb: float, lit: float) -> None:
         r = self.rng
-        base = _pick(r, _FACADES) * lit
+        base = self.material("facades", _FACADES) * lit
         self._end_wall(z, xa, xb, 0.0, _u(r, 6, 25), BUILDING, base, self._style())
 
     def boundaries(self, side: _Side) -> None:
@@ -917,20 +964,20 @@ class _Scene:
             x = side.x(u_line)
             p = r.random()
             if p < 0.35:
-                base = (_pick(r, _FACADES) if r.random() < 0.5 else _pick(r, _CONCRETE)) * self.sun * _u(r, 0.75, 1.05)
+                base = self.wall_material(0.5) * self.sun * _u(r, 0.75, 1.05)
                 hgt = _u(r, 0.6, 2.4) if r.random() < 0.8 else _u(r, 2.4, 3.5)
                 self._side_wall(x, z, z + ln, self.kerb_h, self.kerb_h + hgt, WALL, base, None)
             elif p < 0.7:
                 self._fence(x, z, z + ln, _u(r, 0.9, 2.0))
             elif p < 0.8 and side.garden_w > 0:
-                green = _pick(r, _GREENS) * self.sun
+                green = self.material("greens", _GREENS) * self.sun
                 self._side_wall(x, z, z + ln, self.kerb_h, self.kerb_h + _u(r, 0.7, 1.6), VEGETATION, green, None)
             z += ln + _u(r, 0, 10)
         for s, za, zb in self.gaps:
             if s == side.s and r.random() < 0.6:
                 x = side.x(side.facade_u + _u(r, -0.2, 0.5))
                 if r.random() < 0.5:
-                    base = (_pick(r, _FACADES) if r.random() < 0.6 else _pick(r, _CONCRETE)) * self.sun * 0.9
+                    base = self.wall_material(0.6) * self.sun * 0.9
                     self._side_wall(x, za, zb, self.kerb_h, self.kerb_h + _u(r, 1.2, 3.5), WALL, base, None)
                 else:
                     self._fence(x, za, zb, _u(r, 1.2, 2.2))
@@ -1024,7 +1071,7 @@ class _Scene:
             return
         box, m = bm
         holes = (cv.n_med[box[0] : box[2], box[1] : box[3]] > 1.5) & (cv.n_fine[box[0] : box[2], box[1] : box[3]] > 0.0)
-        green = _pick(r, _GREENS, 0.15) * self.sun * _u(r, 0.85, 1.1)
+        green = self.material("greens", _GREENS, 0.15) * self.sun * _u(r, 0.85, 1.1)
         col = cv.texture(box, green, (0.14, 0.24, 0.1))
         rows = np.linspace(1.1, 0.75, box[2] - box[0], dtype=np.float32)[:, None, None]
         cv.paint((box, m & ~holes), z - 0.3, VEGETATION, col * rows)
@@ -1264,7 +1311,7 @@ class _Scene:
         front_visible = end_l is not None and ((end_l == 0.0) == front_near)
         sun = self.sun
         if label == CAR:
-            col = _pick(r, _VEHICLE) * sun
+            col = self.material("fleet", _VEHICLE + _BUS) * sun
             H = _u(r, 1.4, 1.65) if r.random() < 0.8 else _u(r, 1.8, 2.2)  # vans are cars too
             hb = H * _u(r, 0.5, 0.6)
             hood, trunk = _u(r, 0.8, 1.3), (_u(r, 0.5, 0.9) if H < 1.7 else 0.15)
@@ -1319,8 +1366,8 @@ class _Scene:
                     inst=inst,
                 )
         elif label == TRUCK:
-            cab_col = _pick(r, _VEHICLE) * sun
-            box_col = (_pick(r, _VEHICLE) if r.random() < 0.6 else cab_col / sun) * sun
+            cab_col = self.material("fleet", _VEHICLE + _BUS) * sun
+            box_col = (self.material("fleet", _VEHICLE + _BUS) if r.random() < 0.6 else cab_col / sun) * sun
             cab_l, H = _u(r, 1.9, 2.4), _u(r, 2.9, 3.9)
             cab_h = min(H, _u(r, 2.5, 3.1))
             if end_l is not None:
@@ -1386,7 +1433,7 @@ class _Scene:
                             inst=inst,
                         )
         elif label in (BUS, TRAIN):
-            col = _pick(r, _BUS) * sun
+            col = self.material("fleet", _VEHICLE + _BUS) * sun
             H = _u(r, 2.9, 3.3) if label == BUS else _u(r, 3.2, 3.7)
             y_floor = 0.3 if label == BUS else 0.45
             band = _pick(r, _BUS) * sun if r.random() < 0.5 else col * 0.8
@@ -1861,12 +1908,14 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
-def render_scene(rng: np.random.Generator, size: tuple[int, int]) -> SynthScene:
+def render_scene(rng: np.random.Generator, size: tuple[int, int], *, alike_p: float = ALIKE_P) -> SynthScene:
     """Render one synthetic street scene.
 
     Args:
         rng: the only source of randomness.
         size: ``(height, width)``, at least :data:`MIN_SIZE`.
+        alike_p: the probability of each shared-material group (see ``ALIKE_GROUPS``); 0 gives
+            every object its own material. The dataset on disk always uses the default.
 
     Returns:
         The RGB image, Cityscapes label ids and Cityscapes instance ids.
@@ -1875,7 +1924,9 @@ def render_scene(rng: np.random.Generator, size: tuple[int, int]) -> SynthScene:
         ValueError: if ``size`` is too small or too large.
     """
     size = _check_size(size)
-    return _Scene(rng, size).render()
+    if not 0.0 <= alike_p <= 1.0:
+        raise ValueError(f"alike_p {alike_p} must be in [0, 1]")
+    return _Scene(rng, size, alike_p).render()
 
 
 # --------------------------------------------------------------------------------------------

@@ -324,6 +324,32 @@ class StorageContract:
             storage.set_reference_point(sid, [9.0, 9.0, 9.0])
         assert storage.get_search(sid).reference_point == [1.0, 0.1 + 0.2, 123.456]
 
+    def test_verification_is_stored_replaced_and_copied(self, storage: SearchStorage) -> None:
+        """A search starts without a verification; each set replaces it whole; records are copies."""
+        sid = _search_in(storage, SearchState.SUCCEEDED, "verified")
+        assert storage.get_search(sid).verification is None
+        first = {"state": "queued", "k": 3, "done": 0, "rows": [], "job_id": 7}
+        storage.set_search_verification(sid, first)
+        first["state"] = "mutated"  # the caller's dict is not the stored one
+        assert storage.get_search(sid).verification == {"state": "queued", "k": 3, "done": 0, "rows": [], "job_id": 7}
+        rows = [{"arch_hash": "a", "supernet_miou": 0.25, "retrained_miou": 0.5, "cost": (1.5, 2)}]
+        storage.set_search_verification(sid, {"state": "succeeded", "k": 1, "rows": rows, "kendall_tau": None})
+        got = storage.get_search(sid)
+        assert got.verification == {
+            "state": "succeeded",
+            "k": 1,
+            "rows": [{"arch_hash": "a", "supernet_miou": 0.25, "retrained_miou": 0.5, "cost": [1.5, 2]}],
+            "kendall_tau": None,
+        }
+        assert got.state is SearchState.SUCCEEDED  # the search itself is untouched
+        got.verification["k"] = 99  # type: ignore[index]
+        assert storage.get_search(sid).verification["k"] == 1  # type: ignore[index]
+        with pytest.raises(StorageError):
+            storage.set_search_verification(sid, {"kendall_tau": float("nan")})
+        assert storage.get_search(sid).verification["state"] == "succeeded"  # type: ignore[index]
+        with pytest.raises(KeyError):
+            storage.set_search_verification(10**6, {"state": "queued"})
+
     def test_search_records_are_copies(self, storage: SearchStorage) -> None:
         """Mutating the config passed in, or a returned record, changes nothing stored."""
         config: dict[str, Any] = {"layers": [1, 2], "opt": {"lr": 0.1}}

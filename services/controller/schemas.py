@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hyctas_core.storage import JobRecord, JobState, ModelRecord, SearchState
+from hyctas_core.verify import MAX_VERIFY_K
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="letters, digits, '_', '.', '-' (1-100)")]
@@ -173,6 +174,21 @@ class SearchCreate(Strict):
     crossover_prob: float = Field(0.9, ge=0, le=1)
     mutation_prob: float = Field(0.02, ge=0, le=1)
     evaluation: EvaluationSettings = EvaluationSettings()
+    verify_top_k: int = Field(
+        0,
+        ge=0,
+        le=MAX_VERIFY_K,
+        description="after the search, retrain this many front points (spread over cost) briefly and report "
+        "the rank agreement of their supernet and retrained mIoU; 0: off, else at least 2",
+    )
+    verify_epochs: int = Field(8, ge=1, le=1000, description="training epochs per verified front point")
+
+    @field_validator("verify_top_k")
+    @classmethod
+    def _rankable(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("verify_top_k must be 0 (off) or at least 2: a rank correlation needs 2 points")
+        return value
 
     @field_validator("branches")
     @classmethod
@@ -187,6 +203,28 @@ class SearchTimings(BaseModel):
     eval_s: float
     mean_generation_s: float | None
     remaining_s: float | None
+
+
+class VerificationRow(BaseModel):
+    arch_hash: str
+    num_branches: int
+    supernet_miou: float
+    cost: float
+    retrained_miou: float | None
+
+
+class VerificationPublic(BaseModel):
+    """Front points retrained after the search and the supernet's rank fidelity on them."""
+
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    k: int = Field(description="front points retrained (at most verify_top_k; fewer when the front is smaller)")
+    done: int = 0
+    epochs: int | None = None
+    kendall_tau: float | None = Field(None, description="supernet mIoU against retrained mIoU, over the k points")
+    spearman: float | None = None
+    rows: list[VerificationRow] = []
+    job_id: int | None = None
+    error: str | None = None
 
 
 class SearchPublic(BaseModel):
@@ -204,6 +242,9 @@ class SearchPublic(BaseModel):
     config: dict[str, Any]
     error: str | None
     timings: SearchTimings
+    verification: VerificationPublic | None = Field(
+        None, description="the supernet fidelity check (verify_top_k > 0), once the search has succeeded"
+    )
     created_at: datetime
     updated_at: datetime
 

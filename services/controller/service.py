@@ -25,6 +25,7 @@ from hyctas_core.storage import (
     SearchStorage,
 )
 from hyctas_core.train import SupernetTrainConfig
+from hyctas_core.verify import VerifyConfig
 from services.controller.schemas import ModelsCreate, SearchCreate, SupernetCreate
 from services.queue import EventBus, JobQueue, QueueError
 
@@ -172,6 +173,12 @@ def submit_search(
         "device": "cpu",
         "threads": 1,
     }
+    verify = None
+    if req.verify_top_k:
+        try:
+            verify = VerifyConfig(k=req.verify_top_k, epochs=req.verify_epochs, seed=req.seed).to_dict()
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
     dataset = req.dataset.model_dump(mode="json") if req.dataset else supernet.payload["dataset"]
     job_id = storage.create_job("search", {"search_name": req.name}, owner=owner)
     stored = {
@@ -180,6 +187,7 @@ def submit_search(
         "dataset": dataset,
         "supernet_id": supernet.id,
         "job_id": job_id,
+        **({"verify": verify} if verify else {}),
     }
     try:
         search_id = storage.create_search(req.name, stored, owner=owner)
@@ -283,6 +291,12 @@ def cancel_job(storage: SearchStorage, events: EventBus | None, job: JobRecord) 
     for model in storage.list_models(job_id=job.id, limit=1000)[0]:
         if not model.state.is_finished():
             storage.update_model(model.id, state=JobState.CANCELLED, error="cancelled by user")
+    if job.kind == "verify":
+        record = storage.get_search(int(job.payload["search_id"])).verification or {}
+        if record.get("state") != "succeeded":
+            storage.set_search_verification(
+                int(job.payload["search_id"]), {**record, "state": "cancelled", "error": "cancelled by user"}
+            )
     publish(events, {"type": "job", "owner": job.owner, "job_id": job.id, "kind": job.kind, "state": "cancelled"})
     return storage.get_job(job.id)
 

@@ -147,6 +147,7 @@ class SearchRow(Base):
     state: Mapped[str] = mapped_column(String(STATE_LEN))
     generation: Mapped[int] = mapped_column(Integer)
     reference_point: Mapped[list[float] | None] = mapped_column(StrictJSON(none_as_null=True))
+    verification: Mapped[dict[str, Any] | None] = mapped_column(StrictJSON(none_as_null=True))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -197,6 +197,7 @@ def _search_record(row: SearchRow) -> SearchRecord:
         error=row.error,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        verification=row.verification,
     )
 
 
@@ -541,6 +542,18 @@ class SQLStorage(SearchStorage):
             if row.reference_point is not None:
                 raise IllegalTransition(f"search {search_id}: the reference point is already set")
             row.reference_point = values
+            row.updated_at = _now()
+
+    def set_search_verification(self, search_id: int, verification: dict[str, Any]) -> None:
+        """Replace the search's verification record.
+
+        Raises:
+            KeyError: unknown id.
+            StorageError: not JSON-serialisable (e.g. NaN).
+        """
+        with self._session_scope(write=True) as session:
+            row = self._locked_search(session, search_id)
+            row.verification = verification
             row.updated_at = _now()
 
     # -- generations ----------------------------------------------------------------------

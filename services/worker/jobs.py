@@ -1,4 +1,4 @@
-"""The job handlers a worker runs: supernet training, search, retrain.
+"""The job handlers a worker runs: supernet training, search, verification, retrain, deploy.
 
 Each takes a :class:`~services.worker.runner.JobContext` and returns the job's result (JSON).
 Heavy work runs on Ray: supernet training in one actor (a GPU when the cluster has one),
@@ -21,12 +21,21 @@ from hyctas_core.evaluate import EvaluatorSpec
 from hyctas_core.search import SearchConfig
 from hyctas_core.search_runner import GenerationProgress, SearchFinishedError, run_search
 from hyctas_core.search_space import Arch
-from hyctas_core.storage import SearchState
+from hyctas_core.storage import SearchRecord, SearchState
 from services.datasets import resolve_dataset
 from services.metrics import EVALUATION_SECONDS, EVALUATIONS, GENERATION_SECONDS
+from services.queue import QueueError
 from services.worker.runner import Handler, JobContext, JobStopped
 
-__all__ = ["default_handlers", "pick_device", "run_deploy", "run_retrain", "run_search_job", "run_train_supernet"]
+__all__ = [
+    "default_handlers",
+    "pick_device",
+    "run_deploy",
+    "run_retrain",
+    "run_search_job",
+    "run_train_supernet",
+    "run_verify",
+]
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +213,102 @@ def run_search_job(ctx: JobContext) -> dict[str, Any]:
         raise JobStopped(ctx.reason or "stopped")
     latest = ctx.storage.latest_generation(search.id)
     ctx.publish({"type": "search", "search_id": search.id, "state": "succeeded"})
+    verify_job = _queue_verification(ctx, record)
     return {
         "search_id": search.id,
         "generations": record.generation + 1,
         "hypervolume": latest.hypervolume if latest else None,
         "front": latest.front if latest else [],
+        **({"verify_job_id": verify_job} if verify_job is not None else {}),
     }
+
+
+# -- verification --------------------------------------------------------------------------------
+def _queue_verification(ctx: JobContext, search: SearchRecord) -> int | None:
+    """Submit the search's verification job once (when it asked for one); its id, or None.
+
+    The record names the job before the job is enqueued, so a worker that dies in between
+    leaves a QUEUED job that the next sweep enqueues, and a rerun of this search job finds
+    the record and submits nothing twice.
+    """
+    verify = search.config.get("verify")
+    if not verify or search.verification is not None:
+        return None
+    job_id = ctx.storage.create_job("verify", {"search_id": search.id, "search_name": search.name}, owner=ctx.job.owner)
+    record = {"state": "queued", "k": int(verify["k"]), "done": 0, "rows": [], "job_id": job_id}
+    ctx.storage.set_search_verification(search.id, record)
+    if ctx.queue is not None:
+        try:
+            ctx.queue.enqueue(job_id, "verify")
+        except QueueError as exc:  # the worker's sweep enqueues QUEUED jobs without a stream entry
+            log.warning("verification job %s not enqueued yet (%s); the sweep will", job_id, exc)
+    ctx.publish({"type": "job", "job_id": job_id, "kind": "verify", "state": "queued", "search_id": search.id})
+    return job_id
+
+
+@ray.remote(max_restarts=0, max_retries=0)
+def _retrain_point_task(
+    arch: dict[str, Any], supernet: str, data: str, cfg: dict[str, Any], val_images: int, run_dir: str, device: str
+) -> float:
+    import torch
+
+    from hyctas_core.verify import VerifyConfig, retrain_point
+
+    if device == "cpu":
+        torch.set_num_threads(1)
+    return retrain_point(
+        arch,
+        supernet=Path(supernet),
+        data=Path(data),
+        cfg=VerifyConfig.from_dict(cfg),
+        val_images=val_images,
+        run_dir=Path(run_dir),
+        device=device,
+    )
+
+
+def run_verify(ctx: JobContext) -> dict[str, Any]:
+    """Retrain k points of a finished search's front (one Ray task each) and store the fidelity.
+
+    Resumes: points already retrained are kept in the search's record; a point interrupted
+    mid-training continues from its own checkpoint.
+    """
+    from hyctas_core.verify import VerifyConfig, run_verification
+
+    _ensure_ray(ctx)
+    search = ctx.storage.get_search(int(ctx.job.payload["search_id"]))
+    if search.state is not SearchState.SUCCEEDED:
+        raise ValueError(f"search {search.name!r} is {search.state.value}: only a finished search can be verified")
+    cfg = VerifyConfig.from_dict(search.config["verify"])
+    data = _data_dir(ctx, search.config["dataset"])
+    device = pick_device(ctx.job.payload.get("device", "auto"))
+    evaluator = search.config["evaluator"]
+    run_root = ctx.artifact_dir / "verify" / f"search-{search.id}"
+    task: Any = _retrain_point_task
+
+    def retrain(row: dict[str, Any]) -> float:
+        ctx.report(force=True, phase="verify", arch_hash=row["arch_hash"])
+        ref = task.options(num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0).remote(
+            row["arch"], evaluator["supernet"], str(data), cfg.to_dict(), evaluator["val_images"],
+            str(run_root / row["arch_hash"]), device,
+        )  # fmt: skip
+        while True:  # wait, but notice a cancel while the point trains
+            done, _ = ray.wait([ref], timeout=1.0)
+            if done:
+                return float(ray.get(ref))
+            if ctx.should_stop():
+                ray.cancel(ref, force=True)
+                raise JobStopped(ctx.reason or "stopped")
+
+    def on_point(record: dict[str, Any]) -> None:
+        ctx.report(force=True, done=record["done"], k=record["k"])
+        ctx.publish({"type": "verification", "search_id": search.id, "done": record["done"], "k": record["k"]})
+
+    record = run_verification(ctx.storage, search.id, cfg, retrain, on_point=on_point, should_stop=ctx.should_stop)
+    if record["state"] != "succeeded":
+        raise JobStopped(ctx.reason or "stopped")
+    ctx.publish({"type": "verification", "search_id": search.id, "state": "succeeded"})
+    return {key: record[key] for key in ("k", "kendall_tau", "spearman")} | {"search_id": search.id}
 
 
 # -- retrain -------------------------------------------------------------------------------------
@@ -289,5 +388,6 @@ def default_handlers() -> dict[str, Handler]:
         "train_supernet": run_train_supernet,
         "search": run_search_job,
         "retrain": run_retrain,
+        "verify": run_verify,
         "deploy": run_deploy,
     }

@@ -63,6 +63,7 @@ class JobContext:
     stop: threading.Event = field(default_factory=threading.Event)
     reason: str = ""
     progress: dict[str, Any] = field(default_factory=dict)
+    queue: JobQueue | None = None  # for handlers that submit a follow-up job
     _last_publish: float = 0.0
 
     @property
@@ -197,7 +198,15 @@ class Worker:
             self._fail(job, f"no handler for job kind {job.kind!r}")
             self.queue.ack(entry)
             return
-        ctx = JobContext(job, self.name, self.storage, self.events, self.settings, progress=dict(job.progress or {}))
+        ctx = JobContext(
+            job,
+            self.name,
+            self.storage,
+            self.events,
+            self.settings,
+            progress=dict(job.progress or {}),
+            queue=self.queue,
+        )
         ctx.progress.pop("last_error", None) if job.attempts == 1 else None
         self.current = ctx
         beat = threading.Thread(target=self._heartbeat, args=(ctx, entry), daemon=True, name=f"heartbeat-{job.id}")
@@ -285,6 +294,15 @@ class Worker:
         for model in self.storage.list_models(job_id=job.id, limit=1000)[0]:
             if not model.state.is_finished():
                 self.storage.update_model(model.id, state=JobState.FAILED, error=message)
+        if job.kind == "verify":
+            try:
+                record = self.storage.get_search(int(job.payload["search_id"])).verification or {}
+            except KeyError:
+                record = None
+            if record is not None and record.get("state") not in ("succeeded", "cancelled"):
+                self.storage.set_search_verification(
+                    int(job.payload["search_id"]), {**record, "state": "failed", "error": message}
+                )
         if self.events is not None:
             try:
                 self.events.publish(

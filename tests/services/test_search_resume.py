@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hyctas_core.config import ModelConfig
@@ -114,3 +115,67 @@ def test_bad_search_inputs_exit_2(setup: tuple[Path, Path], tmp_path: Path) -> N
         capture_output=True, text=True, env=ENV, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2 and "cannot connect" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_verify_on_a_one_point_front_says_why_and_keeps_the_search(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    """This tiny supernet's cheapest network dominates: nothing to rank, said in one line, the front stands."""
+    db = tmp_path / "v.db"
+    proc = subprocess.run(
+        _cmd(setup, db, "--verify", "3", "--verify-epochs", "1"), env=ENV, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "cannot verify: search 's' has 1 front point(s): nothing to rank"
+    assert "Pareto front of 's' (1 archs, succeeded)" in proc.stdout
+    data = json.loads(subprocess.run(
+        [sys.executable, "-m", "hyctas_core.cli", "pareto", "--db", f"sqlite:///{db}", "--search", "s", "--json"],
+        capture_output=True, text=True, env=ENV, check=True,
+    ).stdout)  # fmt: skip
+    assert data["state"] == "succeeded" and len(data["front"]) == 1
+    assert data["verification"]["state"] == "failed" and "nothing to rank" in data["verification"]["error"]
+
+
+@pytest.mark.slow
+def test_verify_retrains_front_points_and_reports_the_fidelity(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    """A finished search with a 5-point front and --verify 3 stored: `--resume` retrains 3 points and reports."""
+    from hyctas_core.search import SearchConfig
+    from hyctas_core.search_space import sample_arch
+    from hyctas_core.storage import GenerationRecord, IndividualRecord, SearchState
+    from hyctas_core.verify import VerifyConfig
+    from services.storage.sql import SQLStorage
+
+    root, ckpt = setup
+    db = tmp_path / "f.db"
+    rng = np.random.default_rng(1)
+    archs = [sample_arch(rng, 6) for _ in range(5)]
+    front = [
+        IndividualRecord(0, a.hash, a.to_official(), a.num_branches,
+                         {"miou": 0.01 * (i + 1), "latency_ms": 1.0 + i, "gmacs": 0.1, "params_m": 0.1})
+        for i, a in enumerate(archs)
+    ]  # fmt: skip
+    with SQLStorage.connect(f"sqlite:///{db}", create=True) as storage:
+        spec = {"supernet": str(ckpt), "data": str(root), "calib_images": 4, "val_images": 2, "latency_seconds": 0.05}
+        config = {"search": SearchConfig(pop_size=6, generations=1, num_layers=6).to_dict(), "evaluator": spec}
+        sid = storage.create_search("s", {**config, "verify": VerifyConfig(k=3, epochs=1, batch_size=4).to_dict()})
+        storage.set_search_state(sid, SearchState.RUNNING)
+        storage.commit_generation(sid, GenerationRecord(0, 0.1, [i.arch_hash for i in front], 5, 5, b"x"), front, [])
+        storage.set_search_state(sid, SearchState.SUCCEEDED)
+    proc = subprocess.run(_cmd(setup, db, "--resume"), env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming its verification" in proc.stdout and "retrained mIoU %" in proc.stdout
+    summary = [ln for ln in proc.stdout.splitlines() if ln.startswith("supernet fidelity:")]
+    assert len(summary) == 2 and "over 3 retrained front points" in summary[0], proc.stdout  # the line and the caption
+    data = json.loads(subprocess.run(
+        [sys.executable, "-m", "hyctas_core.cli", "pareto", "--db", f"sqlite:///{db}", "--search", "s", "--json"],
+        capture_output=True, text=True, env=ENV, check=True,
+    ).stdout)  # fmt: skip
+    record = data["verification"]
+    assert record["state"] == "succeeded" and record["k"] == record["done"] == 3 and record["epochs"] == 1
+    assert [r["arch_hash"] for r in record["rows"]] == [front[0].arch_hash, front[2].arch_hash, front[4].arch_hash]
+    assert [r["supernet_miou"] for r in record["rows"]] == [0.01, 0.03, 0.05]
+    assert all(0.0 <= r["retrained_miou"] <= 1.0 for r in record["rows"])
+    assert record["kendall_tau"] is None or -1.0 <= record["kendall_tau"] <= 1.0
+    assert all((db.parent / "out" / "verify" / r["arch_hash"] / "last.pt").exists() for r in record["rows"])
+    # Verified: a second resume retrains nothing.
+    again = subprocess.run(_cmd(setup, db, "--resume"), env=ENV, capture_output=True, text=True)
+    assert again.returncode == 0 and "nothing to resume" in again.stdout and "retrained mIoU %" in again.stdout

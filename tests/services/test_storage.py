@@ -175,7 +175,7 @@ def _schema_diff(url: str, metadata: MetaData) -> list[object]:
 
 def test_migrated_schema_matches_the_models(sql_url: str) -> None:
     """After the migrations the database equals models.py (Alembic autogenerate finds no difference)."""
-    assert current_revision(sql_url) == head_revision() == "0003"
+    assert current_revision(sql_url) == head_revision() == "0004"
     assert _schema_diff(sql_url, Base.metadata) == []
     # The comparison is not vacuous: a model change would be reported.
     changed = MetaData()

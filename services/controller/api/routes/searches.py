@@ -23,6 +23,7 @@ from services.controller.schemas import (
     SearchesPublic,
     SearchPublic,
     SearchTimings,
+    VerificationPublic,
 )
 
 router = APIRouter(prefix="/searches", tags=["searches"])
@@ -79,6 +80,7 @@ def search_public(storage: SearchStorage, search: SearchRecord) -> SearchPublic:
         ),
         created_at=search.created_at,
         updated_at=search.updated_at,
+        verification=VerificationPublic.model_validate(search.verification) if search.verification else None,
     )
 
 

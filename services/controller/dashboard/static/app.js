@@ -23,7 +23,7 @@
   const BRANCH_COLOUR = { 1: '#1f77b4', 2: '#ff7f0e', 3: '#2ca02c' };
   const FRONT_COLOUR = '#d62728';
   const WEBGL_ABOVE = 1000; // SVG scatter slows down past a few thousand points; WebGL does not
-  const SEARCH_EVENTS = new Set(['generation', 'progress', 'job', 'search']);
+  const SEARCH_EVENTS = new Set(['generation', 'progress', 'job', 'search', 'verification']);
   const PLAY_STEP_MS = 700;
   const PLOT_CONFIG = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ['lasso2d', 'select2d'] };
   const DEPLOY_PATH = '/api/v1/models/{model_id}/deploy';
@@ -561,10 +561,24 @@
       ['remaining', duration(remaining)],
     ];
     if (search.job) facts.push(['job', `#${search.job.id} ${search.job.state}`]);
+    if (search.verification) facts.push(['supernet fidelity', fidelityText(search.verification)]);
     if (search.error) facts.push(['error', search.error]);
     $('#search-facts').replaceChildren(
-      ...facts.map(([k, v]) => el('div', { class: `fact fact-${k}` }, el('dt', {}, k), el('dd', {}, v))),
+      ...facts.map(([k, v]) =>
+        el('div', { class: `fact fact-${k.replace(/ /g, '-')}` }, el('dt', {}, k), el('dd', {}, v)),
+      ),
     );
+  }
+
+  // The verification of a finished search: front points retrained briefly, and the rank
+  // agreement (Kendall tau) of their supernet and retrained mIoU, with its K.
+  function fidelityText(v) {
+    if (v.state === 'succeeded') {
+      if (v.kendall_tau === null) return `undefined over K=${v.k} (constant scores)`;
+      return `Kendall \u03c4 ${v.kendall_tau.toFixed(2)} over K=${v.k} retrained front points`;
+    }
+    if (v.state === 'failed' || v.state === 'cancelled') return `${v.state} after ${v.done}/${v.k}: ${v.error || ''}`;
+    return `${v.state}: ${v.done}/${v.k} front points retrained`;
   }
 
   function costKeysOf(inds) {
