@@ -342,7 +342,8 @@ class StorageContract:
             "kendall_tau": None,
         }
         assert got.state is SearchState.SUCCEEDED  # the search itself is untouched
-        got.verification["k"] = 99  # type: ignore[index]
+        assert got.verification is not None
+        got.verification["k"] = 99
         assert storage.get_search(sid).verification["k"] == 1  # type: ignore[index]
         with pytest.raises(StorageError):
             storage.set_search_verification(sid, {"kendall_tau": float("nan")})
