@@ -299,7 +299,13 @@ def _verify(storage: SearchStorage, record: SearchRecord, spec: Any, run_root: P
     """Retrain the stored search's verification points in this process, with a bar per point."""
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
-    from hyctas_core.verify import VerifyConfig, retrain_point, run_verification, verification_summary
+    from hyctas_core.verify import (
+        NothingToVerify,
+        VerifyConfig,
+        retrain_point,
+        run_verification,
+        verification_summary,
+    )
 
     cfg = VerifyConfig.from_dict(record.config["verify"])
     if (record.verification or {}).get("state") == "succeeded":
@@ -332,7 +338,7 @@ def _verify(storage: SearchStorage, record: SearchRecord, spec: Any, run_root: P
 
         try:
             run_verification(storage, record.id, cfg, retrain)
-        except ValueError as e:  # e.g. a front of one point: the search stands, the check cannot run
+        except NothingToVerify as e:  # a front of one point: the search stands, the check cannot run
             typer.echo(f"cannot verify: {str(e).splitlines()[0]}", err=True)
     record = storage.get_search(record.id)
     typer.echo(verification_summary(record.verification))

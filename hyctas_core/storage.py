@@ -154,11 +154,11 @@ class EvaluationRecord:
 @dataclass
 class JobRecord:
     id: int
-    kind: str  # "train_supernet", "search", "retrain", "deploy"
+    kind: str  # "train_supernet", "search", "verify", "retrain", "deploy"
     owner: str | None
     state: JobState
     payload: dict[str, Any]
-    attempts: int
+    attempts: int  # starts: the first, takeovers after a worker died, retries after a failure
     worker: str | None
     heartbeat_at: datetime | None
     result: dict[str, Any] | None
@@ -166,6 +166,12 @@ class JobRecord:
     created_at: datetime
     updated_at: datetime
     progress: dict[str, Any] | None = None  # live progress the worker reports with its heartbeats
+    failures: int = 0  # attempts that ended in the handler's own error (a dead worker is not one)
+
+    @property
+    def takeovers(self) -> int:
+        """Starts after a worker died or went silent (not after a handler error)."""
+        return max(0, self.attempts - 1 - self.failures)
 
 
 @dataclass
@@ -338,6 +344,13 @@ class SearchStorage(abc.ABC):
         """Refresh ``heartbeat_at`` (and store ``progress`` when given).
 
         Raises: IllegalTransition: not RUNNING on ``worker`` (the lease was lost or the job cancelled).
+        """
+
+    @abc.abstractmethod
+    def record_job_failure(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None) -> JobRecord:
+        """Count a failed attempt (``failures += 1``, ``progress`` stored when given); the job stays RUNNING.
+
+        Raises: IllegalTransition: not RUNNING on ``worker``. StorageError: ``progress`` not JSON.
         """
 
     @abc.abstractmethod

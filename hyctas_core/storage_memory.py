@@ -444,6 +444,27 @@ class InMemoryStorage(SearchStorage):
             job.heartbeat_at = now
             job.updated_at = now
 
+    def record_job_failure(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None) -> JobRecord:
+        """Count a failed attempt; the job stays RUNNING on ``worker`` (its lease runs out for a retry).
+
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: not RUNNING on ``worker``.
+            StorageError: ``progress`` is not JSON-serialisable.
+        """
+        stored = None if progress is None else _json_copy(progress, "job progress")
+        with self._lock:
+            job = self._job(job_id)
+            if job.state is not JobState.RUNNING or job.worker != worker:
+                raise IllegalTransition(
+                    f"job {job_id} is {job.state.value} on worker {job.worker!r}, not running on {worker!r}"
+                )
+            job.failures += 1
+            if stored is not None:
+                job.progress = stored
+            job.updated_at = _now()
+            return copy.deepcopy(job)
+
     def finish_job(
         self, job_id: int, state: JobState, *, result: dict[str, Any] | None = None, error: str | None = None
     ) -> None:

@@ -35,6 +35,7 @@ from hyctas_core.storage import IndividualRecord, SearchStorage
 
 __all__ = [
     "MAX_VERIFY_K",
+    "NothingToVerify",
     "VerifyConfig",
     "fidelity",
     "pick_points",
@@ -44,6 +45,10 @@ __all__ = [
 ]
 
 MAX_VERIFY_K = 16
+
+
+class NothingToVerify(ValueError):
+    """The front has fewer than 2 points: there is no ranking to compare."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,7 @@ def _new_record(storage: SearchStorage, search_id: int, cfg: VerifyConfig) -> di
     cost_key = SearchConfig.from_dict(search.config["search"]).cost_key
     points = pick_points(storage.pareto_front(search_id), cfg.k, cost_key)
     if len(points) < 2:
-        raise ValueError(f"search {search.name!r} has {len(points)} front point(s): nothing to rank")
+        raise NothingToVerify(f"search {search.name!r} has {len(points)} front point(s): nothing to rank")
     rows = [
         {
             "arch_hash": ind.arch_hash,
@@ -163,13 +168,13 @@ def run_verification(
         ``failed`` with the message and the exception propagates.
 
     Raises:
-        ValueError: the front has fewer than 2 points (stored as a failed record too).
+        NothingToVerify: the front has fewer than 2 points (stored as a failed record too).
     """
     record = storage.get_search(search_id).verification
     if not record or record.get("state") not in ("running", "failed") or not record.get("rows"):
         try:
             fresh = _new_record(storage, search_id, cfg)
-        except ValueError as exc:
+        except NothingToVerify as exc:
             failed = {"state": "failed", "k": 0, "done": 0, "rows": [], "error": str(exc)}
             storage.set_search_verification(search_id, {**(record or {}), **failed})
             raise

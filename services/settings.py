@@ -30,7 +30,16 @@ class Settings(BaseSettings):
     events_channel: str = Field("hyctas:events", description="Redis pub/sub channel of progress events")
     lease_s: float = Field(30.0, gt=0, description="a job whose worker is silent this long is re-claimed")
     heartbeat_s: float = Field(5.0, gt=0, description="worker heartbeat period (well under lease_s)")
-    max_attempts: int = Field(3, ge=1, description="a job failing this many times is failed for good")
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="a job whose handler fails this many times is failed for good (a dead worker is not a failure)",
+    )
+    max_takeovers: int = Field(
+        20,
+        ge=1,
+        description="a job whose worker died this many times while running it is failed as a poison job",
+    )
     # HTTP
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
     worker_metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus port of a worker (0: none)")

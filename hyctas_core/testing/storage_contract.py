@@ -705,6 +705,27 @@ class StorageContract:
         job = storage.get_job(jid)
         assert (job.state, job.error, job.result) == (JobState.FAILED, "diverged at epoch 3", None)
 
+    def test_failures_are_counted_apart_from_takeovers(self, storage: SearchStorage) -> None:
+        """record_job_failure: failures += 1 on the owning worker, job stays RUNNING; a takeover adds none."""
+        jid = storage.create_job("search", {})
+        assert storage.get_job(jid).failures == 0
+        storage.start_job(jid, "w1")
+        failed = storage.record_job_failure(jid, "w1", progress={"last_error": "boom"})
+        assert (failed.state, failed.attempts, failed.failures, failed.takeovers) == (JobState.RUNNING, 1, 1, 0)
+        assert failed.progress == {"last_error": "boom"} and storage.get_job(jid) == failed
+        with pytest.raises(IllegalTransition):
+            storage.record_job_failure(jid, "someone-else")
+        time.sleep(0.05)
+        storage.start_job(jid, "w2", stale_after_s=0.01)  # the retry after the failure
+        time.sleep(0.05)
+        again = storage.start_job(jid, "w3", stale_after_s=0.01)  # w2 died: a takeover
+        assert (again.attempts, again.failures, again.takeovers, again.progress) == (3, 1, 1, {"last_error": "boom"})
+        storage.finish_job(jid, JobState.SUCCEEDED, result={})
+        with pytest.raises(IllegalTransition):
+            storage.record_job_failure(jid, "w3")
+        with pytest.raises(KeyError):
+            storage.record_job_failure(987_654, "w")
+
     def test_finished_jobs_are_immutable(self, storage: SearchStorage) -> None:
         """After SUCCEEDED / FAILED / CANCELLED no start, heartbeat or finish is accepted."""
         for final in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):

@@ -61,7 +61,8 @@ class JobPublic(BaseModel):
     id: int
     kind: str
     state: JobState
-    attempts: int
+    attempts: int = Field(description="starts: the first, takeovers after a worker died, retries after an error")
+    failures: int = Field(0, description="attempts that ended in the handler's own error")
     worker: str | None
     heartbeat_at: datetime | None
     progress: dict[str, Any] | None
@@ -77,6 +78,7 @@ class JobPublic(BaseModel):
             kind=job.kind,
             state=job.state,
             attempts=job.attempts,
+            failures=job.failures,
             worker=job.worker,
             heartbeat_at=job.heartbeat_at,
             progress=job.progress,

@@ -240,6 +240,7 @@ def _job_record(row: JobRow) -> JobRecord:
         created_at=row.created_at,
         updated_at=row.updated_at,
         progress=row.progress,
+        failures=row.failures,
     )
 
 
@@ -732,6 +733,7 @@ class SQLStorage(SearchStorage):
                 state=JobState.QUEUED.value,
                 payload=payload,
                 attempts=0,
+                failures=0,
                 worker=None,
                 heartbeat_at=None,
                 result=None,
@@ -819,6 +821,27 @@ class SQLStorage(SearchStorage):
                 row.progress = progress
             row.heartbeat_at = now
             row.updated_at = now
+
+    def record_job_failure(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None) -> JobRecord:
+        """Count a failed attempt; the job stays RUNNING on ``worker`` (its lease runs out for a retry).
+
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: not RUNNING on ``worker``.
+            StorageError: ``progress`` is not JSON-serialisable.
+        """
+        with self._session_scope(write=True) as session:
+            row = self._locked_job(session, job_id)
+            if row.state != JobState.RUNNING.value or row.worker != worker:
+                raise IllegalTransition(
+                    f"job {job_id} is {row.state} on worker {row.worker!r}, not running on {worker!r}"
+                )
+            row.failures += 1
+            if progress is not None:
+                row.progress = progress
+            row.updated_at = _now()
+            session.flush()
+            return _job_record(row)
 
     def finish_job(
         self, job_id: int, state: JobState, *, result: dict[str, Any] | None = None, error: str | None = None

@@ -246,7 +246,7 @@ def _queue_verification(ctx: JobContext, search: SearchRecord) -> int | None:
     return job_id
 
 
-@ray.remote(max_restarts=0, max_retries=0)
+@ray.remote(max_retries=0)
 def _retrain_point_task(
     arch: dict[str, Any], supernet: str, data: str, cfg: dict[str, Any], val_images: int, run_dir: str, device: str
 ) -> float:
@@ -273,7 +273,7 @@ def run_verify(ctx: JobContext) -> dict[str, Any]:
     Resumes: points already retrained are kept in the search's record; a point interrupted
     mid-training continues from its own checkpoint.
     """
-    from hyctas_core.verify import VerifyConfig, run_verification
+    from hyctas_core.verify import NothingToVerify, VerifyConfig, run_verification
 
     _ensure_ray(ctx)
     search = ctx.storage.get_search(int(ctx.job.payload["search_id"]))
@@ -304,7 +304,11 @@ def run_verify(ctx: JobContext) -> dict[str, Any]:
         ctx.report(force=True, done=record["done"], k=record["k"])
         ctx.publish({"type": "verification", "search_id": search.id, "done": record["done"], "k": record["k"]})
 
-    record = run_verification(ctx.storage, search.id, cfg, retrain, on_point=on_point, should_stop=ctx.should_stop)
+    try:
+        record = run_verification(ctx.storage, search.id, cfg, retrain, on_point=on_point, should_stop=ctx.should_stop)
+    except NothingToVerify as exc:  # final, not worth a retry: the record says why
+        ctx.publish({"type": "verification", "search_id": search.id, "state": "failed"})
+        return {"search_id": search.id, "k": 0, "kendall_tau": None, "spearman": None, "error": str(exc)}
     if record["state"] != "succeeded":
         raise JobStopped(ctx.reason or "stopped")
     ctx.publish({"type": "verification", "search_id": search.id, "state": "succeeded"})

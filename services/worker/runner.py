@@ -10,12 +10,15 @@ Protocol, per job (see DESIGN.md section 2):
 3. A heartbeat thread renews both leases (``heartbeat_job`` with live progress, ``queue.touch``)
    every ``heartbeat_s``. If the row is no longer ours (cancelled, or taken over), the job is
    told to stop: a search within one evaluation, training within one checkpoint interval.
-4. Success: ``finish_job(SUCCEEDED)`` then ``ack``. A failure under ``max_attempts`` leaves the
-   row RUNNING and the entry un-acked: after one lease another worker (or this one) takes it
-   over with ``attempts + 1`` and resumes from the last committed generation or checkpoint. At
-   ``max_attempts`` the job is FAILED with the error, and so are its search or models.
+4. Success: ``finish_job(SUCCEEDED)`` then ``ack``. A handler error is counted
+   (``record_job_failure``); under ``max_attempts`` failures the row stays RUNNING and the
+   entry un-acked: after one lease another worker (or this one) takes it over with
+   ``attempts + 1`` and resumes from the last committed generation or checkpoint. At
+   ``max_attempts`` failures the job is FAILED with the error, and so are its search or models.
 
-A worker killed with SIGKILL at any moment is the same as case 4 without the error text.
+A worker killed with SIGKILL at any moment is a takeover, not a failure: it costs one lease
+and never fails the job, unless it happens ``max_takeovers`` times (a job that kills its
+worker every time).
 """
 
 from __future__ import annotations
@@ -188,9 +191,17 @@ class Worker:
                 self.queue.ack(entry)  # a duplicate or late entry of a finished job
             # else: running and alive on another worker; its own heartbeats keep it
             return
-        if job.attempts > self.settings.max_attempts:
-            last = (job.progress or {}).get("last_error", "its worker stopped responding")
-            self._fail(job, f"gave up after {job.attempts - 1} attempts; last: {last}")
+        if job.failures >= self.settings.max_attempts:  # failed for good, but its worker died before saying so
+            last = (job.progress or {}).get("last_error", "unknown")
+            self._fail(job, f"gave up after {job.failures} failed attempts; last: {last}")
+            self.queue.ack(entry)
+            return
+        if job.takeovers > self.settings.max_takeovers:
+            self._fail(
+                job,
+                f"its worker died or went silent {job.takeovers} times while running it; stopped as a poison job "
+                f"(HYCTAS_MAX_TAKEOVERS={self.settings.max_takeovers})",
+            )
             self.queue.ack(entry)
             return
         handler = self.handlers.get(job.kind)
@@ -268,16 +279,16 @@ class Worker:
         job = ctx.job
         message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         log.exception("job %s attempt %d failed: %s", job.id, job.attempts, message)
-        if job.attempts >= self.settings.max_attempts:
-            self._fail(job, message)
+        ctx.stop.set()
+        try:
+            job = self.storage.record_job_failure(job.id, self.name, progress={**ctx.progress, "last_error": message})
+        except IllegalTransition:  # cancelled, or taken over meanwhile: no longer ours to count
+            return
+        if job.failures >= self.settings.max_attempts:
+            self._fail(job, message if job.failures == 1 else f"failed {job.failures} times; last: {message}")
             self.queue.ack(entry)
             return
         # Leave the row RUNNING and the entry pending: after one lease it is taken over (attempt + 1).
-        ctx.stop.set()
-        try:
-            self.storage.heartbeat_job(job.id, self.name, progress={**ctx.progress, "last_error": message})
-        except (IllegalTransition, StorageError):
-            pass
         ctx.publish({"type": "job", "state": "retrying", "error": message, "attempt": job.attempts})
 
     def _fail(self, job: JobRecord, message: str) -> None:

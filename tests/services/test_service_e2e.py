@@ -258,11 +258,27 @@ def test_end_to_end_with_a_killed_worker_and_a_restarted_controller(stack: Stack
     assert done["generation"] == done["total_generations"] == 4
     assert done["job"]["attempts"] == 2 and done["job"]["worker"] == "worker-b"
 
-    # The same search without interruption: the same front, and no generation lost or repeated.
-    r = client.post("/searches", headers=alice, json={"name": "clean", "supernet_id": sid, **SEARCH})
+    # The same search without interruption, verified afterwards: the same front, no generation lost
+    # or repeated, and a verify job (after the search) retrains front points and stores the fidelity.
+    verify = {"verify_top_k": 3, "verify_epochs": 1}
+    r = client.post("/searches", headers=alice, json={"name": "clean", "supernet_id": sid, **SEARCH, **verify})
     clean = r.json()["id"]
     _wait(lambda: client.get(f"/searches/{clean}", headers=alice).json(), lambda b: b["state"] in FINISHED, 300)
+    verified = _wait(
+        lambda: client.get(f"/searches/{clean}", headers=alice).json(),
+        lambda b: (b["verification"] or {}).get("state") in ("succeeded", "failed"),
+        300,
+    )
     fronts = [client.get(f"/searches/{i}/pareto", headers=alice).json() for i in (killed, clean)]
+    record = verified["verification"]
+    verify_job = client.get(f"/jobs/{record['job_id']}", headers=alice).json()
+    assert verify_job["kind"] == "verify" and verify_job["state"] == "succeeded", verify_job
+    if len(fronts[1]["data"]) >= 2:
+        assert record["state"] == "succeeded" and record["k"] == record["done"] == min(3, len(fronts[1]["data"]))
+        front_hashes = {p["arch_hash"] for p in fronts[1]["data"]}
+        assert all(row["arch_hash"] in front_hashes and 0 <= row["retrained_miou"] <= 1 for row in record["rows"])
+    else:  # this tiny supernet's cheapest network may dominate everything: nothing to rank, said so
+        assert record["state"] == "failed" and "nothing to rank" in record["error"]
     assert [p["arch_hash"] for p in fronts[0]["data"]] == [p["arch_hash"] for p in fronts[1]["data"]]
     assert [p["objectives"]["miou"] for p in fronts[0]["data"]] == [p["objectives"]["miou"] for p in fronts[1]["data"]]
     assert fronts[0]["hypervolume"] == fronts[1]["hypervolume"]
@@ -278,7 +294,7 @@ def test_end_to_end_with_a_killed_worker_and_a_restarted_controller(stack: Stack
     assert client.get("/searches", headers=bob).json()["count"] == 0
     assert client.get("/searches", headers=alice).json()["count"] == 2
     metrics = httpx.get(stack.base + "/metrics").text
-    assert 'hyctas_jobs{state="succeeded"} 3.0' in metrics
+    assert 'hyctas_jobs{state="succeeded"} 4.0' in metrics  # supernet, two searches, one verification
 
     # Retrain the front's first point (a Ray Tune trial), deploy it on Ray Serve, segment an image.
     point = fronts[0]["data"][0]

@@ -94,10 +94,10 @@ def test_a_failed_attempt_is_retried_then_failed_for_good(settings: Settings, ba
     running(Worker(storage, queue, events, settings, handlers={"search": handler}, name="w1"))
     _wait_for(lambda: storage.get_job(job_id).state is JobState.FAILED, timeout=15)
     job = storage.get_job(job_id)
-    assert attempts == [1, 2]
-    assert job.error == "RuntimeError: boom 2"
+    assert attempts == [1, 2] and (job.attempts, job.failures) == (2, 2)
+    assert job.error == "failed 2 times; last: RuntimeError: boom 2"
     search = storage.find_search("s", owner="alice")
-    assert search is not None and search.state is SearchState.FAILED and search.error == "RuntimeError: boom 2"
+    assert search is not None and search.state is SearchState.FAILED and search.error == job.error
     _wait_for(lambda: queue.depth() == 0)
 
 
@@ -143,6 +143,74 @@ def test_a_silent_workers_job_is_taken_over(settings: Settings, backends: Any, r
     assert seen == [(2, "alive")]
     with pytest.raises(IllegalTransition):
         storage.heartbeat_job(job_id, "dead")
+
+
+def _die_while_running(storage: InMemoryStorage, queue: InMemoryQueue, job_id: int, times: int) -> None:
+    """``times`` workers each claim the job after the lease, start it and die (no heartbeat, no ack)."""
+    for i in range(times):
+        entry = None
+        deadline = time.monotonic() + 10
+        while entry is None:
+            assert time.monotonic() < deadline, "the entry was never re-claimable"
+            entry = queue.claim(f"dead{i}", block_s=0)
+            time.sleep(0.02)
+        while True:
+            try:
+                storage.start_job(job_id, f"dead{i}", stale_after_s=0.9 * LEASE_S)
+                break
+            except IllegalTransition:  # the previous dead worker's heartbeat is not stale yet
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+
+
+def test_dead_workers_are_takeovers_not_failures(settings: Settings, backends: Any, running: Any) -> None:
+    """Five workers die while running the job (max_attempts=2): the sixth finishes it, no failure counted."""
+    storage, queue, events = backends
+    job_id = _submit(storage, queue)
+    _die_while_running(storage, queue, job_id, 5)
+    assert (storage.get_job(job_id).attempts, storage.get_job(job_id).failures) == (5, 0)
+    running(Worker(storage, queue, events, settings, handlers={"fake": lambda ctx: {"ok": True}}, name="alive"))
+    _wait_for(lambda: storage.get_job(job_id).state.is_finished(), timeout=15)
+    job = storage.get_job(job_id)
+    assert (job.state, job.result, job.attempts, job.failures, job.takeovers) == (
+        JobState.SUCCEEDED,
+        {"ok": True},
+        6,
+        0,
+        5,
+    )
+
+
+def test_errors_and_takeovers_are_bounded_apart(backends: Any, running: Any) -> None:
+    """One handler error and two deaths (max_attempts=2): still retried; a third error-free death is a poison job."""
+    storage, queue, events = backends
+    settings = Settings(lease_s=LEASE_S, heartbeat_s=0.1, max_attempts=2, max_takeovers=2)
+    calls: list[int] = []
+
+    def flaky(ctx: JobContext) -> dict[str, Any]:
+        calls.append(ctx.job.attempts)
+        if len(calls) == 1:
+            raise RuntimeError("transient")
+        return {"ok": True}
+
+    job_id = _submit(storage, queue)
+    _die_while_running(storage, queue, job_id, 2)
+    stop = running(Worker(storage, queue, events, settings, handlers={"fake": flaky}, name="w"))
+    _wait_for(lambda: storage.get_job(job_id).state.is_finished(), timeout=15)
+    job = storage.get_job(job_id)
+    assert (job.state, job.attempts, job.failures, job.takeovers) == (JobState.SUCCEEDED, 4, 1, 2)
+    assert calls == [3, 4]
+    stop.set()
+
+    poison = _submit(storage, queue)
+    _die_while_running(storage, queue, poison, 3)
+    running(Worker(storage, queue, events, settings, handlers={"fake": flaky}, name="w2"))
+    _wait_for(lambda: storage.get_job(poison).state.is_finished(), timeout=15)
+    job = storage.get_job(poison)
+    assert job.state is JobState.FAILED and job.failures == 0 and calls == [3, 4]  # never ran again
+    assert job.error == (
+        "its worker died or went silent 3 times while running it; stopped as a poison job (HYCTAS_MAX_TAKEOVERS=2)"
+    )
 
 
 def test_a_live_workers_job_is_not_taken_over(settings: Settings, backends: Any, running: Any) -> None:

@@ -111,6 +111,54 @@ def test_search_is_stored_with_everything_to_replay_it(api: Api) -> None:
     assert (job.kind, job.owner, job.payload) == ("search", "alice", {"search_name": "s1"})
 
 
+def test_verification_is_stored_queued_after_the_search_shown_and_cancellable(api: Api) -> None:
+    """verify_top_k: kept with the search; the search job queues a verify job; the API shows its record."""
+    from services.settings import Settings
+    from services.worker.jobs import _queue_verification
+    from services.worker.runner import JobContext
+
+    body = _search(api, verify_top_k=3, verify_epochs=2, seed=5)
+    assert body["verification"] is None
+    stored = api.storage.get_search(body["id"])
+    assert stored.config["verify"] == {"k": 3, "epochs": 2, "lr": 0.05, "batch_size": 8, "loss": "ce", "seed": 5}
+    assert api.storage.get_search(_search(api, name="plain")["id"]).config.get("verify") is None
+
+    # The worker, when the search has succeeded: one verify job, named by the record, enqueued.
+    search_job = api.storage.get_job(stored.config["job_id"])
+    ctx = JobContext(search_job, "w", api.storage, None, Settings(), queue=api.queue)
+    api.storage.set_search_state(stored.id, SearchState.RUNNING)
+    api.storage.set_search_state(stored.id, SearchState.SUCCEEDED)
+    verify_id = _queue_verification(ctx, api.storage.get_search(stored.id))
+    assert verify_id is not None and _queue_verification(ctx, api.storage.get_search(stored.id)) is None  # once
+    job = api.storage.get_job(verify_id)
+    assert (job.kind, job.owner, job.state, job.payload["search_id"]) == ("verify", "alice", JobState.QUEUED, stored.id)
+    assert verify_id in api.queue.job_ids()
+    shown = api.client.get(f"/api/v1/searches/{stored.id}", headers=api.alice).json()["verification"]
+    assert shown == {
+        "state": "queued", "k": 3, "done": 0, "epochs": None, "kendall_tau": None, "spearman": None, "rows": [],
+        "job_id": verify_id, "error": None,
+    }  # fmt: skip
+
+    # Cancelling the verify job marks the record cancelled; the search stays succeeded.
+    r = api.client.post(f"/api/v1/jobs/{verify_id}/cancel", headers=api.alice)
+    assert r.status_code == 200, r.text
+    after = api.client.get(f"/api/v1/searches/{stored.id}", headers=api.alice).json()
+    assert after["state"] == "succeeded"
+    assert after["verification"]["state"] == "cancelled" and after["verification"]["error"] == "cancelled by user"
+
+    # A finished record: its rows and the fidelity figure.
+    rows = [
+        {"arch_hash": h, "num_branches": 1, "supernet_miou": s, "cost": c, "retrained_miou": r}
+        for h, s, c, r in (("a", 0.1, 1.0, 0.2), ("b", 0.2, 2.0, 0.4), ("c", 0.3, 3.0, 0.3))
+    ]
+    record = {"state": "succeeded", "k": 3, "done": 3, "epochs": 2, "rows": rows, "kendall_tau": 0.3333}
+    api.storage.set_search_verification(stored.id, {**record, "spearman": 0.5, "job_id": verify_id, "error": None})
+    shown = api.client.get(f"/api/v1/searches/{stored.id}", headers=api.alice).json()["verification"]
+    assert shown["kendall_tau"] == 0.3333 and shown["spearman"] == 0.5 and shown["rows"] == rows
+    listed = api.client.get("/api/v1/searches", headers=api.alice).json()["data"]
+    assert [s["verification"] is not None for s in listed] == [True, False]
+
+
 def test_search_of_an_untrained_supernet_is_a_conflict(api: Api) -> None:
     supernet_id = api.client.post("/api/v1/supernets", json=SUPERNET, headers=api.alice).json()["id"]
     r = api.client.post("/api/v1/searches", json={**SEARCH, "supernet_id": supernet_id}, headers=api.alice)
@@ -136,6 +184,9 @@ def test_duplicate_search_name_is_a_conflict(api: Api) -> None:
         ({"name": "../etc"}, "name"),
         ({"evaluation": {"calib_images": 0}}, "calib_images"),
         ({"unknown": 1}, "unknown"),
+        ({"verify_top_k": 1}, "verify_top_k"),
+        ({"verify_top_k": 17}, "verify_top_k"),
+        ({"verify_top_k": 2, "verify_epochs": 0}, "verify_epochs"),
     ],
 )
 def test_invalid_search_configs_are_422_naming_the_field(api: Api, patch: dict[str, Any], field: str) -> None:
