@@ -50,3 +50,39 @@ def test_supernet_ranking_quick_report_shape(tmp_path: Path) -> None:
     assert [r["standalone_runs"] for r in other["rows"]] == [r["standalone_runs"] for r in rows]
     assert len(json.loads(cache.read_text())) == 24  # 12 archs x 2 seeds, each trained once
     assert other["supernet_config"]["warmup_steps"] == 1 and other["supernet_config"]["sampling"] == "prior"
+
+
+def test_synth_separation_quick_report_shape() -> None:
+    bench = _load("synth_separation")
+    report = bench.main(["--quick", "--seed", "2", "--log-every", "0"])
+    json.dumps(report, allow_nan=False)
+    groups = report["groups"]
+    assert set(groups) == {"multi_attn", "single_conv", "large", "tiny"}
+    assert all(len(rows) == 1 for rows in groups.values())
+    multi, single = groups["multi_attn"][0], groups["single_conv"][0]
+    assert multi["branches"] == 3 and multi["attention"] is True
+    assert single["branches"] == 1 and single["attention"] is False
+    assert groups["large"][0]["branches"] == 3 and groups["tiny"][0]["branches"] == 1
+    for rows in groups.values():
+        row = rows[0]
+        assert 0.0 <= row["miou"] <= 1.0 and row["latency_ms"] > 0 and row["gmacs"] > 0 and row["params"] > 0
+    size = report["gap_size"]
+    assert (size["large"], size["tiny"]) == (groups["large"][0]["arch_hash"], groups["tiny"][0]["arch_hash"])
+    lo, hi = size["ci95_points"]
+    assert lo <= size["points"] <= hi
+    gap = report["gap_branches"]
+    if single["latency_ms"] <= multi["latency_ms"]:  # a latency-matched rival exists
+        assert gap["multi_attn"] == multi["arch_hash"] and gap["single_conv"] == single["arch_hash"]
+    else:
+        assert gap["points"] is None and "no single_conv network" in gap["why"]
+    assert 0.0 <= report["colour_baseline"]["miou"] <= 1.0
+    assert report["settings"]["seed"] == 2 and report["settings"]["quick"] is True
+    # the architectures are a function of --seed
+    again = bench.pick_groups(
+        bench.parse_args(["--quick", "--seed", "2"]),
+        bench.ModelConfig(base_channels=8, num_layers=8, num_classes=19),
+        (64, 128),
+    )
+    assert {k: [a.hash for a in v] for k, v in again.items()} == {
+        k: [r["arch_hash"] for r in v] for k, v in groups.items()
+    }
