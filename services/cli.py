@@ -79,6 +79,12 @@ def worker(
     except (StorageError, QueueError) as exc:
         fail(str(exc))
     events = RedisEventBus(settings.redis_url, channel=settings.events_channel)
+    from services.worker.ray_init import RayStartError, init_ray
+
+    try:  # before any job is claimed: a worker whose Ray cannot start takes nothing
+        init_ray(settings.ray_address, timeout_s=settings.ray_init_timeout_s)
+    except RayStartError as exc:
+        fail(str(exc))
     if settings.worker_metrics_port:
         from prometheus_client import start_http_server
 
@@ -176,8 +182,12 @@ def serve_local(
     import ray
 
     from services.serve.deploy import deploy_model, ensure_gateway
+    from services.worker.ray_init import RayStartError, init_ray
 
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        init_ray(timeout_s=_settings().ray_init_timeout_s)
+    except RayStartError as exc:
+        fail(str(exc))
     ensure_gateway(database_url=None, http_host=host, http_port=port)
     options = {"backend": backend, "max_batch_size": max_batch_size, "batch_wait_s": batch_wait_s,
                "min_replicas": replicas, "max_replicas": replicas}  # fmt: skip

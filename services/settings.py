@@ -24,7 +24,10 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="job stream and progress events")
     artifact_dir: Path = Field(Path("runs/artifacts"), description="checkpoints, datasets, tables (shared volume)")
     data_dir: Path = Field(Path("runs/data"), description="where dataset references by path resolve")
-    ray_address: str | None = Field(None, description="Ray cluster address for workers ('auto' joins a local head)")
+    ray_address: str | None = Field(
+        None, description="Ray cluster address for workers ('auto' joins a local head); none: a new local Ray"
+    )
+    ray_init_timeout_s: float = Field(120.0, gt=0, description="a worker whose Ray does not start in this long exits")
     # queue and leases
     stream: str = Field("hyctas:jobs", description="Redis stream of jobs")
     events_channel: str = Field("hyctas:events", description="Redis pub/sub channel of progress events")

@@ -25,6 +25,7 @@ from hyctas_core.storage import SearchRecord, SearchState
 from services.datasets import resolve_dataset
 from services.metrics import EVALUATION_SECONDS, EVALUATIONS, GENERATION_SECONDS
 from services.queue import QueueError
+from services.worker.ray_init import init_ray
 from services.worker.runner import Handler, JobContext, JobStopped
 
 __all__ = [
@@ -41,11 +42,8 @@ log = logging.getLogger(__name__)
 
 
 def _ensure_ray(ctx: JobContext) -> None:
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-        if ctx.settings.ray_address:
-            kwargs["address"] = ctx.settings.ray_address
-        ray.init(**kwargs)
+    """Ray for the handlers: the worker's cluster (``HYCTAS_RAY_ADDRESS``) or its own local one."""
+    init_ray(ctx.settings.ray_address, timeout_s=ctx.settings.ray_init_timeout_s)
 
 
 def pick_device(requested: str) -> str:

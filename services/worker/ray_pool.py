@@ -23,6 +23,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from hyctas_core.evaluate import EvaluatorSpec, objectives_of
 from hyctas_core.search_space import Arch
+from services.worker.ray_init import init_ray
 
 __all__ = ["EvaluationStopped", "EvaluatorActor", "RayEvaluatorPool"]
 
@@ -75,12 +76,7 @@ class RayEvaluatorPool:
         self.max_retries = max_retries
         self.startup_timeout_s = startup_timeout_s
         self._started_ray = False
-        if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-            if address:
-                kwargs["address"] = address
-            ray.init(**kwargs)
-            self._started_ray = True
+        self._started_ray = init_ray(address)
         self.use_gpu = spec.device.startswith("cuda")
         self.actors: list[Any] = []
         self._resize()

@@ -82,6 +82,7 @@ from hyctas_core.profile import count_macs, count_params, measure_latency
 from hyctas_core.retrain import RetrainConfig, Retrainer, RetrainProgress, read_checkpoint
 from hyctas_core.search_space import Arch, ArchError
 from hyctas_core.storage import IllegalTransition, JobState, ModelRecord, SearchStorage
+from services.worker.ray_init import init_ray
 
 __all__ = ["FAIL_ONCE_ENV", "RetrainCancelled", "run_retrain_job"]
 
@@ -448,8 +449,7 @@ def run_retrain_job(
     Finished models (SUCCEEDED, and FAILED / CANCELLED ones, which the storage's state machine
     keeps final) are skipped; QUEUED and RUNNING ones (left by a crashed worker) are trained,
     resuming ``run_root/model-<id>/last.pt`` where it exists. Unless Ray is already
-    initialised, calls ``ray.init()`` (which joins ``RAY_ADDRESS`` or a ``ray start`` cluster
-    on this machine, else starts a local one) and ``ray.shutdown()`` at the end.
+    initialised, starts a local Ray (never a stale cluster) and shuts it down at the end.
 
     Args:
         storage: where the job's models live; updated as the trials progress (module docstring).
@@ -499,9 +499,7 @@ def run_retrain_job(
         return _summary(storage, job_id)
 
     use_gpu = device.startswith("cuda")
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    started_ray = init_ray()
     if use_gpu and not ray.cluster_resources().get("GPU", 0):  # type: ignore[no-untyped-call]
         if started_ray:
             ray.shutdown()

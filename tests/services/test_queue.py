@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import threading
 import time
 import uuid
@@ -36,18 +35,10 @@ from services.queue import (
 )
 from services.queue.base import mask_url
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 UNREACHABLE_URL = "redis://:secret@127.0.0.1:1/0"  # nothing listens on port 1
 REDIS_LEASE_S = 0.5  # short enough to sleep through, long enough for a loaded CI runner
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _unavailable(reason: str) -> None:
-    """Skip locally, fail in CI (integration tests never skip there)."""
-    if IN_CI:
-        pytest.fail(f"CI=true: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
@@ -69,23 +60,6 @@ class FakeClock:
 
 
 # -- fixtures ---------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """TEST_REDIS_URL, checked to answer (skip locally / fail in CI otherwise)."""
-    url = os.environ.get("TEST_REDIS_URL")
-    if not url:
-        _unavailable("TEST_REDIS_URL is not set")
-        raise AssertionError("unreachable")  # _unavailable always raises; this keeps mypy informed
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        _unavailable(f"Redis at {mask_url(url)} is unreachable: {exc}")
-    finally:
-        client.close()
-    return url
-
-
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     """A raw client on the test database, for poking behind the queue's back."""

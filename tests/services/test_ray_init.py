@@ -1,0 +1,68 @@
+"""Starting Ray never hangs: a stale cluster file is ignored, an unreachable cluster fails in time, in one line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HYCTAS = str(Path(sys.executable).with_name("hyctas"))
+
+
+@pytest.fixture
+def ray_tmp() -> Iterator[Path]:
+    """A private Ray temp dir with a short path (Ray's socket paths must stay under 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="hr", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _env(ray_tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return {**env, "RAY_TMPDIR": str(ray_tmp), "PYTHONPATH": str(ROOT), **extra}
+
+
+@pytest.mark.slow
+def test_a_stale_cluster_file_is_ignored(ray_tmp: Path) -> None:
+    """The file names a dead cluster: plain ray.init() would retry for minutes; init_ray starts its own Ray."""
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")
+    code = (
+        "import ray; from services.worker.ray_init import init_ray; "
+        "print(init_ray(timeout_s=90, num_cpus=1)); print(ray.is_initialized()); ray.shutdown()"
+    )
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(ray_tmp), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", "True"] and time.monotonic() - start < 90
+
+
+@pytest.mark.slow
+def test_a_worker_whose_ray_cannot_start_exits_2_in_time_with_one_line(
+    tmp_path: Path, ray_tmp: Path, redis_url: str
+) -> None:
+    """`hyctas worker --ray-address` of nothing: exit 2 within the timeout, one line, before claiming a job."""
+    env = _env(
+        ray_tmp,
+        HYCTAS_RAY_INIT_TIMEOUT_S="5",
+        HYCTAS_DATABASE_URL=f"sqlite:///{tmp_path / 'w.db'}",
+        HYCTAS_REDIS_URL=redis_url,
+        HYCTAS_STREAM=f"hyctas:test-ray-init:{os.getpid()}",
+        HYCTAS_WORKER_METRICS_PORT="0",
+    )
+    start = time.monotonic()
+    proc = subprocess.run(
+        [HYCTAS, "worker", "--ray-address", "127.0.0.1:1"], env=env, capture_output=True, text=True, timeout=120
+    )
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith(("20", "["))]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert time.monotonic() - start < 60
+    assert lines and lines[-1].startswith("error: ") and "Ray at 127.0.0.1:1" in lines[-1], proc.stderr[-2000:]
