@@ -347,6 +347,14 @@ class SearchStorage(abc.ABC):
         """
 
     @abc.abstractmethod
+    def release_job(self, job_id: int, worker: str) -> None:
+        """Hand a job back at once: RUNNING on ``worker`` -> QUEUED, worker and heartbeat cleared.
+
+        For a worker that stops (shutdown, a stalled job) before the job ends: the next
+        ``start_job`` needs no stale lease. Raises: IllegalTransition: not RUNNING on ``worker``.
+        """
+
+    @abc.abstractmethod
     def record_job_failure(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None) -> JobRecord:
         """Count a failed attempt (``failures += 1``, ``progress`` stored when given); the job stays RUNNING.
 

@@ -444,6 +444,24 @@ class InMemoryStorage(SearchStorage):
             job.heartbeat_at = now
             job.updated_at = now
 
+    def release_job(self, job_id: int, worker: str) -> None:
+        """RUNNING on ``worker`` -> QUEUED, worker and heartbeat cleared.
+
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: not RUNNING on ``worker``.
+        """
+        with self._lock:
+            job = self._job(job_id)
+            if job.state is not JobState.RUNNING or job.worker != worker:
+                raise IllegalTransition(
+                    f"job {job_id} is {job.state.value} on worker {job.worker!r}, not running on {worker!r}"
+                )
+            job.state = JobState.QUEUED
+            job.worker = None
+            job.heartbeat_at = None
+            job.updated_at = _now()
+
     def record_job_failure(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None) -> JobRecord:
         """Count a failed attempt; the job stays RUNNING on ``worker`` (its lease runs out for a retry).
 

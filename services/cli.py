@@ -92,11 +92,9 @@ def worker(
     stop = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
-        logging.getLogger(__name__).info("signal %d: stopping after the current step", signum)
+        logging.getLogger(__name__).info("signal %d: stopping; the current job is handed back", signum)
         stop.set()
-        if w.current is not None:
-            w.current.reason = "worker shutting down"
-            w.current.stop.set()
+        w.shutdown(f"worker shutting down (signal {signum})")
 
     w = Worker(storage, queue, events, settings, name=name)
     signal.signal(signal.SIGTERM, _stop)

@@ -38,6 +38,16 @@ class Settings(BaseSettings):
         ge=1,
         description="a job whose handler fails this many times is failed for good (a dead worker is not a failure)",
     )
+    stall_s: float = Field(
+        3600.0,
+        gt=0,
+        description="a job that reports no progress this long is stopped and handed to another worker",
+    )
+    stop_grace_s: float = Field(
+        30.0,
+        gt=0,
+        description="a job told to stop (shutdown, stall) that has not stopped this long is handed back regardless",
+    )
     max_takeovers: int = Field(
         20,
         ge=1,

@@ -726,6 +726,22 @@ class StorageContract:
         with pytest.raises(KeyError):
             storage.record_job_failure(987_654, "w")
 
+    def test_release_hands_a_job_back_at_once(self, storage: SearchStorage) -> None:
+        """release_job: RUNNING on its worker -> QUEUED (no worker, no heartbeat); startable without a stale lease."""
+        jid = storage.create_job("search", {})
+        storage.start_job(jid, "w1")
+        with pytest.raises(IllegalTransition):
+            storage.release_job(jid, "w2")
+        storage.release_job(jid, "w1")
+        job = storage.get_job(jid)
+        assert (job.state, job.worker, job.heartbeat_at, job.attempts) == (JobState.QUEUED, None, None, 1)
+        with pytest.raises(IllegalTransition):
+            storage.release_job(jid, "w1")
+        again = storage.start_job(jid, "w2")  # at once: no stale_after_s needed
+        assert (again.state, again.worker, again.attempts, again.takeovers) == (JobState.RUNNING, "w2", 2, 1)
+        with pytest.raises(KeyError):
+            storage.release_job(987_654, "w")
+
     def test_finished_jobs_are_immutable(self, storage: SearchStorage) -> None:
         """After SUCCEEDED / FAILED / CANCELLED no start, heartbeat or finish is accepted."""
         for final in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):

@@ -822,6 +822,24 @@ class SQLStorage(SearchStorage):
             row.heartbeat_at = now
             row.updated_at = now
 
+    def release_job(self, job_id: int, worker: str) -> None:
+        """RUNNING on ``worker`` -> QUEUED, worker and heartbeat cleared.
+
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: not RUNNING on ``worker``.
+        """
+        with self._session_scope(write=True) as session:
+            row = self._locked_job(session, job_id)
+            if row.state != JobState.RUNNING.value or row.worker != worker:
+                raise IllegalTransition(
+                    f"job {job_id} is {row.state} on worker {row.worker!r}, not running on {worker!r}"
+                )
+            row.state = JobState.QUEUED.value
+            row.worker = None
+            row.heartbeat_at = None
+            row.updated_at = _now()
+
     def record_job_failure(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None) -> JobRecord:
         """Count a failed attempt; the job stays RUNNING on ``worker`` (its lease runs out for a retry).
 

@@ -67,6 +67,11 @@ class JobContext:
     reason: str = ""
     progress: dict[str, Any] = field(default_factory=dict)
     queue: JobQueue | None = None  # for handlers that submit a follow-up job
+    entry: QueueEntry | None = None  # the stream entry this run claimed
+    hand_back: bool = False  # when stopped: give the job back at once (shutdown, no progress)
+    progress_at: float = field(default_factory=time.monotonic)  # last report(), for the stall watchdog
+    done: threading.Event = field(default_factory=threading.Event)  # the handler has returned
+    _released: bool = False
     _last_publish: float = 0.0
 
     @property
@@ -85,6 +90,7 @@ class JobContext:
         """Record live progress (sent with the next heartbeat) and publish it (at most ~2/s)."""
         self.progress.update(progress)
         now = time.monotonic()
+        self.progress_at = now
         if force or now - self._last_publish >= 0.5:
             self._last_publish = now
             self.publish({"type": "progress", **self.progress})
@@ -101,6 +107,15 @@ class JobContext:
 Handler = Callable[[JobContext], dict[str, Any]]
 
 
+def _exit_stuck(ctx: JobContext) -> None:
+    """The default for a handler that ignores its stop: the job is handed back; end the process."""
+    log.critical(
+        "job %s: handler stuck after being stopped (%s); exiting so the worker restarts", ctx.job.id, ctx.reason
+    )
+    logging.shutdown()
+    os._exit(3)
+
+
 class Worker:
     """Runs jobs from ``queue`` until stopped.
 
@@ -109,6 +124,9 @@ class Worker:
         settings: leases, heartbeat period, attempts, artifact directory.
         handlers: job kind -> handler; defaults to :func:`services.worker.jobs.default_handlers`.
         name: consumer name in the stream and worker name in the database.
+        on_stuck: called when a handler told to stop has not returned within
+            ``stop_grace_s`` (its job already handed back); the default exits the process
+            (code 3) so that a supervisor restarts it: a stuck thread cannot be killed.
     """
 
     def __init__(
@@ -120,6 +138,7 @@ class Worker:
         *,
         handlers: dict[str, Handler] | None = None,
         name: str | None = None,
+        on_stuck: Callable[[JobContext], None] | None = None,
     ) -> None:
         if handlers is None:
             from services.worker.jobs import default_handlers
@@ -132,6 +151,57 @@ class Worker:
         self.handlers = handlers
         self.name = name or default_worker_name()
         self.current: JobContext | None = None
+        self.on_stuck = on_stuck or _exit_stuck
+        self.stopping = threading.Event()
+        self._release_lock = threading.Lock()
+
+    def shutdown(self, reason: str = "worker shutting down") -> None:
+        """Claim nothing more; stop the current job and hand it back at once (within ``stop_grace_s``)."""
+        self.stopping.set()
+        ctx = self.current
+        if ctx is not None:
+            self._stop_job(ctx, reason)
+
+    def _stop_job(self, ctx: JobContext, reason: str) -> None:
+        """Tell the handler to stop; hand its job back when it does, or after ``stop_grace_s`` regardless."""
+        if ctx.stop.is_set() and ctx.hand_back:
+            return
+        ctx.reason, ctx.hand_back = reason, True
+        ctx.stop.set()
+        log.warning("job %s: %s; stopping it and handing it back", ctx.job.id, reason)
+
+        def watchdog() -> None:
+            if ctx.done.wait(self.settings.stop_grace_s):
+                return
+            log.error("job %s: the handler did not stop within %g s", ctx.job.id, self.settings.stop_grace_s)
+            self._release(ctx)
+            self.on_stuck(ctx)
+
+        threading.Thread(target=watchdog, daemon=True, name=f"stop-watchdog-{ctx.job.id}").start()
+
+    def _release(self, ctx: JobContext) -> None:
+        """Give the job back at once (row QUEUED, entry replaced by a new one); once per run."""
+        with self._release_lock:
+            if ctx._released:
+                return
+            ctx._released = True
+        try:
+            self.storage.release_job(ctx.job.id, self.name)
+        except IllegalTransition:  # cancelled or finished meanwhile (or taken over): nothing to hand back
+            if self.storage.get_job(ctx.job.id).state.is_finished() and ctx.entry is not None:
+                self.queue.ack(ctx.entry)
+            return
+        except StorageError as exc:  # the lease runs out and another worker takes it over instead
+            log.warning("job %s: could not hand it back (%s); it is taken over after the lease", ctx.job.id, exc)
+            return
+        try:
+            if ctx.entry is not None:
+                self.queue.ack(ctx.entry)
+            self.queue.enqueue(ctx.job.id, ctx.job.kind)
+        except QueueError as exc:  # the row is QUEUED: the next sweep enqueues it
+            log.warning("job %s: handed back, entry not replaced yet (%s)", ctx.job.id, exc)
+        ctx.publish({"type": "job", "state": "queued", "reason": ctx.reason})
+        log.info("job %s handed back (%s)", ctx.job.id, ctx.reason)
 
     # -- main loop --------------------------------------------------------------------------
     def sweep(self) -> list[int]:
@@ -155,7 +225,7 @@ class Worker:
         handled = 0
         next_sweep = 0.0
         log.info("worker %s: waiting for jobs", self.name)
-        while not stop.is_set() and (max_jobs is None or handled < max_jobs):
+        while not stop.is_set() and not self.stopping.is_set() and (max_jobs is None or handled < max_jobs):
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.settings.lease_s
                 try:
@@ -217,6 +287,7 @@ class Worker:
             self.settings,
             progress=dict(job.progress or {}),
             queue=self.queue,
+            entry=entry,
         )
         ctx.progress.pop("last_error", None) if job.attempts == 1 else None
         self.current = ctx
@@ -229,22 +300,31 @@ class Worker:
         except JobStopped as exc:
             self._stopped(ctx, entry, str(exc))
         except Exception as exc:
-            self._failed_attempt(ctx, entry, exc)
+            if ctx.hand_back:  # told to stop (shutdown, stall): whatever it raised then is no failure of its own
+                log.warning("job %s raised while stopping (%s: %s)", job.id, type(exc).__name__, exc)
+                self._release(ctx)
+            else:
+                self._failed_attempt(ctx, entry, exc)
         else:
             ctx.stop.set()
             beat.join()
+            if ctx._released:  # handed back while it ran on (stuck): the next run owns the job now
+                log.warning("job %s returned after it was handed back; its result is dropped", job.id)
+                return
             try:
-                if ctx.progress:  # the last progress, which the stopped heartbeat thread did not send
-                    self.storage.heartbeat_job(job.id, self.name, progress=ctx.progress)
+                # Still ours? (and the last progress, which the stopped heartbeat thread did not send)
+                self.storage.heartbeat_job(job.id, self.name, progress=ctx.progress or None)
                 self.storage.finish_job(job.id, JobState.SUCCEEDED, result=result)
-            except IllegalTransition:  # cancelled in the very last moment: the cancel wins
-                self.queue.ack(entry)
+            except IllegalTransition:  # cancelled (or taken over) in the very last moment: they win
+                if self.storage.get_job(job.id).state.is_finished():
+                    self.queue.ack(entry)
                 return
             self.queue.ack(entry)
             JOBS_FINISHED.labels(job.kind, "succeeded").inc()
             ctx.publish({"type": "job", "state": "succeeded", "result": result})
             log.info("job %s succeeded", job.id)
         finally:
+            ctx.done.set()
             ctx.stop.set()
             beat.join()
             self.current = None
@@ -252,6 +332,9 @@ class Worker:
     # -- leases -----------------------------------------------------------------------------
     def _heartbeat(self, ctx: JobContext, entry: QueueEntry) -> None:
         while not ctx.stop.wait(self.settings.heartbeat_s):
+            if time.monotonic() - ctx.progress_at > self.settings.stall_s:
+                self._stop_job(ctx, f"no progress for {self.settings.stall_s:g} s (HYCTAS_STALL_S)")
+                return
             try:
                 self.storage.heartbeat_job(ctx.job.id, self.name, progress=ctx.progress or None)
                 WORKER_HEARTBEATS.labels(self.name).inc()
@@ -272,6 +355,8 @@ class Worker:
             self.queue.ack(entry)
             JOBS_FINISHED.labels(job.kind, "cancelled").inc()
             log.info("job %s cancelled", job.id)
+        elif ctx.hand_back:
+            self._release(ctx)
         else:
             log.warning("job %s stopped (%s); another worker owns it", job.id, reason)
 

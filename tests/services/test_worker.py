@@ -213,6 +213,83 @@ def test_errors_and_takeovers_are_bounded_apart(backends: Any, running: Any) -> 
     )
 
 
+def test_shutdown_hands_the_job_back_at_once(backends: Any, running: Any) -> None:
+    """worker.shutdown() (SIGTERM): the handler stops, the job is QUEUED again and another worker runs it now,
+    not after the 30 s lease."""
+    storage, queue, events = backends
+    settings = Settings(lease_s=30.0, heartbeat_s=0.1, max_attempts=2)
+    queue = InMemoryQueue(lease_s=30.0)
+    started = threading.Event()
+
+    def long(ctx: JobContext) -> dict[str, Any]:
+        started.set()
+        while True:
+            ctx.report(step=1)
+            ctx.check()
+            time.sleep(0.01)
+
+    job_id = _submit(storage, queue)
+    first = Worker(storage, queue, events, settings, handlers={"fake": long}, name="first")
+    running(first)
+    assert started.wait(10)
+    t0 = time.monotonic()
+    first.shutdown()
+    _wait_for(lambda: storage.get_job(job_id).state is JobState.QUEUED, timeout=5)
+    assert storage.get_job(job_id).worker is None and queue.job_ids() == {job_id}
+    running(Worker(storage, queue, events, settings, handlers={"fake": lambda ctx: {"by": ctx.worker}}, name="next"))
+    _wait_for(lambda: storage.get_job(job_id).state is JobState.SUCCEEDED, timeout=5)
+    job = storage.get_job(job_id)
+    assert time.monotonic() - t0 < 5 and job.result == {"by": "next"}
+    assert (job.attempts, job.failures, job.takeovers) == (2, 0, 1)
+    assert first.current is None and first.stopping.is_set()
+
+
+def test_a_job_without_progress_is_stopped_and_handed_back(backends: Any, running: Any) -> None:
+    """No report() for stall_s: a cooperative handler stops at once; a stuck one is handed back after
+    stop_grace_s and on_stuck is called (the CLI worker then exits for its supervisor to restart it)."""
+    storage, _, events = backends
+    settings = Settings(lease_s=30.0, heartbeat_s=0.05, stall_s=0.5, stop_grace_s=0.5, max_attempts=2)
+    stuck: list[str] = []
+    release = threading.Event()
+
+    def silent_but_polite(ctx: JobContext) -> dict[str, Any]:
+        while True:
+            ctx.check()
+            time.sleep(0.01)
+
+    def hung(ctx: JobContext) -> dict[str, Any]:
+        release.wait(30)  # ignores its stop, like a call that never returns
+        return {}
+
+    q1 = InMemoryQueue(lease_s=30.0)
+    polite = _submit(storage, q1, "polite")
+    w1 = Worker(storage, q1, events, settings, handlers={"polite": silent_but_polite}, name="w1",
+                on_stuck=lambda ctx: stuck.append(ctx.reason))  # fmt: skip
+    stop1 = running(w1)
+    _wait_for(lambda: storage.get_job(polite).attempts >= 2)  # handed back, then claimed again (a takeover)
+    stop1.set()
+    w1.shutdown()
+    _wait_for(lambda: storage.get_job(polite).state is JobState.QUEUED and w1.current is None)
+    assert stuck == [] and storage.get_job(polite).failures == 0
+    running(Worker(storage, q1, events, settings, handlers={"polite": lambda ctx: {"ok": 1}}, name="w3"))
+    _wait_for(lambda: storage.get_job(polite).state is JobState.SUCCEEDED, timeout=5)
+
+    q2 = InMemoryQueue(lease_s=30.0)
+    hung_id = _submit(storage, q2, "hung")
+    w2 = Worker(storage, q2, events, settings, handlers={"hung": hung}, name="w2",
+                on_stuck=lambda ctx: stuck.append(ctx.reason))  # fmt: skip
+    stop2 = running(w2)
+    _wait_for(lambda: bool(stuck), timeout=10)
+    assert stuck == ["no progress for 0.5 s (HYCTAS_STALL_S)"]
+    stop2.set()
+    job = storage.get_job(hung_id)
+    assert job.state is JobState.QUEUED and job.failures == 0 and hung_id in q2.job_ids()
+    release.set()
+    running(Worker(storage, q2, events, settings, handlers={"hung": lambda ctx: {"ok": 2}}, name="w4"))
+    _wait_for(lambda: storage.get_job(hung_id).state is JobState.SUCCEEDED, timeout=5)
+    assert storage.get_job(hung_id).result == {"ok": 2}
+
+
 def test_a_live_workers_job_is_not_taken_over(settings: Settings, backends: Any, running: Any) -> None:
     """Two workers, one long job: the second never runs it while the first heartbeats."""
     storage, queue, events = backends
