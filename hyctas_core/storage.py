@@ -38,11 +38,16 @@ __all__ = [
     "SearchState",
     "SearchStorage",
     "StorageError",
+    "StorageUnavailable",
 ]
 
 
 class StorageError(RuntimeError):
     """The backend failed (connection, integrity, ...); the message is one line."""
+
+
+class StorageUnavailable(StorageError):
+    """The backend cannot be reached right now (connection refused or lost, timeout, locked): retry later."""
 
 
 class DuplicateName(StorageError):

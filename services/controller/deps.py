@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from hyctas_core.storage import SearchStorage
@@ -12,7 +12,12 @@ from services.auth import authenticate
 from services.queue import EventBus, JobQueue
 from services.settings import Settings
 
-__all__ = ["CurrentUser", "EventsDep", "QueueDep", "SettingsDep", "StorageDep"]
+__all__ = ["MAX_ID", "CurrentUser", "EventsDep", "QueueDep", "RowId", "SettingsDep", "StorageDep"]
+
+MAX_ID = 2**31 - 1  # ids are 32-bit integer columns: a larger id can name nothing
+
+# A path id: out of range is a 422 naming the bound, never a database error.
+RowId = Annotated[int, Path(ge=1, le=MAX_ID, description=f"an id (1..{2**31 - 1})")]
 
 _bearer = HTTPBearer(auto_error=False, description="an API key from `hyctas apikey create --user NAME`")
 

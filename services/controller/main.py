@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from hyctas_core.storage import DuplicateName, IllegalTransition, SearchStorage, StorageError
+from hyctas_core.storage import DuplicateName, IllegalTransition, SearchStorage, StorageError, StorageUnavailable
 from services.controller.api.main import api_router
 from services.controller.dashboard import router as dashboard_router
 from services.controller.service import Conflict, Invalid
@@ -193,10 +193,15 @@ def create_app(
     async def _conflict(_: Request, exc: Exception) -> JSONResponse:
         return _error(409, str(exc))
 
-    @app.exception_handler(StorageError)
-    async def _storage_down(_: Request, exc: StorageError) -> JSONResponse:
-        log.error("database error: %s", exc)
+    @app.exception_handler(StorageUnavailable)
+    async def _storage_down(_: Request, exc: StorageUnavailable) -> JSONResponse:
+        log.error("database unavailable: %s", exc)
         return _error(503, "database unavailable; retry later")
+
+    @app.exception_handler(StorageError)
+    async def _storage_error(_: Request, exc: StorageError) -> JSONResponse:
+        log.error("database error: %s", exc)  # not the client's to see: it may name tables and values
+        return _error(500, "internal storage error")
 
     @app.exception_handler(QueueError)
     async def _queue_down(_: Request, exc: QueueError) -> JSONResponse:

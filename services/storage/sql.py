@@ -40,7 +40,16 @@ from sqlalchemy import Engine, create_engine, event, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
@@ -62,6 +71,7 @@ from hyctas_core.storage import (
     SearchState,
     SearchStorage,
     StorageError,
+    StorageUnavailable,
     check_deployment_state,
 )
 from services.storage.models import (
@@ -74,6 +84,9 @@ from services.storage.models import (
     ModelRow,
     SearchRow,
 )
+
+# Errors that mean "the database cannot be reached now" (a 503 to clients), not a bad request.
+_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
 
 __all__ = ["SQLStorage", "create_storage_engine", "mask_url", "one_line"]
 
@@ -398,6 +411,8 @@ class SQLStorage(SearchStorage):
                 session.rollback()
             except SQLAlchemyError:
                 pass  # the connection is gone; the database rolls back on its own
+            if isinstance(exc, _UNAVAILABLE):
+                raise StorageUnavailable(f"database {self._display_url}: {one_line(exc)}") from exc
             if isinstance(exc, SQLAlchemyError):
                 raise StorageError(f"database {self._display_url}: {one_line(exc)}") from exc
             raise

@@ -261,6 +261,36 @@ def test_unknown_ids_are_404(api: Api) -> None:
         assert api.client.get(path, headers=api.alice).status_code == 404, path
 
 
+@pytest.mark.parametrize(
+    "path", ["/api/v1/searches/99999999999999999999", "/api/v1/jobs/-45839231128026438311084032",
+             "/api/v1/searches/0", "/api/v1/models/2147483648", "/api/v1/supernets/-1"],
+)  # fmt: skip
+def test_ids_out_of_range_are_422_never_a_database_error(api: Api, path: str) -> None:
+    r = api.client.get(path, headers=api.alice)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"][0] == "path"
+    assert api.client.get("/api/v1/searches/2147483647", headers=api.alice).status_code == 404  # the largest id
+
+
+def test_only_an_unreachable_database_is_503(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """StorageUnavailable (connection, timeout) is 503 'retry later'; any other storage error is a 500
+    that shows nothing of the database."""
+    from hyctas_core.storage import StorageError, StorageUnavailable
+
+    def down(*_: Any, **__: Any) -> None:
+        raise StorageUnavailable("database postgresql://x: OperationalError: connection refused")
+
+    def broken(*_: Any, **__: Any) -> None:
+        raise StorageError("database postgresql://x: DataError: value out of range for table jobs")
+
+    monkeypatch.setattr(api.storage, "list_searches", down)
+    r = api.client.get("/api/v1/searches", headers=api.alice)
+    assert (r.status_code, r.json()["detail"]) == (503, "database unavailable; retry later")
+    monkeypatch.setattr(api.storage, "list_searches", broken)
+    r = api.client.get("/api/v1/searches", headers=api.alice)
+    assert (r.status_code, r.json()["detail"]) == (500, "internal storage error")
+
+
 def test_generation_beyond_the_search_is_404(api: Api) -> None:
     body = _search(api)
     r = api.client.get(f"/api/v1/searches/{body['id']}/individuals?generation=3", headers=api.alice)

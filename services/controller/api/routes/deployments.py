@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, status
 
 from hyctas_core.storage import SearchStorage
 from services.controller import service
-from services.controller.deps import CurrentUser, EventsDep, QueueDep, StorageDep
+from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, StorageDep
 from services.controller.schemas import DeploymentCreate, DeploymentPublic, DeploymentsPublic
 
 router = APIRouter(tags=["deployments"])
@@ -23,7 +23,7 @@ def owned_deployment(storage: SearchStorage, name: str, user: str) -> Any:
 
 @router.post("/models/{model_id}/deploy", status_code=status.HTTP_202_ACCEPTED, response_model=DeploymentPublic)
 def deploy_model(
-    model_id: int, body: DeploymentCreate, user: CurrentUser, storage: StorageDep, queue: QueueDep, events: EventsDep
+    model_id: RowId, body: DeploymentCreate, user: CurrentUser, storage: StorageDep, queue: QueueDep, events: EventsDep
 ) -> DeploymentPublic:
     """Serve a retrained model (or update your deployment of that name in place, without dropping requests)."""
     try:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from hyctas_core.storage import JobRecord, JobState, SearchStorage
 from services.controller import service
-from services.controller.deps import CurrentUser, EventsDep, StorageDep
+from services.controller.deps import CurrentUser, EventsDep, RowId, StorageDep
 from services.controller.schemas import JobPublic, JobsPublic
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -35,12 +35,12 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: int, user: CurrentUser, storage: StorageDep) -> JobPublic:
+def get_job(job_id: RowId, user: CurrentUser, storage: StorageDep) -> JobPublic:
     """State, attempts, worker, live progress, result or error of one job."""
     return JobPublic.from_record(owned(storage, job_id, user))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(job_id: int, user: CurrentUser, storage: StorageDep, events: EventsDep) -> JobPublic:
+def cancel_job(job_id: RowId, user: CurrentUser, storage: StorageDep, events: EventsDep) -> JobPublic:
     """Cancel a queued or running job. 409 if it already finished."""
     return JobPublic.from_record(service.cancel_job(storage, events, owned(storage, job_id, user)))

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from services.controller import service
-from services.controller.deps import CurrentUser, EventsDep, QueueDep, StorageDep
+from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, StorageDep
 from services.controller.schemas import ModelPublic, ModelsCreate, ModelsPublic
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -36,7 +36,7 @@ def list_models(
 
 
 @router.get("/{model_id}", response_model=ModelPublic)
-def get_model(model_id: int, user: CurrentUser, storage: StorageDep) -> ModelPublic:
+def get_model(model_id: RowId, user: CurrentUser, storage: StorageDep) -> ModelPublic:
     """State, metrics (mIoU, FPS, params, GMACs) and checkpoint of one model."""
     try:
         model = storage.get_model(model_id)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from hyctas_core.search import SearchConfig
 from hyctas_core.storage import SearchRecord, SearchState, SearchStorage
 from services.controller import service
-from services.controller.deps import CurrentUser, EventsDep, QueueDep, SettingsDep, StorageDep
+from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, SettingsDep, StorageDep
 from services.controller.schemas import (
     GenerationPublic,
     GenerationsPublic,
@@ -112,13 +112,13 @@ def list_searches(
 
 
 @router.get("/{search_id}", response_model=SearchPublic)
-def get_search(search_id: int, user: CurrentUser, storage: StorageDep) -> SearchPublic:
+def get_search(search_id: RowId, user: CurrentUser, storage: StorageDep) -> SearchPublic:
     """State, generation k of n, hypervolume and timings of one search."""
     return search_public(storage, owned_search(storage, search_id, user))
 
 
 @router.get("/{search_id}/generations", response_model=GenerationsPublic)
-def list_generations(search_id: int, user: CurrentUser, storage: StorageDep) -> GenerationsPublic:
+def list_generations(search_id: RowId, user: CurrentUser, storage: StorageDep) -> GenerationsPublic:
     """Every committed generation: hypervolume, front hashes, counts, timings."""
     owned_search(storage, search_id, user)
     gens = storage.list_generations(search_id)
@@ -133,7 +133,7 @@ def list_generations(search_id: int, user: CurrentUser, storage: StorageDep) -> 
 
 
 @router.get("/{search_id}/pareto", response_model=ParetoPublic)
-def get_pareto(search_id: int, user: CurrentUser, storage: StorageDep) -> ParetoPublic:
+def get_pareto(search_id: RowId, user: CurrentUser, storage: StorageDep) -> ParetoPublic:
     """The current Pareto front (over everything evaluated so far), ordered by cost."""
     search = owned_search(storage, search_id, user)
     config = SearchConfig.from_dict(search.config["search"])
@@ -150,7 +150,7 @@ def get_pareto(search_id: int, user: CurrentUser, storage: StorageDep) -> Pareto
 
 @router.get("/{search_id}/individuals", response_model=IndividualsPublic)
 def list_individuals(
-    search_id: int,
+    search_id: RowId,
     user: CurrentUser,
     storage: StorageDep,
     generation: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
@@ -164,7 +164,7 @@ def list_individuals(
 
 
 @router.post("/{search_id}/cancel", response_model=SearchPublic)
-def cancel_search(search_id: int, user: CurrentUser, storage: StorageDep, events: EventsDep) -> SearchPublic:
+def cancel_search(search_id: RowId, user: CurrentUser, storage: StorageDep, events: EventsDep) -> SearchPublic:
     """Cancel a search; its worker stops within one evaluation. 409 if it already finished."""
     search = owned_search(storage, search_id, user)
     return search_public(storage, service.cancel_search(storage, events, search))

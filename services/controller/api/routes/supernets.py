@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from hyctas_core.storage import JobRecord, SearchStorage
 from services.controller import service
-from services.controller.deps import CurrentUser, EventsDep, QueueDep, StorageDep
+from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, StorageDep
 from services.controller.schemas import SupernetCreate, SupernetPublic, SupernetsPublic
 
 router = APIRouter(prefix="/supernets", tags=["supernets"])
@@ -44,6 +44,6 @@ def list_supernets(
 
 
 @router.get("/{supernet_id}", response_model=SupernetPublic)
-def get_supernet(supernet_id: int, user: CurrentUser, storage: StorageDep) -> SupernetPublic:
+def get_supernet(supernet_id: RowId, user: CurrentUser, storage: StorageDep) -> SupernetPublic:
     """State, training progress and checkpoint of one supernet."""
     return SupernetPublic.from_record(owned_supernet(storage, supernet_id, user))
