@@ -184,6 +184,8 @@ def demo(
             generations=2,
             calib_images=4,
             search_val_images=4,
+            verify_k=2,
+            verify_epochs=1,
             retrain_epochs=2,
             latency_seconds=0.2,
         )

@@ -38,6 +38,16 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     assert abs(ctrl["predicted_latency_ms"] - kn["predicted_latency_ms"]) <= 0.5 * kn["predicted_latency_ms"]
     assert retrained["knee_wins"] == (kn["miou"] > ctrl["miou"])
     assert ("the knee wins" in result.stdout) == retrained["knee_wins"]
+    # The front is verified: front points retrained (or the reason there is nothing to rank), stored with the search.
+    record = summary["verification"]
+    assert record["state"] in ("succeeded", "failed")
+    if record["state"] == "succeeded":
+        assert record["k"] == record["done"] == len(record["rows"]) == min(2, summary["search"]["front_size"])
+        assert "supernet fidelity: Kendall tau" in result.stdout or "undefined over" in result.stdout
+        assert all(0.0 <= r["retrained_miou"] <= 1.0 for r in record["rows"])
+    else:
+        assert summary["search"]["front_size"] == 1 and "nothing to rank" in record["error"]
+    assert "[5/7] verifying the front" in result.stdout
     # Piped output (not a terminal) is never folded inside a value: the overlay path is on one line.
     assert any(summary["outputs"]["overlay"] in line for line in result.stdout.splitlines()), result.stdout
     overlay = np.asarray(Image.open(summary["outputs"]["overlay"]))
