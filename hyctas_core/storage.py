@@ -172,6 +172,7 @@ class JobRecord:
     updated_at: datetime
     progress: dict[str, Any] | None = None  # live progress the worker reports with its heartbeats
     failures: int = 0  # attempts that ended in the handler's own error (a dead worker is not one)
+    stream: str | None = None  # the queue stream it was submitted on (its workers sweep only theirs)
 
     @property
     def takeovers(self) -> int:
@@ -318,8 +319,10 @@ class SearchStorage(abc.ABC):
 
     # -- jobs -----------------------------------------------------------------------------
     @abc.abstractmethod
-    def create_job(self, kind: str, payload: dict[str, Any], *, owner: str | None = None) -> int:
-        """A new job in state QUEUED with 0 attempts; returns its id."""
+    def create_job(
+        self, kind: str, payload: dict[str, Any], *, owner: str | None = None, stream: str | None = None
+    ) -> int:
+        """A new job in state QUEUED with 0 attempts, submitted on queue ``stream``; returns its id."""
 
     @abc.abstractmethod
     def get_job(self, job_id: int) -> JobRecord:

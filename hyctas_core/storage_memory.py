@@ -340,7 +340,9 @@ class InMemoryStorage(SearchStorage):
             return copy.deepcopy(found)
 
     # -- jobs -----------------------------------------------------------------------------
-    def create_job(self, kind: str, payload: dict[str, Any], *, owner: str | None = None) -> int:
+    def create_job(
+        self, kind: str, payload: dict[str, Any], *, owner: str | None = None, stream: str | None = None
+    ) -> int:
         """A new job in state QUEUED with 0 attempts.
 
         Returns:
@@ -361,6 +363,7 @@ class InMemoryStorage(SearchStorage):
                 state=JobState.QUEUED,
                 payload=stored,
                 attempts=0,
+                stream=stream,
                 worker=None,
                 heartbeat_at=None,
                 result=None,

@@ -674,8 +674,9 @@ class StorageContract:
     # -- jobs -----------------------------------------------------------------------------
     def test_create_job_is_queued_with_zero_attempts(self, storage: SearchStorage) -> None:
         """A new job is QUEUED, 0 attempts, no worker / heartbeat / result / error; UTC timestamps."""
-        jid = storage.create_job("search", {"search_id": 1, "gpus": [0, 1]}, owner="alice")
+        jid = storage.create_job("search", {"search_id": 1, "gpus": [0, 1]}, owner="alice", stream="hyctas:jobs")
         job = storage.get_job(jid)
+        assert job.stream == "hyctas:jobs" and storage.get_job(storage.create_job("search", {})).stream is None
         assert (job.id, job.kind, job.owner, job.state, job.attempts) == (jid, "search", "alice", JobState.QUEUED, 0)
         assert job.payload == {"search_id": 1, "gpus": [0, 1]}
         assert job.worker is None and job.heartbeat_at is None and job.result is None and job.error is None

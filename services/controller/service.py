@@ -105,7 +105,7 @@ def submit_supernet(
         "train": train.to_dict(),
         "device": _device(req.device),
     }
-    job_id = storage.create_job("train_supernet", payload, owner=owner)
+    job_id = storage.create_job("train_supernet", payload, owner=owner, stream=queue.stream)
     _enqueue(storage, queue, job_id, "train_supernet")
     publish(events, {"type": "job", "owner": owner, "job_id": job_id, "kind": "train_supernet", "state": "queued"})
     return storage.get_job(job_id)
@@ -180,7 +180,7 @@ def submit_search(
         except ValueError as exc:
             raise Invalid(str(exc)) from None
     dataset = req.dataset.model_dump(mode="json") if req.dataset else supernet.payload["dataset"]
-    job_id = storage.create_job("search", {"search_name": req.name}, owner=owner)
+    job_id = storage.create_job("search", {"search_name": req.name}, owner=owner, stream=queue.stream)
     stored = {
         "search": config.to_dict(),
         "evaluator": evaluator,
@@ -262,7 +262,7 @@ def submit_models(
         raise Invalid(str(exc).splitlines()[0]) from None
     dataset = req.dataset.model_dump(mode="json") if req.dataset else supernet.payload["dataset"]  # type: ignore[union-attr]
     payload = {"dataset": dataset, "retrain": config.to_dict(), "asha": req.asha, "device": _device(req.device)}
-    job_id = storage.create_job("retrain", payload, owner=owner)
+    job_id = storage.create_job("retrain", payload, owner=owner, stream=queue.stream)
     model_ids = [
         storage.create_model(c.name, arch_json, arch_hash, owner=owner, job_id=job_id, source=source)
         for (arch_json, arch_hash, source), c in zip(chosen, req.archs, strict=True)
@@ -347,7 +347,9 @@ def deploy_model(
         deployment_id = existing.id
     else:
         deployment_id = storage.create_deployment(name, model_id, options, owner=owner, public=req.public)
-    job_id = storage.create_job("deploy", {"deployment_id": deployment_id, "action": "deploy"}, owner=owner)
+    job_id = storage.create_job(
+        "deploy", {"deployment_id": deployment_id, "action": "deploy"}, owner=owner, stream=queue.stream
+    )
     try:
         _enqueue(storage, queue, job_id, "deploy")
     except QueueError:
@@ -362,7 +364,9 @@ def delete_deployment(storage: SearchStorage, queue: JobQueue, events: EventBus 
 
     Raises: QueueError: the queue is down (nothing changes).
     """
-    job_id = storage.create_job("deploy", {"deployment_id": deployment.id, "action": "delete"}, owner=deployment.owner)
+    job_id = storage.create_job(
+        "deploy", {"deployment_id": deployment.id, "action": "delete"}, owner=deployment.owner, stream=queue.stream
+    )
     _enqueue(storage, queue, job_id, "deploy")
     storage.update_deployment(deployment.id, state="deleting")
     publish(events, {"type": "deployment", "owner": deployment.owner, "name": deployment.name, "state": "deleting"})

@@ -67,9 +67,11 @@ class JobQueue(abc.ABC):
 
     Attributes:
         lease_s: seconds a pending entry may go untouched before another consumer may re-claim it.
+        stream: the stream's name; stored with every job submitted on it.
     """
 
     lease_s: float
+    stream: str
 
     # Producing
     @abc.abstractmethod

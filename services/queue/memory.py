@@ -39,10 +39,13 @@ class InMemoryQueue(JobQueue):
         ValueError: ``lease_s`` is not positive.
     """
 
-    def __init__(self, lease_s: float = 30.0, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, lease_s: float = 30.0, *, clock: Callable[[], float] = time.monotonic, stream: str = "memory"
+    ) -> None:
         if not lease_s > 0:
             raise ValueError(f"lease_s must be > 0, got {lease_s!r}")
         self.lease_s = lease_s
+        self.stream = stream
         self._clock = clock
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)  # notified on enqueue

@@ -222,6 +222,7 @@ class JobRow(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(StrictJSON)
     attempts: Mapped[int] = mapped_column(Integer)
     failures: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    stream: Mapped[str | None] = mapped_column(String)
     worker: Mapped[str | None] = mapped_column(String)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     result: Mapped[dict[str, Any] | None] = mapped_column(StrictJSON(none_as_null=True))

@@ -254,6 +254,7 @@ def _job_record(row: JobRow) -> JobRecord:
         updated_at=row.updated_at,
         progress=row.progress,
         failures=row.failures,
+        stream=row.stream,
     )
 
 
@@ -731,7 +732,9 @@ class SQLStorage(SearchStorage):
         return found
 
     # -- jobs -----------------------------------------------------------------------------
-    def create_job(self, kind: str, payload: dict[str, Any], *, owner: str | None = None) -> int:
+    def create_job(
+        self, kind: str, payload: dict[str, Any], *, owner: str | None = None, stream: str | None = None
+    ) -> int:
         """A new job in state QUEUED with 0 attempts.
 
         Returns:
@@ -749,6 +752,7 @@ class SQLStorage(SearchStorage):
                 payload=payload,
                 attempts=0,
                 failures=0,
+                stream=stream,
                 worker=None,
                 heartbeat_at=None,
                 result=None,

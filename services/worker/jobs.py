@@ -232,7 +232,9 @@ def _queue_verification(ctx: JobContext, search: SearchRecord) -> int | None:
     verify = search.config.get("verify")
     if not verify or search.verification is not None:
         return None
-    job_id = ctx.storage.create_job("verify", {"search_id": search.id, "search_name": search.name}, owner=ctx.job.owner)
+    job_id = ctx.storage.create_job(
+        "verify", {"search_id": search.id, "search_name": search.name}, owner=ctx.job.owner, stream=ctx.job.stream
+    )
     record = {"state": "queued", "k": int(verify["k"]), "done": 0, "rows": [], "job_id": job_id}
     ctx.storage.set_search_verification(search.id, record)
     if ctx.queue is not None:

@@ -205,10 +205,11 @@ class Worker:
 
     # -- main loop --------------------------------------------------------------------------
     def sweep(self) -> list[int]:
-        """Re-enqueue QUEUED jobs that have no stream entry (e.g. the controller died between the
-        row and the entry, or Redis lost its data); returns their ids. Duplicates are harmless:
+        """Re-enqueue QUEUED jobs of this worker's stream that have no entry (e.g. the controller died
+        between the row and the entry, or Redis lost its data); returns their ids. Duplicates are harmless:
         ``start_job`` lets one entry win and the others are acknowledged."""
         queued, _ = self.storage.list_jobs(state=JobState.QUEUED, limit=10_000)
+        queued = [j for j in queued if j.stream in (None, self.queue.stream)]  # None: submitted before streams
         if not queued:
             return []
         present = self.queue.job_ids()

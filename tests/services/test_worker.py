@@ -336,6 +336,19 @@ def test_sweep_requeues_jobs_without_an_entry(settings: Settings, backends: Any)
     assert fresh not in queue.job_ids()
 
 
+def test_sweep_touches_only_its_own_stream(settings: Settings, backends: Any) -> None:
+    """An orphan submitted on another stream is left to that stream's workers."""
+    storage, queue, events = backends
+    mine = storage.create_job("fake", {}, owner="alice", stream=queue.stream)
+    theirs = storage.create_job("fake", {}, owner="alice", stream="hyctas:gpu-jobs")
+    for job_id in (mine, theirs):
+        storage._jobs[job_id].updated_at = datetime.now(UTC) - timedelta(seconds=10 * LEASE_S)  # noqa: SLF001
+    worker = Worker(storage, queue, events, settings, handlers={}, name="w")
+    assert worker.sweep() == [mine] and queue.job_ids() == {mine}
+    other = InMemoryQueue(lease_s=LEASE_S, stream="hyctas:gpu-jobs")
+    assert Worker(storage, other, events, settings, handlers={}, name="g").sweep() == [theirs]
+
+
 def test_progress_events_reach_listeners(settings: Settings, backends: Any, running: Any) -> None:
     storage, queue, events = backends
     got: list[dict[str, Any]] = []
