@@ -16,14 +16,19 @@ Metrics go through ``ray.serve.metrics`` into Ray's Prometheus endpoint:
 
 import asyncio
 import base64
+import hashlib
 import io
+import re
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse, Response
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from ray import serve
 from ray.serve import metrics
 
@@ -98,8 +103,14 @@ def decode_image(body: bytes, *, max_pixels: int) -> np.ndarray:
         image = Image.open(io.BytesIO(body))
         fmt = image.format
         width, height = image.size
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"not a readable image: {exc}") from None
+    except Image.DecompressionBombError:  # a header claiming far more pixels than any limit
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"image has more pixels than the limit of {max_pixels} pixels"
+        ) from None
+    except UnidentifiedImageError:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "not a readable image: send a PNG or JPEG") from None
+    except (OSError, ValueError) as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"not a readable image: {_clean(exc)}") from None
     if fmt not in ("PNG", "JPEG"):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"unsupported image format {fmt}: send PNG or JPEG")
     if width == 0 or height == 0:
@@ -110,9 +121,22 @@ def decode_image(body: bytes, *, max_pixels: int) -> np.ndarray:
         )
     try:
         rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"image has more pixels than the limit of {max_pixels} pixels"
+        ) from None
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"corrupt or truncated {fmt}: {exc}") from None
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"corrupt or truncated {fmt}: {_clean(exc)}") from None
     return rgb
+
+
+_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def _clean(exc: BaseException) -> str:
+    """A decoder's message for a client: one line, no object reprs (they show memory addresses)."""
+    text = _REPR.sub("the image", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    return text[:200]
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -141,6 +165,44 @@ async def _multipart_image(request: Request, max_bytes: int) -> bytes:
     return data
 
 
+class KeyCache:
+    """API key -> user, for keys that verified: at most ``size`` of them (least recently used out),
+    each for ``ttl_s`` (a revoked key stops working within that). A key that does not verify is
+    never cached, so random bearer strings cannot fill it; keys are held as sha256 digests."""
+
+    def __init__(
+        self,
+        verify: Callable[[str], str | None],
+        *,
+        ttl_s: float = 1.0,
+        size: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.verify, self.ttl_s, self.size, self.clock = verify, ttl_s, size, clock
+        self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def user(self, key: str) -> str | None:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        now = self.clock()
+        with self._lock:
+            hit = self._entries.get(digest)
+            if hit is not None and now - hit[0] < self.ttl_s:
+                self._entries.move_to_end(digest)
+                return hit[1]
+            self._entries.pop(digest, None)
+        user = self.verify(key)
+        if user is not None:
+            with self._lock:
+                self._entries[digest] = (now, user)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        return user
+
+
 gateway_api = FastAPI(title="HyCTAS segmentation endpoint")
 
 
@@ -163,7 +225,7 @@ class Gateway:
             from services.storage import SQLStorage
 
             self.storage = SQLStorage(database_url)
-        self._auth_cache: dict[str, tuple[float, str | None]] = {}
+        self._keys = KeyCache(self._authenticate)
         self._handles: dict[str, Any] = {}
         self.requests = metrics.Counter(
             "hyctas_serve_requests_total",
@@ -177,18 +239,15 @@ class Gateway:
         )  # fmt: skip
 
     # -- auth and lookup --------------------------------------------------------------------------
+    def _authenticate(self, key: str) -> str | None:
+        from services.auth import authenticate
+
+        return authenticate(self.storage, key)
+
     def _user(self, key: str | None) -> str | None:
         if key is None or self.storage is None:
             return None
-        now = time.monotonic()
-        hit = self._auth_cache.get(key)
-        if hit is not None and now - hit[0] < 10.0:
-            return hit[1]
-        from services.auth import authenticate
-
-        user = authenticate(self.storage, key)
-        self._auth_cache[key] = (now, user)
-        return user
+        return self._keys.user(key)
 
     def _check_access(self, deployment: str, authorization: str | None) -> None:
         """404 for unknown (or not yours), 401 for a private deployment without a valid key."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import socket
 import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,3 +263,53 @@ def test_panoptic_output(served: Served, tmp_path: Path) -> None:
     rgb = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["panoptic_png"]))).convert("RGB")).astype(np.int64)
     ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
     assert {s["id"] for s in body["segments_info"]} == set(np.unique(ids)) - {0}
+
+
+def test_decompression_bombs_are_413_and_messages_show_no_reprs() -> None:
+    """A PNG header of 20000x20000 is a 413 before any decoding; unreadable bytes say so without object reprs."""
+    from fastapi import HTTPException
+
+    good = _png(np.zeros((4, 4, 3), np.uint8))
+    ihdr = good.index(b"IHDR")
+    data = (20000).to_bytes(4, "big") * 2 + good[ihdr + 12 : ihdr + 17]  # 20000x20000, same depth and type
+    chunk = b"IHDR" + data
+    bomb = good[: ihdr - 4] + (13).to_bytes(4, "big") + chunk + zlib.crc32(chunk).to_bytes(4, "big") + good[ihdr + 21 :]
+    for max_pixels in (4_200_000, 10**12):  # our limit, or PIL's own bomb check when ours is higher
+        with pytest.raises(HTTPException) as info:
+            decode_image(bomb, max_pixels=max_pixels)
+        assert info.value.status_code == 413 and "limit" in str(info.value.detail)
+    for body in (b"hello, world", good[: len(good) // 2], b"\x89PNG\r\n\x1a\n" + b"\0" * 40):
+        with pytest.raises(HTTPException) as info:
+            decode_image(body, max_pixels=100)
+        assert info.value.status_code == 400 and " at 0x" not in str(info.value.detail), info.value.detail
+
+
+def test_key_cache_is_bounded_keeps_only_verified_keys_and_expires() -> None:
+    from services.serve.app import KeyCache
+
+    now = [0.0]
+    valid = {f"hyk_{i}": f"user{i}" for i in range(5)}
+    calls: list[str] = []
+
+    def verify(key: str) -> str | None:
+        calls.append(key)
+        return valid.get(key)
+
+    cache = KeyCache(verify, ttl_s=1.0, size=3, clock=lambda: now[0])
+    for i in range(1000):
+        assert cache.user(f"random-{i}") is None
+    assert len(cache) == 0  # unverified strings are never cached
+    assert [cache.user(k) for k in ("hyk_0", "hyk_1", "hyk_0")] == ["user0", "user1", "user0"]
+    assert calls[-2:] == ["hyk_0", "hyk_1"]  # the second hyk_0 came from the cache
+    for k in ("hyk_2", "hyk_3"):
+        cache.user(k)
+    assert len(cache) == 3  # bounded: hyk_1, the least recently used, went out
+    calls.clear()
+    cache.user("hyk_1")
+    assert calls == ["hyk_1"]
+    del valid["hyk_0"]  # revoked
+    now[0] += 0.5
+    calls.clear()
+    assert cache.user("hyk_3") == "user3" and calls == []  # still fresh
+    now[0] += 0.6
+    assert cache.user("hyk_0") is None  # the revocation holds within the 1 s TTL
