@@ -229,9 +229,10 @@ def _raw_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
     return data
 
 
+REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
 ENV_CASES = {
     "env-example": lambda: _read_env_file(ENV_EXAMPLE),
-    "no-env": lambda: {},
+    "secrets-only": lambda: {key: f"s3cret-{key.lower()}" for key in REQUIRED_SECRETS},  # every other default
 }
 
 
@@ -941,7 +942,7 @@ def test_compose_services_are_well_formed() -> None:
 
 
 def test_backing_services_still_run_alone() -> None:
-    svcs = services("no-env")
+    svcs = services("secrets-only")
     for name, data_dir in (("postgres", "/var/lib/postgresql/data"), ("redis", "/data")):
         svc = svcs[name]
         assert not svc.get("depends_on") and not svc.get("profiles"), f"`docker compose up {name}` must work alone"
@@ -1151,7 +1152,9 @@ def test_compose_credentials_stay_on_localhost() -> None:
     # published on 127.0.0.1 literally (PostgreSQL, Redis, Grafana have default credentials).
     public = {("controller", 8000), ("ray-head", 8000)}
     for name, svc in raw["services"].items():
-        for port, entry in zip(published_ports(interpolate(svc, {})), svc.get("ports", []), strict=True):
+        for port, entry in zip(
+            published_ports(interpolate(svc, ENV_CASES["secrets-only"]())), svc.get("ports", []), strict=True
+        ):
             text = str(entry)
             if (name, port.container_port) in public:
                 assert text.startswith("${PUBLISH_ADDRESS:-127.0.0.1}:"), f"{name}: {text}"
@@ -1163,13 +1166,28 @@ def test_compose_credentials_stay_on_localhost() -> None:
         raw_env = raw_env if isinstance(raw_env, dict) else dict(e.split("=", 1) for e in raw_env)
         for key, value in raw_env.items():
             if re.search(r"PASSWORD|PASS$|SECRET|TOKEN|AUTH$", key):
-                assert re.fullmatch(r"\$\{[A-Z_]+(:-[^}]*)?\}", str(value)), f"{name}: {key} must come from .env"
-    for url_var in ("HYCTAS_DATABASE_URL", "HYCTAS_REDIS_URL"):
-        password = urlsplit(raw["x-hyctas-env"][url_var]).password or ""
-        assert password.startswith("${"), f"{url_var}: the password comes from .env"
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), f"{name}: {key} must come from .env"
+    secrets = ENV_CASES["secrets-only"]()
+    for url_var, secret in (("HYCTAS_DATABASE_URL", "POSTGRES_PASSWORD"), ("HYCTAS_REDIS_URL", "REDIS_PASSWORD")):
+        password = urlsplit(interpolate(raw["x-hyctas-env"][url_var], secrets)).password
+        assert password == secrets[secret], f"{url_var}: the password comes from .env"
     env = _read_env_file(ENV_EXAMPLE)
     for key in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
         assert env[key].startswith("change-me"), f".env.example: {key} is a placeholder to replace"
+
+
+def test_compose_refuses_to_start_without_its_secrets() -> None:
+    """Each secret is required (``${VAR:?...}``): without it interpolation fails naming it, as compose does."""
+    raw = _raw_compose()
+    for missing in REQUIRED_SECRETS:
+        env = {k: v for k, v in ENV_CASES["secrets-only"]().items() if k != missing}
+        with pytest.raises(KeyError, match=f"required variable {missing} is missing: set {missing} in .env"):
+            interpolate(raw, env)
+    text = COMPOSE_FILE.read_text()
+    for secret in REQUIRED_SECRETS:  # never a fallback value anywhere
+        assert not re.search(r"\$\{" + secret + r"(:?-)", text), f"{secret} has a default"
+    redis = interpolate(raw, ENV_CASES["secrets-only"]())["services"]["redis"]["command"]
+    assert redis[redis.index("--requirepass") + 1] == "s3cret-redis_password"
 
 
 def test_env_example_documents_every_compose_variable() -> None:
