@@ -64,3 +64,15 @@ class Settings(BaseSettings):
     # what one search may ask for (422 beyond)
     max_population: int = Field(512, ge=2)
     max_generations: int = Field(500, ge=1)
+    # cost limits (services/controller/limits.py; the defaults fit one GPU node for about a day)
+    max_search_evaluations: int = Field(20_000, ge=1, description="population x generations x branch counts")
+    max_search_megapixels: float = Field(
+        2_000_000, gt=0, description="evaluations x (calibration + validation images) x image pixels, in MP"
+    )
+    max_train_megapixels: float = Field(
+        3_000_000, gt=0, description="per training job: steps x batch x crop pixels (x models), in MP"
+    )
+    max_dataset_megapixels: float = Field(
+        5_000, gt=0, description="a synthetic dataset to render: (train + val) x pixels, in MP"
+    )
+    max_active_jobs_per_user: int = Field(20, ge=1, description="queued plus running jobs of one user")

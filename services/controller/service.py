@@ -7,6 +7,7 @@ the job is cancelled with the reason (nothing half-submitted stays QUEUED foreve
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hyctas_core.config import ModelConfig
@@ -26,6 +27,7 @@ from hyctas_core.storage import (
 )
 from hyctas_core.train import SupernetTrainConfig
 from hyctas_core.verify import VerifyConfig
+from services.controller import limits as limits_
 from services.controller.schemas import ModelsCreate, SearchCreate, SupernetCreate
 from services.queue import EventBus, JobQueue, QueueError
 
@@ -73,15 +75,29 @@ def _device(value: str) -> str:
     return value  # "auto" is resolved by the worker, where the GPUs are
 
 
+def _within_limits(check: Callable[..., None], **kwargs: Any) -> None:
+    try:
+        check(**kwargs)
+    except limits_.LimitExceeded as exc:
+        raise Invalid(str(exc)) from None
+
+
 def submit_supernet(
-    storage: SearchStorage, queue: JobQueue, events: EventBus | None, owner: str, req: SupernetCreate
+    storage: SearchStorage, queue: JobQueue, events: EventBus | None, owner: str, req: SupernetCreate, *, limits: Any
 ) -> JobRecord:
     """A supernet-training job.
 
     Raises:
-        Invalid: the training config is inconsistent.
+        Invalid: the training config is inconsistent, or over a cost limit.
         QueueError: the queue is down (the job is cancelled).
     """
+    dataset_ref = req.dataset.model_dump(mode="json")
+    _within_limits(limits_.check_dataset, dataset=dataset_ref, limits=limits)
+    _within_limits(
+        limits_.check_training, epochs=req.epochs, batch_size=req.batch_size, crop_size=tuple(req.crop_size),
+        steps_per_epoch=req.steps_per_epoch, dataset=dataset_ref, limits=limits,
+    )  # fmt: skip
+    _within_limits(limits_.check_active_jobs, storage=storage, owner=owner, limits=limits)
     try:
         train = SupernetTrainConfig(
             model=ModelConfig(base_channels=req.base_channels, num_layers=req.num_layers),
@@ -143,6 +159,16 @@ def submit_search(
     if req.generations > limits.max_generations:
         raise Invalid(f"generations: at most {limits.max_generations}, got {req.generations}")
     supernet = _ready_supernet(storage, req.supernet_id, owner)
+    dataset_ref = req.dataset.model_dump(mode="json") if req.dataset else supernet.payload["dataset"]
+    _within_limits(limits_.check_dataset, dataset=dataset_ref, limits=limits)
+    _within_limits(
+        limits_.check_search, population=req.population, generations=req.generations,
+        branch_counts=len(req.branches) if req.branches else 1, calib_images=req.evaluation.calib_images,
+        val_images=req.evaluation.val_images,
+        eval_size=tuple(req.evaluation.eval_size) if req.evaluation.eval_size else None, dataset=dataset_ref,
+        limits=limits,
+    )  # fmt: skip
+    _within_limits(limits_.check_active_jobs, storage=storage, owner=owner, limits=limits)
     if storage.find_search(req.name, owner=owner) is not None:
         raise Conflict(f"a search named {req.name!r} exists")
     num_layers = int(supernet.payload["train"]["model"]["num_layers"])
@@ -230,7 +256,7 @@ def _arch_of(storage: SearchStorage, owner: str, choice: Any) -> tuple[dict[str,
 
 
 def submit_models(
-    storage: SearchStorage, queue: JobQueue, events: EventBus | None, owner: str, req: ModelsCreate
+    storage: SearchStorage, queue: JobQueue, events: EventBus | None, owner: str, req: ModelsCreate, *, limits: Any
 ) -> tuple[JobRecord, list[ModelRecord]]:
     """One retrain job training every requested arch (one Ray Tune trial each).
 
@@ -238,6 +264,13 @@ def submit_models(
         Invalid / Conflict / QueueError as for searches.
     """
     supernet = _ready_supernet(storage, req.supernet_id, owner) if req.supernet_id is not None else None
+    dataset_ref = req.dataset.model_dump(mode="json") if req.dataset else supernet.payload["dataset"]  # type: ignore[union-attr]
+    _within_limits(limits_.check_dataset, dataset=dataset_ref, limits=limits)
+    _within_limits(
+        limits_.check_training, epochs=req.epochs, batch_size=req.batch_size, crop_size=tuple(req.crop_size),
+        steps_per_epoch=req.steps_per_epoch, dataset=dataset_ref, limits=limits, models=len(req.archs),
+    )  # fmt: skip
+    _within_limits(limits_.check_active_jobs, storage=storage, owner=owner, limits=limits)
     model_cfg = dict(supernet.payload["train"]["model"]) if supernet is not None else {}
     if req.base_channels is not None:
         model_cfg["base_channels"] = req.base_channels

@@ -159,6 +159,51 @@ def test_verification_is_stored_queued_after_the_search_shown_and_cancellable(ap
     assert [s["verification"] is not None for s in listed] == [True, False]
 
 
+@pytest.mark.parametrize(
+    "path,patch,setting",
+    [
+        ("/supernets", {"dataset": {"kind": "synthetic", "train": 5000, "val": 10, "size": [2048, 4096]}},
+         "HYCTAS_MAX_DATASET_MEGAPIXELS"),
+        ("/supernets", {"epochs": 2000, "crop_size": [1024, 2048], "batch_size": 16, "steps_per_epoch": 1000},
+         "HYCTAS_MAX_TRAIN_MEGAPIXELS"),
+        ("/searches", {"population": 512, "generations": 500}, "HYCTAS_MAX_SEARCH_EVALUATIONS"),
+        ("/searches", {"population": 100, "generations": 100,
+                       "evaluation": {"calib_images": 5000, "val_images": 5000, "eval_size": [4096, 4096]}},
+         "HYCTAS_MAX_SEARCH_MEGAPIXELS"),
+        ("/models", {"archs": [{"name": f"m{i}", "preset": "hyctas-s"} for i in range(8)], "epochs": 2000,
+                     "crop_size": [1024, 2048], "batch_size": 16, "steps_per_epoch": 200},
+         "HYCTAS_MAX_TRAIN_MEGAPIXELS"),
+    ],
+)  # fmt: skip
+def test_requests_over_a_cost_limit_are_422_naming_it(api: Api, path: str, patch: dict[str, Any], setting: str) -> None:
+    supernet_id = api.trained_supernet()
+    jobs_before = api.storage.list_jobs()[1]
+    base = {
+        "/supernets": {**SUPERNET, "name": "big"},
+        "/searches": {**SEARCH, "supernet_id": supernet_id},
+        "/models": {"supernet_id": supernet_id, "archs": [{"name": "m", "preset": "hyctas-s"}]},
+    }[path]
+    r = api.client.post(f"/api/v1{path}", json={**base, **patch}, headers=api.alice)
+    assert r.status_code == 422, r.text
+    assert setting in r.json()["detail"][0]["msg"] and "over the limit" in r.json()["detail"][0]["msg"]
+    assert api.storage.list_jobs()[1] == jobs_before and api.storage.list_searches()[1] == 0  # nothing stored
+    ok = api.client.post(f"/api/v1{path}", json=base, headers=api.alice)  # the defaults are within every limit
+    assert ok.status_code == 201, ok.text
+
+
+def test_a_user_has_at_most_max_active_jobs(api: Api) -> None:
+    api.client.app.state.settings.max_active_jobs_per_user = 2  # type: ignore[attr-defined]
+    for i in range(2):
+        r = api.client.post("/api/v1/supernets", json={**SUPERNET, "name": f"s{i}"}, headers=api.alice)
+        assert r.status_code == 201, r.text
+    r = api.client.post("/api/v1/supernets", json={**SUPERNET, "name": "s2"}, headers=api.alice)
+    assert r.status_code == 422 and "HYCTAS_MAX_ACTIVE_JOBS_PER_USER" in r.text and "2 queued or running" in r.text
+    assert api.client.post("/api/v1/supernets", json=SUPERNET, headers=api.bob).status_code == 201  # per user
+    first = api.storage.list_jobs(owner="alice")[0][0]
+    assert api.client.post(f"/api/v1/jobs/{first.id}/cancel", headers=api.alice).status_code == 200
+    assert api.client.post("/api/v1/supernets", json={**SUPERNET, "name": "s2"}, headers=api.alice).status_code == 201
+
+
 def test_search_of_an_untrained_supernet_is_a_conflict(api: Api) -> None:
     supernet_id = api.client.post("/api/v1/supernets", json=SUPERNET, headers=api.alice).json()["id"]
     r = api.client.post("/api/v1/searches", json={**SEARCH, "supernet_id": supernet_id}, headers=api.alice)

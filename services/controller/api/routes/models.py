@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from services.controller import service
-from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, StorageDep
+from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, SettingsDep, StorageDep
 from services.controller.schemas import ModelPublic, ModelsCreate, ModelsPublic
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -15,10 +15,11 @@ router = APIRouter(prefix="/models", tags=["models"])
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelsPublic)
 def create_models(
-    body: ModelsCreate, user: CurrentUser, storage: StorageDep, queue: QueueDep, events: EventsDep
-) -> ModelsPublic:
+    body: ModelsCreate, user: CurrentUser, storage: StorageDep, queue: QueueDep, events: EventsDep,
+    settings: SettingsDep,
+) -> ModelsPublic:  # fmt: skip
     """Submit one retrain job for one or more architectures; returns the new models and the job id."""
-    job, models = service.submit_models(storage, queue, events, user, body)
+    job, models = service.submit_models(storage, queue, events, user, body, limits=settings)
     return ModelsPublic(data=[ModelPublic.from_record(m) for m in models], count=len(models), job_id=job.id)
 
 

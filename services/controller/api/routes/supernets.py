@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from hyctas_core.storage import JobRecord, SearchStorage
 from services.controller import service
-from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, StorageDep
+from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, SettingsDep, StorageDep
 from services.controller.schemas import SupernetCreate, SupernetPublic, SupernetsPublic
 
 router = APIRouter(prefix="/supernets", tags=["supernets"])
@@ -23,10 +23,11 @@ def owned_supernet(storage: SearchStorage, supernet_id: int, user: str) -> JobRe
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SupernetPublic)
 def create_supernet(
-    body: SupernetCreate, user: CurrentUser, storage: StorageDep, queue: QueueDep, events: EventsDep
-) -> SupernetPublic:
+    body: SupernetCreate, user: CurrentUser, storage: StorageDep, queue: QueueDep, events: EventsDep,
+    settings: SettingsDep,
+) -> SupernetPublic:  # fmt: skip
     """Submit a supernet-training job (its id is the supernet id)."""
-    return SupernetPublic.from_record(service.submit_supernet(storage, queue, events, user, body))
+    return SupernetPublic.from_record(service.submit_supernet(storage, queue, events, user, body, limits=settings))
 
 
 @router.get("", response_model=SupernetsPublic)
