@@ -350,3 +350,54 @@ def test_cancel_stops_a_running_search(stack: Stack) -> None:
     assert client.get(f"/searches/{search_id}", headers=alice).json()["generation"] == stopped_at  # nothing more
     assert stopped_at < 50 and job["state"] == "cancelled"
     assert client.post(f"/searches/{search_id}/cancel", headers=alice).status_code == 409
+
+
+def test_five_kills_never_fail_a_search_and_sigterm_hands_back_at_once(stack: Stack) -> None:
+    """One search; its worker is `kill -9`ed five times at seeded random moments (default
+    HYCTAS_MAX_ATTEMPTS=3): it still finishes, with the front of an uninterrupted run. Then a
+    SIGTERM: the worker exits promptly and its job is QUEUED again at once, not after the lease."""
+    stack.start_controller()
+    alice = _key(stack, "alice")
+    client = httpx.Client(base_url=stack.base + "/api/v1", timeout=10)
+    first = stack.start_worker("w0")
+    r = client.post("/supernets", headers=alice, json={
+        "name": "tiny", "dataset": {"kind": "synthetic", "train": 8, "val": 4, "size": [64, 128]},
+        "epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "base_channels": 4, "num_layers": 6,
+    })  # fmt: skip
+    sid = r.json()["id"]
+    _wait(lambda: client.get(f"/supernets/{sid}", headers=alice).json(), lambda b: b["state"] in FINISHED, 240)
+    body = {**SEARCH, "generations": 6, "supernet_id": sid}
+    killed = client.post("/searches", headers=alice, json={"name": "killed", **body}).json()["id"]
+    rng = np.random.default_rng(5)
+    worker = first
+    for i in range(5):
+        _wait(lambda: client.get(f"/searches/{killed}", headers=alice).json()["job"],
+              lambda j, name=f"w{i}": j["state"] == "running" and j["worker"] == name, 120)  # fmt: skip
+        time.sleep(float(rng.uniform(0.2, 3.0)))  # mid-evaluation, mid-commit, or mid-start
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        worker = stack.start_worker(f"w{i + 1}")
+    done = _wait(lambda: client.get(f"/searches/{killed}", headers=alice).json(), lambda b: b["state"] in FINISHED, 600)
+    assert done["state"] == "succeeded", done
+    job = done["job"]
+    assert job["failures"] == 0 and job["attempts"] >= 2, job  # takeovers (some kills may land between claims)
+    clean = client.post("/searches", headers=alice, json={"name": "clean", **body}).json()["id"]
+    _wait(lambda: client.get(f"/searches/{clean}", headers=alice).json(), lambda b: b["state"] in FINISHED, 600)
+    fronts = [client.get(f"/searches/{s}/pareto", headers=alice).json()["data"] for s in (killed, clean)]
+    assert [p["arch_hash"] for p in fronts[0]] == [p["arch_hash"] for p in fronts[1]]
+    assert [p["objectives"]["miou"] for p in fronts[0]] == [p["objectives"]["miou"] for p in fronts[1]]
+
+    # SIGTERM while a search runs: the worker exits within the grace period, the job is handed back.
+    long = client.post("/searches", headers=alice, json={"name": "long", **body, "generations": 50}).json()["id"]
+    _wait(lambda: client.get(f"/searches/{long}", headers=alice).json(), lambda b: b["generation"] >= 1, 240)
+    t0 = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(60) == 0
+    job = _wait(lambda: client.get(f"/searches/{long}", headers=alice).json()["job"],
+                lambda j: j["state"] == "queued", 10)  # fmt: skip
+    assert job["worker"] is None and time.monotonic() - t0 < 60
+    stack.start_worker("after-sigterm")
+    resumed = _wait(lambda: client.get(f"/searches/{long}", headers=alice).json()["job"],
+                    lambda j: j["state"] == "running" and j["worker"] == "after-sigterm", 60)  # fmt: skip
+    assert resumed["failures"] == 0
+    client.post(f"/searches/{long}/cancel", headers=alice)
