@@ -36,10 +36,20 @@ def _over(what: str, value: float, setting: str, limit: float) -> LimitExceeded:
     return LimitExceeded(f"{what} is {value:,.0f}, over the limit of {limit:,.0f} (HYCTAS_{setting.upper()})")
 
 
+SYNTHETIC_DEFAULTS = {"train": 24, "val": 8, "size": (64, 128)}  # = schemas.SyntheticDataset's
+
+
+def _synthetic(dataset: dict[str, Any]) -> tuple[int, int, tuple[int, int]]:
+    """(train, val, size) of a synthetic dataset reference (its schema defaults where a stored one omits them)."""
+    d = {**SYNTHETIC_DEFAULTS, **dataset}
+    return int(d["train"]), int(d["val"]), (int(d["size"][0]), int(d["size"][1]))
+
+
 def _images_and_size(dataset: dict[str, Any] | None) -> tuple[int, tuple[int, int]]:
     """(training images, image size) of a dataset reference."""
     if dataset and dataset.get("kind") == "synthetic":
-        return int(dataset["train"]), (int(dataset["size"][0]), int(dataset["size"][1]))
+        train, _, size = _synthetic(dataset)
+        return train, size
     return CITYSCAPES_TRAIN, CITYSCAPES_SIZE
 
 
@@ -47,8 +57,8 @@ def check_dataset(dataset: dict[str, Any] | None, limits: Any) -> None:
     """A synthetic dataset is rendered on first use: (train + val) x pixels is bounded."""
     if not dataset or dataset.get("kind") != "synthetic":
         return
-    h, w = dataset["size"]
-    megapixels = (int(dataset["train"]) + int(dataset["val"])) * h * w / 1e6
+    train, val, (h, w) = _synthetic(dataset)
+    megapixels = (train + val) * h * w / 1e6
     if megapixels > limits.max_dataset_megapixels:
         raise _over("the synthetic dataset, (train + val) x pixels in MP,", megapixels, "max_dataset_megapixels",
                     limits.max_dataset_megapixels)  # fmt: skip

@@ -117,6 +117,21 @@ def _route_of(request: Request) -> str:
     return path
 
 
+def _limits_in_openapi(app: FastAPI, settings: Settings) -> None:
+    """The OpenAPI shows the limits this controller enforces (they are settings, not schema constants)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            search = schema["components"]["schemas"]["SearchCreate"]["properties"]
+            search["population"]["maximum"] = settings.max_population
+            search["generations"]["maximum"] = settings.max_generations
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -168,6 +183,7 @@ def create_app(
     app.state.storage = storage
     app.state.queue = queue
     app.state.events = events
+    _limits_in_openapi(app, settings)
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

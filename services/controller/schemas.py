@@ -21,7 +21,26 @@ Size = tuple[Side, Side]
 
 
 class Strict(BaseModel):
+    """A request body: unknown keys are refused; numbers and booleans must be JSON numbers and booleans."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, data: Any) -> Any:
+        """No ``false`` for 0 or ``"8"`` for 8 (pydantic's lax mode would take both)."""
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(field.alias or name)
+                if field.annotation in _NUMERIC and isinstance(value, bool | str):
+                    raise ValueError(f"{name} must be a number, not {type(value).__name__} {value!r}")
+                if field.annotation in _BOOLEAN and name in data and not isinstance(value, bool | None):
+                    raise ValueError(f"{name} must be true or false, not {type(value).__name__} {value!r}")
+        return data
+
+
+_NUMERIC = (int, float, int | None, float | None)
+_BOOLEAN = (bool, bool | None)
 
 
 class Message(BaseModel):

@@ -232,6 +232,8 @@ def test_duplicate_search_name_is_a_conflict(api: Api) -> None:
         ({"verify_top_k": 1}, "verify_top_k"),
         ({"verify_top_k": 17}, "verify_top_k"),
         ({"verify_top_k": 2, "verify_epochs": 0}, "verify_epochs"),
+        ({"seed": False}, "seed must be a number, not bool"),
+        ({"population": "8"}, "population must be a number, not str"),
     ],
 )
 def test_invalid_search_configs_are_422_naming_the_field(api: Api, patch: dict[str, Any], field: str) -> None:
@@ -304,6 +306,14 @@ def test_cancel_a_finished_job_is_409(api: Api) -> None:
 def test_unknown_ids_are_404(api: Api) -> None:
     for path in ("/api/v1/searches/12345", "/api/v1/jobs/12345", "/api/v1/models/12345", "/api/v1/supernets/12345"):
         assert api.client.get(path, headers=api.alice).status_code == 404, path
+
+
+def test_unknown_query_parameters_are_422_naming_them(api: Api) -> None:
+    r = api.client.get("/api/v1/searches?limt=5&state=running", headers=api.alice)
+    assert r.status_code == 422 and r.json()["detail"] == [
+        {"loc": ["query", "limt"], "msg": "unknown query parameter", "type": "extra_forbidden"}
+    ]
+    assert api.client.get("/api/v1/searches?limit=5&state=running", headers=api.alice).status_code == 200
 
 
 @pytest.mark.parametrize(

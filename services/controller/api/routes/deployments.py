@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, status
 
 from hyctas_core.storage import SearchStorage
 from services.controller import service
+from services.controller.api.responses import CONFLICT, NOT_FOUND
 from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, StorageDep
 from services.controller.schemas import DeploymentCreate, DeploymentPublic, DeploymentsPublic
 
@@ -21,7 +22,12 @@ def owned_deployment(storage: SearchStorage, name: str, user: str) -> Any:
     return deployment
 
 
-@router.post("/models/{model_id}/deploy", status_code=status.HTTP_202_ACCEPTED, response_model=DeploymentPublic)
+@router.post(
+    "/models/{model_id}/deploy",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DeploymentPublic,
+    responses={**NOT_FOUND, **CONFLICT},
+)
 def deploy_model(
     model_id: RowId, body: DeploymentCreate, user: CurrentUser, storage: StorageDep, queue: QueueDep, events: EventsDep
 ) -> DeploymentPublic:
@@ -40,13 +46,18 @@ def list_deployments(user: CurrentUser, storage: StorageDep) -> DeploymentsPubli
     return DeploymentsPublic(data=[DeploymentPublic.from_record(d) for d in rows], count=len(rows))
 
 
-@router.get("/deployments/{name}", response_model=DeploymentPublic)
+@router.get("/deployments/{name}", response_model=DeploymentPublic, responses=NOT_FOUND)
 def get_deployment(name: str, user: CurrentUser, storage: StorageDep) -> DeploymentPublic:
     """One deployment."""
     return DeploymentPublic.from_record(owned_deployment(storage, name, user))
 
 
-@router.delete("/deployments/{name}", status_code=status.HTTP_202_ACCEPTED, response_model=DeploymentPublic)
+@router.delete(
+    "/deployments/{name}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DeploymentPublic,
+    responses={**NOT_FOUND, **CONFLICT},
+)
 def delete_deployment(
     name: str, user: CurrentUser, storage: StorageDep, queue: QueueDep, events: EventsDep
 ) -> DeploymentPublic:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from hyctas_core.storage import JobRecord, JobState, SearchStorage
 from services.controller import service
+from services.controller.api.responses import CONFLICT, NOT_FOUND
 from services.controller.deps import CurrentUser, EventsDep, RowId, StorageDep
 from services.controller.schemas import JobPublic, JobsPublic
 
@@ -34,13 +35,13 @@ def list_jobs(
     return JobsPublic(data=[JobPublic.from_record(j) for j in page], count=count)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
 def get_job(job_id: RowId, user: CurrentUser, storage: StorageDep) -> JobPublic:
     """State, attempts, worker, live progress, result or error of one job."""
     return JobPublic.from_record(owned(storage, job_id, user))
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses={**NOT_FOUND, **CONFLICT})
 def cancel_job(job_id: RowId, user: CurrentUser, storage: StorageDep, events: EventsDep) -> JobPublic:
     """Cancel a queued or running job. 409 if it already finished."""
     return JobPublic.from_record(service.cancel_job(storage, events, owned(storage, job_id, user)))

@@ -7,13 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from services.controller import service
+from services.controller.api.responses import CONFLICT, NOT_FOUND
 from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, SettingsDep, StorageDep
 from services.controller.schemas import ModelPublic, ModelsCreate, ModelsPublic
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelsPublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelsPublic, responses=CONFLICT)
 def create_models(
     body: ModelsCreate, user: CurrentUser, storage: StorageDep, queue: QueueDep, events: EventsDep,
     settings: SettingsDep,
@@ -36,7 +37,7 @@ def list_models(
     return ModelsPublic(data=[ModelPublic.from_record(m) for m in page], count=count, job_id=job_id)
 
 
-@router.get("/{model_id}", response_model=ModelPublic)
+@router.get("/{model_id}", response_model=ModelPublic, responses=NOT_FOUND)
 def get_model(model_id: RowId, user: CurrentUser, storage: StorageDep) -> ModelPublic:
     """State, metrics (mIoU, FPS, params, GMACs) and checkpoint of one model."""
     try:

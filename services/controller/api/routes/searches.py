@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from hyctas_core.search import SearchConfig
 from hyctas_core.storage import SearchRecord, SearchState, SearchStorage
 from services.controller import service
+from services.controller.api.responses import CONFLICT, NOT_FOUND
 from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, SettingsDep, StorageDep
 from services.controller.schemas import (
     GenerationPublic,
@@ -84,7 +85,7 @@ def search_public(storage: SearchStorage, search: SearchRecord) -> SearchPublic:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=SearchPublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SearchPublic, responses=CONFLICT)
 def create_search(
     body: SearchCreate,
     user: CurrentUser,
@@ -111,13 +112,13 @@ def list_searches(
     return SearchesPublic(data=[search_public(storage, s) for s in page], count=count)
 
 
-@router.get("/{search_id}", response_model=SearchPublic)
+@router.get("/{search_id}", response_model=SearchPublic, responses=NOT_FOUND)
 def get_search(search_id: RowId, user: CurrentUser, storage: StorageDep) -> SearchPublic:
     """State, generation k of n, hypervolume and timings of one search."""
     return search_public(storage, owned_search(storage, search_id, user))
 
 
-@router.get("/{search_id}/generations", response_model=GenerationsPublic)
+@router.get("/{search_id}/generations", response_model=GenerationsPublic, responses=NOT_FOUND)
 def list_generations(search_id: RowId, user: CurrentUser, storage: StorageDep) -> GenerationsPublic:
     """Every committed generation: hypervolume, front hashes, counts, timings."""
     owned_search(storage, search_id, user)
@@ -132,7 +133,7 @@ def list_generations(search_id: RowId, user: CurrentUser, storage: StorageDep) -
     return GenerationsPublic(data=data, count=len(data))
 
 
-@router.get("/{search_id}/pareto", response_model=ParetoPublic)
+@router.get("/{search_id}/pareto", response_model=ParetoPublic, responses=NOT_FOUND)
 def get_pareto(search_id: RowId, user: CurrentUser, storage: StorageDep) -> ParetoPublic:
     """The current Pareto front (over everything evaluated so far), ordered by cost."""
     search = owned_search(storage, search_id, user)
@@ -148,7 +149,7 @@ def get_pareto(search_id: RowId, user: CurrentUser, storage: StorageDep) -> Pare
     )
 
 
-@router.get("/{search_id}/individuals", response_model=IndividualsPublic)
+@router.get("/{search_id}/individuals", response_model=IndividualsPublic, responses=NOT_FOUND)
 def list_individuals(
     search_id: RowId,
     user: CurrentUser,
@@ -163,7 +164,7 @@ def list_individuals(
     return IndividualsPublic(data=[IndividualPublic(**vars(i)) for i in rows], count=len(rows))
 
 
-@router.post("/{search_id}/cancel", response_model=SearchPublic)
+@router.post("/{search_id}/cancel", response_model=SearchPublic, responses={**NOT_FOUND, **CONFLICT})
 def cancel_search(search_id: RowId, user: CurrentUser, storage: StorageDep, events: EventsDep) -> SearchPublic:
     """Cancel a search; its worker stops within one evaluation. 409 if it already finished."""
     search = owned_search(storage, search_id, user)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from hyctas_core.storage import JobRecord, SearchStorage
 from services.controller import service
+from services.controller.api.responses import NOT_FOUND
 from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, SettingsDep, StorageDep
 from services.controller.schemas import SupernetCreate, SupernetPublic, SupernetsPublic
 
@@ -44,7 +45,7 @@ def list_supernets(
     return SupernetsPublic(data=[SupernetPublic.from_record(j) for j in page], count=len(supernets))
 
 
-@router.get("/{supernet_id}", response_model=SupernetPublic)
+@router.get("/{supernet_id}", response_model=SupernetPublic, responses=NOT_FOUND)
 def get_supernet(supernet_id: RowId, user: CurrentUser, storage: StorageDep) -> SupernetPublic:
     """State, training progress and checkpoint of one supernet."""
     return SupernetPublic.from_record(owned_supernet(storage, supernet_id, user))
