@@ -80,7 +80,9 @@ def worker(
         fail(str(exc))
     events = RedisEventBus(settings.redis_url, channel=settings.events_channel)
     from services.worker.ray_init import RayStartError, init_ray
+    from services.worker.reaper import start_reaper
 
+    start_reaper()  # a `kill -9` of this worker must not leave its Ray processes behind
     try:  # before any job is claimed: a worker whose Ray cannot start takes nothing
         init_ray(settings.ray_address, timeout_s=settings.ray_init_timeout_s)
     except RayStartError as exc:

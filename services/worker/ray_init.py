@@ -10,6 +10,7 @@ file's cluster), and every attempt has a deadline.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from typing import Any
 
@@ -22,6 +23,21 @@ DEFAULT_TIMEOUT_S = 120.0
 
 class RayStartError(RuntimeError):
     """Ray did not start (or the cluster could not be reached) in time; the message is one line."""
+
+
+class _Deadline(BaseException):
+    """Raised by the SIGALRM handler inside ``ray.init`` (a BaseException: Ray's retries do not catch it)."""
+
+
+def _timed_out(signum: int, frame: Any) -> None:
+    raise _Deadline
+
+
+def _shutdown_quietly() -> None:
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 - half-started: nothing more to clean
+        pass
 
 
 def init_ray(address: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs: Any) -> bool:
@@ -50,22 +66,25 @@ def init_ray(address: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S
         **kwargs,
         "address": address or "local",
     }
-    outcome: dict[str, BaseException] = {}
-
-    def start() -> None:
-        try:
-            ray.init(**options)
-        except BaseException as exc:  # reported to the caller below
-            outcome["error"] = exc
-
     where = f"Ray at {address}" if address else "a local Ray"
-    thread = threading.Thread(target=start, name="ray-init", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise RayStartError(f"{where} did not start within {timeout_s:g} s (HYCTAS_RAY_INIT_TIMEOUT_S)")
-    if "error" in outcome:
-        exc = outcome["error"]
+    # ray.init runs in this thread: Ray ties the processes of a local cluster to the thread that
+    # started them (they die with it), so no helper thread. The deadline is a SIGALRM, which
+    # only the main thread can take; elsewhere there is none.
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGALRM, _timed_out) if on_main else None
+    if on_main:
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        ray.init(**options)
+    except _Deadline:
+        _shutdown_quietly()
+        raise RayStartError(f"{where} did not start within {timeout_s:g} s (HYCTAS_RAY_INIT_TIMEOUT_S)") from None
+    except Exception as exc:
+        _shutdown_quietly()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise RayStartError(f"cannot start {where}: {type(exc).__name__}: {first}"[:500])
+        raise RayStartError(f"cannot start {where}: {type(exc).__name__}: {first}"[:500]) from None
+    finally:
+        if on_main:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
     return True

@@ -37,12 +37,13 @@ def test_a_stale_cluster_file_is_ignored(ray_tmp: Path) -> None:
     (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")
     code = (
         "import ray; from services.worker.ray_init import init_ray; "
-        "print(init_ray(timeout_s=90, num_cpus=1)); print(ray.is_initialized()); ray.shutdown()"
+        "print(init_ray(timeout_s=90, num_cpus=1)); print(ray.is_initialized()); "
+        "print(ray.get(ray.remote(lambda: 41 + 1).remote())); ray.shutdown()"
     )
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], env=_env(ray_tmp), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["True", "True"] and time.monotonic() - start < 90
+    assert proc.stdout.split() == ["True", "True", "42"] and time.monotonic() - start < 90  # and it runs tasks
 
 
 @pytest.mark.slow
@@ -66,3 +67,48 @@ def test_a_worker_whose_ray_cannot_start_exits_2_in_time_with_one_line(
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert time.monotonic() - start < 60
     assert lines and lines[-1].startswith("error: ") and "Ray at 127.0.0.1:1" in lines[-1], proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_killed_workers_ray_processes_do_not_outlive_it(tmp_path: Path, ray_tmp: Path, redis_url: str) -> None:
+    """`kill -9` of `hyctas worker` (its own local Ray): within seconds none of its processes is left."""
+    from services.worker.reaper import descendants
+
+    env = _env(
+        ray_tmp,
+        HYCTAS_DATABASE_URL=f"sqlite:///{tmp_path / 'w.db'}",
+        HYCTAS_REDIS_URL=redis_url,
+        HYCTAS_STREAM=f"hyctas:test-reaper:{os.getpid()}",
+        HYCTAS_WORKER_METRICS_PORT="0",
+    )
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen([HYCTAS, "worker"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "waiting for jobs" not in log.read_text():
+            assert worker.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+        time.sleep(2)  # let Ray's agents come up
+        procs = descendants(worker.pid)
+        names = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") for pid, _ in procs)
+        assert "raylet" in names and "gcs_server" in names, names[:500]
+        worker.kill()
+        worker.wait(10)
+        deadline = time.monotonic() + 20
+        while True:
+            alive = [p for p in procs if Path(f"/proc/{p[0]}").exists() and _state(p[0]) not in ("Z", None)]
+            if not alive or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert alive == [], f"left behind: {alive}"
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
