@@ -163,6 +163,9 @@ def test_login_lists_only_the_users_searches(tab: Tab, dashboard: Dashboard, art
 def test_search_page_plots_hovers_and_shows_an_architecture(tab: Tab, dashboard: Dashboard, artifacts: Path) -> None:
     s = dashboard.searches["cityscapes-lat"]
     individuals = dashboard.api(f"/searches/{s.id}/individuals")["data"]
+    verified = {"state": "succeeded", "k": 4, "done": 4, "epochs": 8, "rows": [], "kendall_tau": 0.6667,
+                "spearman": 0.8, "job_id": None, "error": None}  # fmt: skip
+    dashboard.storage.set_search_verification(s.id, verified)
     page = login(tab, dashboard)
     open_search(page, s.id, len(individuals))
     drawn = page.locator("#scatter .scatterlayer path.point")
@@ -173,6 +176,9 @@ def test_search_page_plots_hovers_and_shows_an_architecture(tab: Tab, dashboard:
     assert front["line"]["shape"] == "hv" and len(front["x"]) == len(pareto["data"])
     assert plotted(page, "hv-chart")["traces"] == 1
     expect(page.locator("#search-facts .fact-generation dd")).to_have_text("3 of 3")
+    fidelity = page.locator("#search-facts .fact-supernet-fidelity")
+    expect(fidelity.locator("dt")).to_have_text("supernet fidelity")
+    expect(fidelity.locator("dd")).to_have_text("Kendall \u03c4 0.67 over K=4 retrained front points")
 
     # Hover: the tooltip names the arch under the mouse and its metrics.
     x, y = leftmost_point(page)
