@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--base-channels", type=int, default=8)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--supernet-epochs", type=int, default=30)
+    p.add_argument("--supernet-epochs", type=int, default=60)
     p.add_argument("--supernet-lr", type=float, default=0.05)
     p.add_argument("--supernet-loss", choices=("topk", "ce", "ohem"), default=SupernetTrainConfig.loss)
     p.add_argument("--sampling", choices=SAMPLINGS, default=SupernetTrainConfig.sampling)
