@@ -98,7 +98,9 @@ def worker(
         stop.set()
         w.shutdown(f"worker shutting down (signal {signum})")
 
-    w = Worker(storage, queue, events, settings, name=name)
+    from services.worker.jobs import reconcile_deployments
+
+    w = Worker(storage, queue, events, settings, name=name, maintenance=lambda: reconcile_deployments(storage))
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     typer.echo(f"worker {w.name}: database {getattr(storage, 'url', '?')}, queue {settings.stream}")

@@ -30,6 +30,8 @@ from services.worker.runner import Handler, JobContext, JobStopped
 
 __all__ = [
     "default_handlers",
+    "ray_cluster_id",
+    "reconcile_deployments",
     "pick_device",
     "run_deploy",
     "run_retrain",
@@ -381,10 +383,45 @@ def run_deploy(ctx: JobContext) -> dict[str, Any]:
     except Exception as exc:
         ctx.storage.update_deployment(deployment.id, state="failed", error=f"{type(exc).__name__}: {exc}"[:500])
         raise
-    ctx.storage.update_deployment(deployment.id, state="running", error="")
+    # Which Ray cluster serves it: only workers of that cluster reconcile it (reconcile_deployments).
+    options = {**deployment.options, "ray_cluster": ray_cluster_id()}
+    ctx.storage.update_deployment(deployment.id, state="running", error="", options=options)
     ctx.publish({"type": "deployment", "name": deployment.name, "state": "running", "replicas": state["replicas"]})
     return {"deployment": deployment.name, "state": "running", "replicas": state["replicas"],
             "route": f"/segment/{deployment.name}"}  # fmt: skip
+
+
+def ray_cluster_id() -> str:
+    """This driver's Ray cluster (its GCS address): deployments record the cluster that serves them."""
+    return str(ray.get_runtime_context().gcs_address)
+
+
+def reconcile_deployments(storage: Any, *, status: Any = None, cluster: str | None = None) -> list[str]:
+    """Deployments stored as running on this Ray cluster whose Serve application is gone, or has no
+    running replica any more, are marked failed with the reason (a redeploy brings them back).
+
+    Run by each worker between jobs (``Worker(maintenance=...)``); deployments of another cluster
+    are left to that cluster's workers. Returns the names marked failed.
+    """
+    from services.serve.deploy import deployment_status
+
+    status = status or deployment_status
+    cluster = cluster or ray_cluster_id()
+    failed = []
+    for deployment in storage.list_deployments():
+        if deployment.state != "running" or deployment.options.get("ray_cluster") != cluster:
+            continue
+        state = status(deployment.name)
+        if state["status"] == "NOT_FOUND":
+            reason = "its Serve application is gone (the Ray cluster restarted, or the replicas died); redeploy it"
+        elif state["replicas"] == 0 and state["status"] != "DEPLOYING":
+            reason = f"no replica is running (Serve reports {state['status']}); redeploy it"
+        else:
+            continue
+        storage.update_deployment(deployment.id, state="failed", error=reason)
+        log.warning("deployment %s: %s", deployment.name, reason)
+        failed.append(deployment.name)
+    return failed
 
 
 def default_handlers() -> dict[str, Handler]:

@@ -124,6 +124,8 @@ class Worker:
         settings: leases, heartbeat period, attempts, artifact directory.
         handlers: job kind -> handler; defaults to :func:`services.worker.jobs.default_handlers`.
         name: consumer name in the stream and worker name in the database.
+        maintenance: called between jobs at the sweep's cadence (every lease), e.g. to
+            reconcile deployments with what the Ray cluster really serves.
         on_stuck: called when a handler told to stop has not returned within
             ``stop_grace_s`` (its job already handed back); the default exits the process
             (code 3) so that a supervisor restarts it: a stuck thread cannot be killed.
@@ -139,6 +141,7 @@ class Worker:
         handlers: dict[str, Handler] | None = None,
         name: str | None = None,
         on_stuck: Callable[[JobContext], None] | None = None,
+        maintenance: Callable[[], object] | None = None,
     ) -> None:
         if handlers is None:
             from services.worker.jobs import default_handlers
@@ -152,6 +155,7 @@ class Worker:
         self.name = name or default_worker_name()
         self.current: JobContext | None = None
         self.on_stuck = on_stuck or _exit_stuck
+        self.maintenance = maintenance
         self.stopping = threading.Event()
         self._release_lock = threading.Lock()
 
@@ -233,6 +237,11 @@ class Worker:
                     self.sweep()
                 except (StorageError, QueueError) as exc:
                     log.warning("sweep failed: %s", exc)
+                if self.maintenance is not None:
+                    try:
+                        self.maintenance()
+                    except Exception as exc:  # never a reason to stop taking jobs
+                        log.warning("maintenance failed: %s: %s", type(exc).__name__, exc)
             try:
                 entry = self.queue.claim(self.name, block_s=block_s)
             except QueueError as exc:

@@ -378,3 +378,48 @@ def test_progress_events_reach_listeners(settings: Settings, backends: Any, runn
     steps = [e["step"] for e in got if e["type"] == "progress"]
     assert steps and steps == sorted(steps)
     assert storage.get_job(job_id).state is JobState.SUCCEEDED
+
+
+def test_deployments_whose_replicas_are_gone_are_marked_failed() -> None:
+    """reconcile_deployments: running on this cluster but gone or replica-less -> failed with the reason;
+    healthy ones, other clusters' and non-running ones are left alone; a redeploy is then possible."""
+    from services.worker.jobs import reconcile_deployments
+
+    storage = InMemoryStorage()
+    model = storage.create_model("m", {"ops": []}, "h", owner="alice")
+    served = {"gone": None, "empty": ("UNHEALTHY", 0), "fine": ("RUNNING", 1), "rolling": ("DEPLOYING", 0)}
+    ids = {}
+    for name in [*served, "elsewhere", "stopped"]:
+        ids[name] = storage.create_deployment(name, model, {"backend": "torch"}, owner="alice")
+        cluster = "10.0.0.9:6379" if name == "elsewhere" else "10.0.0.1:6379"
+        storage.update_deployment(ids[name], state="running", options={"backend": "torch", "ray_cluster": cluster})
+    storage.update_deployment(ids["stopped"], state="deleted")
+
+    def status(name: str) -> dict[str, Any]:
+        found = served.get(name)
+        return {"status": "NOT_FOUND", "replicas": 0} if found is None else {"status": found[0], "replicas": found[1]}
+
+    assert sorted(reconcile_deployments(storage, status=status, cluster="10.0.0.1:6379")) == ["empty", "gone"]
+    states = {name: storage.get_deployment(i).state for name, i in ids.items()}
+    assert states == {"gone": "failed", "empty": "failed", "fine": "running", "rolling": "running",
+                      "elsewhere": "running", "stopped": "deleted"}  # fmt: skip
+    assert "gone" in (storage.get_deployment(ids["gone"]).error or "")
+    assert "UNHEALTHY" in (storage.get_deployment(ids["empty"]).error or "")
+    assert reconcile_deployments(storage, status=status, cluster="10.0.0.1:6379") == []  # idempotent
+
+
+def test_maintenance_runs_between_jobs_and_its_errors_never_stop_the_worker(
+    settings: Settings, backends: Any, running: Any
+) -> None:
+    storage, queue, events = backends
+    calls: list[float] = []
+
+    def flaky() -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise RuntimeError("Ray unreachable")
+
+    running(Worker(storage, queue, events, settings, handlers={"fake": lambda ctx: {}}, name="m", maintenance=flaky))
+    _wait_for(lambda: len(calls) >= 2, timeout=10)
+    job_id = _submit(storage, queue)
+    _wait_for(lambda: storage.get_job(job_id).state is JobState.SUCCEEDED)
