@@ -66,7 +66,7 @@ class Stack:
             [HYCTAS, "controller", "--port", str(self.port), "--log-level", "warning"],
             env=self.env, stdout=self._log("controller"), stderr=subprocess.STDOUT,
         )  # fmt: skip
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a loaded 2-core runner can take a minute to import and migrate
         while time.monotonic() < deadline:
             assert self.controller.poll() is None, (self.tmp / "controller.log").read_text()[-2000:]
             try:
