@@ -307,8 +307,10 @@ def knee_index(points: Sequence[tuple[float, float]]) -> int:
     """Index of the knee of a front given as (miou, cost) pairs.
 
     Both objectives are normalised to [0, 1] over the front; the knee is the point farthest
-    from the straight line joining the two extremes (cheapest and most accurate). A front of
-    one or two points returns its most accurate point.
+    *above* the straight line joining the two extremes (cheapest and most accurate), i.e. the
+    one that buys the most accuracy for its cost compared with trading linearly. A point below
+    the line (a dent: dearer and less accurate than the trade-off) is never a knee. A front of
+    one or two points, or one with no point above the line, returns its most accurate point.
     """
     if not points:
         raise ValueError("empty front")
@@ -322,5 +324,8 @@ def knee_index(points: Sequence[tuple[float, float]]) -> int:
     norm = float(np.hypot(*d))
     if norm == 0:
         return int(np.argmax(P[:, 0]))
-    dist = np.abs(d[0] * (N[:, 1] - a[1]) - d[1] * (N[:, 0] - a[0])) / norm
-    return int(np.argmax(dist))
+    # Signed: positive for points with more mIoU than the line gives at their cost.
+    gain = (d[1] * (N[:, 0] - a[0]) - d[0] * (N[:, 1] - a[1])) / norm
+    if gain.max() <= 0:
+        return int(np.argmax(P[:, 0]))
+    return int(np.argmax(gain))
