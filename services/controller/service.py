@@ -370,7 +370,8 @@ def deploy_model(
     options = req.model_dump(mode="json", exclude={"name", "public"})
     existing = storage.find_deployment(name)
     if existing is not None and existing.owner != owner:
-        raise Conflict(f"the deployment name {name!r} is taken")
+        # Names are routes (/segment/{name}), hence global; the answer says nothing of whose it is.
+        raise Conflict(f"the deployment name {name!r} is not available: choose another name")
     if existing is not None:
         if existing.state == "deleting":
             raise Conflict(f"deployment {name!r} is being deleted")

@@ -286,6 +286,25 @@ def test_models_from_a_search_front_and_invalid_archs(api: Api) -> None:
 
 
 # -- state transitions -------------------------------------------------------------------------
+def test_another_users_deployment_name_is_not_revealed(api: Api) -> None:
+    """A name in use by someone else is a 409 that says nothing of its owner; their deployment stays a 404."""
+    models = {}
+    for user in ("alice", "bob"):
+        mid = api.storage.create_model("m", {"ops": []}, "h", owner=user)
+        api.storage.update_model(mid, state=JobState.RUNNING)
+        api.storage.update_model(mid, state=JobState.SUCCEEDED, checkpoint_uri="file:///ckpt/best.pt")
+        models[user] = mid
+    r = api.client.post(f"/api/v1/models/{models['alice']}/deploy", json={"name": "seg"}, headers=api.alice)
+    assert r.status_code == 202, r.text
+    r = api.client.post(f"/api/v1/models/{models['bob']}/deploy", json={"name": "seg"}, headers=api.bob)
+    assert (r.status_code, r.json()["detail"]) == (
+        409,
+        "the deployment name 'seg' is not available: choose another name",
+    )
+    assert "alice" not in r.text and "taken" not in r.text
+    assert api.client.get("/api/v1/deployments/seg", headers=api.bob).status_code == 404
+
+
 def test_cancel_a_search_then_cancel_again_is_409(api: Api) -> None:
     body = _search(api)
     r = api.client.post(f"/api/v1/searches/{body['id']}/cancel", headers=api.alice)
