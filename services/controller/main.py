@@ -165,11 +165,17 @@ def create_app(
             app.state.events = RedisEventBus(settings.redis_url, channel=settings.events_channel)
             opened.append(app.state.events)
         collector = StateCollector(app.state.storage, app.state.queue)
-        REGISTRY.register(collector)
+        try:
+            REGISTRY.register(collector)
+            registered = True
+        except ValueError:  # another app in this process (tests) already exports the state gauges
+            log.warning("state metrics are already exported by another app in this process")
+            registered = False
         try:
             yield
         finally:
-            REGISTRY.unregister(collector)
+            if registered:
+                REGISTRY.unregister(collector)
             for backend in opened:
                 backend.close()
 
