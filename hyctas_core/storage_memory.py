@@ -426,6 +426,15 @@ class InMemoryStorage(SearchStorage):
             job.updated_at = now
             return copy.deepcopy(job)
 
+    def _running_job(self, job_id: int, worker: str) -> JobRecord:
+        """The job if it is RUNNING on ``worker`` (call with the lock held). Raises KeyError, IllegalTransition."""
+        job = self._job(job_id)
+        if job.state is not JobState.RUNNING or job.worker != worker:
+            raise IllegalTransition(
+                f"job {job_id} is {job.state.value} on worker {job.worker!r}, not running on {worker!r}"
+            )
+        return job
+
     def heartbeat_job(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None) -> None:
         """Refresh ``heartbeat_at`` (and store ``progress`` when given).
 
@@ -436,11 +445,7 @@ class InMemoryStorage(SearchStorage):
         """
         stored = None if progress is None else _json_copy(progress, "job progress")
         with self._lock:
-            job = self._job(job_id)
-            if job.state is not JobState.RUNNING or job.worker != worker:
-                raise IllegalTransition(
-                    f"job {job_id} is {job.state.value} on worker {job.worker!r}, not running on {worker!r}"
-                )
+            job = self._running_job(job_id, worker)
             now = _now()
             if stored is not None:
                 job.progress = stored
@@ -455,11 +460,7 @@ class InMemoryStorage(SearchStorage):
             IllegalTransition: not RUNNING on ``worker``.
         """
         with self._lock:
-            job = self._job(job_id)
-            if job.state is not JobState.RUNNING or job.worker != worker:
-                raise IllegalTransition(
-                    f"job {job_id} is {job.state.value} on worker {job.worker!r}, not running on {worker!r}"
-                )
+            job = self._running_job(job_id, worker)
             job.state = JobState.QUEUED
             job.worker = None
             job.heartbeat_at = None
@@ -475,11 +476,7 @@ class InMemoryStorage(SearchStorage):
         """
         stored = None if progress is None else _json_copy(progress, "job progress")
         with self._lock:
-            job = self._job(job_id)
-            if job.state is not JobState.RUNNING or job.worker != worker:
-                raise IllegalTransition(
-                    f"job {job_id} is {job.state.value} on worker {job.worker!r}, not running on {worker!r}"
-                )
+            job = self._running_job(job_id, worker)
             job.failures += 1
             if stored is not None:
                 job.progress = stored

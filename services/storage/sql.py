@@ -447,6 +447,14 @@ class SQLStorage(SearchStorage):
             raise KeyError(f"unknown job id {job_id}")
         return row
 
+    @classmethod
+    def _locked_running_job(cls, session: Session, job_id: int, worker: str) -> JobRow:
+        """The job's row, locked, if it is RUNNING on ``worker``. Raises KeyError, IllegalTransition."""
+        row = cls._locked_job(session, job_id)
+        if row.state != JobState.RUNNING.value or row.worker != worker:
+            raise IllegalTransition(f"job {job_id} is {row.state} on worker {row.worker!r}, not running on {worker!r}")
+        return row
+
     @staticmethod
     def _require_search(session: Session, search_id: int) -> None:
         if session.scalar(select(SearchRow.id).where(SearchRow.id == search_id)) is None:
@@ -830,11 +838,7 @@ class SQLStorage(SearchStorage):
             StorageError: ``progress`` is not JSON-serialisable.
         """
         with self._session_scope(write=True) as session:
-            row = self._locked_job(session, job_id)
-            if row.state != JobState.RUNNING.value or row.worker != worker:
-                raise IllegalTransition(
-                    f"job {job_id} is {row.state} on worker {row.worker!r}, not running on {worker!r}"
-                )
+            row = self._locked_running_job(session, job_id, worker)
             now = _now()
             if progress is not None:
                 row.progress = progress
@@ -849,11 +853,7 @@ class SQLStorage(SearchStorage):
             IllegalTransition: not RUNNING on ``worker``.
         """
         with self._session_scope(write=True) as session:
-            row = self._locked_job(session, job_id)
-            if row.state != JobState.RUNNING.value or row.worker != worker:
-                raise IllegalTransition(
-                    f"job {job_id} is {row.state} on worker {row.worker!r}, not running on {worker!r}"
-                )
+            row = self._locked_running_job(session, job_id, worker)
             row.state = JobState.QUEUED.value
             row.worker = None
             row.heartbeat_at = None
@@ -868,11 +868,7 @@ class SQLStorage(SearchStorage):
             StorageError: ``progress`` is not JSON-serialisable.
         """
         with self._session_scope(write=True) as session:
-            row = self._locked_job(session, job_id)
-            if row.state != JobState.RUNNING.value or row.worker != worker:
-                raise IllegalTransition(
-                    f"job {job_id} is {row.state} on worker {row.worker!r}, not running on {worker!r}"
-                )
+            row = self._locked_running_job(session, job_id, worker)
             row.failures += 1
             if progress is not None:
                 row.progress = progress
