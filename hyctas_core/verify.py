@@ -31,7 +31,7 @@ from scipy import stats
 
 from hyctas_core.search import SearchConfig
 from hyctas_core.search_runner import StopSearch
-from hyctas_core.storage import IndividualRecord, SearchStorage
+from hyctas_core.storage import IndividualRecord, SearchRecord, SearchStorage
 
 __all__ = [
     "MAX_VERIFY_K",
@@ -114,10 +114,9 @@ def fidelity(supernet: Sequence[float], retrained: Sequence[float]) -> dict[str,
     }
 
 
-def _new_record(storage: SearchStorage, search_id: int, cfg: VerifyConfig) -> dict[str, Any]:
-    search = storage.get_search(search_id)
+def _new_record(search: SearchRecord, front: list[IndividualRecord], cfg: VerifyConfig) -> dict[str, Any]:
     cost_key = SearchConfig.from_dict(search.config["search"]).cost_key
-    points = pick_points(storage.pareto_front(search_id), cfg.k, cost_key)
+    points = pick_points(front, cfg.k, cost_key)
     if len(points) < 2:
         raise NothingToVerify(f"search {search.name!r} has {len(points)} front point(s): nothing to rank")
     rows = [
@@ -170,10 +169,12 @@ def run_verification(
     Raises:
         NothingToVerify: the front has fewer than 2 points (stored as a failed record too).
     """
-    record = storage.get_search(search_id).verification
+    search = storage.get_search(search_id)
+    front = storage.pareto_front(search_id)
+    record = search.verification
     if not record or record.get("state") not in ("running", "failed") or not record.get("rows"):
         try:
-            fresh = _new_record(storage, search_id, cfg)
+            fresh = _new_record(search, front, cfg)
         except NothingToVerify as exc:
             failed = {"state": "failed", "k": 0, "done": 0, "rows": [], "error": str(exc)}
             storage.set_search_verification(search_id, {**(record or {}), **failed})
@@ -181,7 +182,7 @@ def run_verification(
         record = {**(record or {}), **fresh}  # keeps e.g. the job id
     record = {**record, "state": "running", "error": None}
     storage.set_search_verification(search_id, record)
-    arch_of = {ind.arch_hash: ind.arch for ind in storage.pareto_front(search_id)}
+    arch_of = {ind.arch_hash: ind.arch for ind in front}
     try:
         for row in record["rows"]:
             if row["retrained_miou"] is not None:
