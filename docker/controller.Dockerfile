@@ -36,6 +36,7 @@ RUN pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY hyctas_core ./hyctas_core
 COPY services ./services
+COPY hyctas_cli ./hyctas_cli
 RUN pip install --no-deps --no-build-isolation . && pip check && rm -rf build
 
 USER hyctas

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hyctas_core.config import ModelConfig, PanopticConfig
+    from hyctas_core.memory import MemoryBudget
     from hyctas_core.network import HyCTASNet, build
     from hyctas_core.presets import get_preset
     from hyctas_core.search_space import (
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
         ArchError,
         Branch,
         Cell,
-        MemoryBudget,
         VectorCodec,
         sample_arch,
         validate,
@@ -36,7 +36,7 @@ _EXPORTS = {
     "ArchError": "hyctas_core.search_space",
     "Branch": "hyctas_core.search_space",
     "Cell": "hyctas_core.search_space",
-    "MemoryBudget": "hyctas_core.search_space",
+    "MemoryBudget": "hyctas_core.memory",
     "VectorCodec": "hyctas_core.search_space",
     "sample_arch": "hyctas_core.search_space",
     "validate": "hyctas_core.search_space",

@@ -18,9 +18,9 @@ from hyctas_core.config import ModelConfig
 from hyctas_core.layers import feature_sizes
 from hyctas_core.network import NetPlan, plan_network, stem_widths
 from hyctas_core.ops import attn_dim
-from hyctas_core.search_space import Arch, num_filters
+from hyctas_core.search_space import Arch, ArchError, num_filters
 
-__all__ = ["MemoryEstimate", "activation_elements", "estimate_train_memory"]
+__all__ = ["MemoryBudget", "MemoryEstimate", "activation_elements", "estimate_train_memory"]
 
 _BYTES = 4  # float32
 
@@ -157,3 +157,37 @@ def estimate_train_memory(
     plan = plan_network(arch, cfg)
     acts, params, largest = activation_elements(plan, cfg, input_size, attention_map=attention_map)
     return MemoryEstimate(batch_size * acts * _BYTES, 3 * params * _BYTES, largest)
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """Constraint 4: the training memory of a sub-network must stay under ``limit_bytes``.
+
+    The estimate is for one training step at ``batch_size`` x ``input_size`` with
+    ``base_channels`` F (see :func:`estimate_train_memory`).
+    """
+
+    limit_bytes: int
+    base_channels: int = 12
+    input_size: tuple[int, int] = (512, 1024)
+    batch_size: int = 16
+    attn_heads: int = 2
+    attn_ratio: float = 0.5
+    # Count the (HW)^2 attention map (CPU / math kernel); False for fused CUDA kernels.
+    attention_map: bool = True
+
+    def check(self, arch: Arch) -> None:
+        need = estimate_train_memory(
+            arch,
+            base_channels=self.base_channels,
+            input_size=self.input_size,
+            batch_size=self.batch_size,
+            attn_heads=self.attn_heads,
+            attn_ratio=self.attn_ratio,
+            attention_map=self.attention_map,
+        )
+        if need.total_bytes > self.limit_bytes:
+            raise ArchError(
+                f"constraint 4 (memory): estimated training memory {need.total_bytes / 2**30:.2f} GiB "
+                f"exceeds the limit {self.limit_bytes / 2**30:.2f} GiB; largest cell: {need.largest}"
+            )

@@ -33,7 +33,7 @@ import itertools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -46,7 +46,7 @@ __all__ = [
     "ArchError",
     "Branch",
     "Cell",
-    "MemoryBudget",
+    "ArchConstraint",
     "VectorCodec",
     "num_filters",
     "sample_arch",
@@ -250,31 +250,25 @@ def _width_index(value: Any, b: int, i: int) -> int:
 # ---------------------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MemoryBudget:
-    """Constraint 4: the training memory of a sub-network must stay under ``limit_bytes``.
+class ArchConstraint(Protocol):
+    """An extra rule on whole architectures, checked by :func:`validate` after the structural ones.
 
-    The estimate is for one training step at ``batch_size`` x ``input_size`` with
-    ``base_channels`` F (see :func:`hyctas_core.memory.estimate_train_memory`).
+    Constraint 4 is one: :class:`hyctas_core.memory.MemoryBudget` (the estimate needs the
+    network plan, which builds on this module, so the rule is passed in rather than imported).
     """
 
-    limit_bytes: int
-    base_channels: int = 12
-    input_size: tuple[int, int] = (512, 1024)
-    batch_size: int = 16
-    attn_heads: int = 2
-    attn_ratio: float = 0.5
-    # Count the (HW)^2 attention map (CPU / math kernel); False for fused CUDA kernels.
-    attention_map: bool = True
+    def check(self, arch: Arch) -> None:
+        """Raise :class:`ArchError` with the reason when ``arch`` breaks the rule."""
 
 
-def validate(arch: Arch, *, num_layers: int | None = None, memory: MemoryBudget | None = None) -> None:
+def validate(arch: Arch, *, num_layers: int | None = None, memory: ArchConstraint | None = None) -> None:
     """Check the structural rules and the paper's constraints.
 
     Args:
         arch: the architecture.
         num_layers: if given, the depth every branch must have (the supernet's).
-        memory: if given, check constraint 4 against this budget.
+        memory: if given, check constraint 4 against this budget
+            (:class:`hyctas_core.memory.MemoryBudget`).
 
     Raises:
         ArchError: the first broken rule, naming the constraint, branch and cell.
@@ -328,24 +322,9 @@ def validate(arch: Arch, *, num_layers: int | None = None, memory: MemoryBudget 
                     f"both down-sample at cell {pos}"
                 )
             seen[pos] = b
-    # Constraint 4.
+    # Constraint 4 (or any other rule passed in).
     if memory is not None:
-        from hyctas_core.memory import estimate_train_memory
-
-        need = estimate_train_memory(
-            arch,
-            base_channels=memory.base_channels,
-            input_size=memory.input_size,
-            batch_size=memory.batch_size,
-            attn_heads=memory.attn_heads,
-            attn_ratio=memory.attn_ratio,
-            attention_map=memory.attention_map,
-        )
-        if need.total_bytes > memory.limit_bytes:
-            raise ArchError(
-                f"constraint 4 (memory): estimated training memory {need.total_bytes / 2**30:.2f} GiB "
-                f"exceeds the limit {memory.limit_bytes / 2**30:.2f} GiB; largest cell: {need.largest}"
-            )
+        memory.check(arch)
 
 
 def is_valid(arch: Arch, **kwargs: Any) -> bool:
@@ -384,7 +363,7 @@ def sample_arch(
     *,
     num_branches: int | None = None,
     branch_prior: Sequence[float] = BRANCH_PRIOR,
-    memory: MemoryBudget | None = None,
+    memory: ArchConstraint | None = None,
     max_tries: int = 1000,
 ) -> Arch:
     """Sample a valid architecture.

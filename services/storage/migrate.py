@@ -24,7 +24,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from hyctas_core.storage import StorageError
-from services.storage.sql import create_storage_engine, mask_url, one_line
+from services.storage.engine import create_storage_engine, mask_url, one_line
 
 __all__ = [
     "MIGRATIONS_DIR",

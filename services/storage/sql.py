@@ -25,10 +25,6 @@ message; passwords never appear in messages.
 
 from __future__ import annotations
 
-import functools
-import json
-import math
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -36,22 +32,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, func, insert, select
+from sqlalchemy import Engine, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
-    ArgumentError,
-    DisconnectionError,
     IntegrityError,
-    InterfaceError,
-    NoSuchModuleError,
-    OperationalError,
     SQLAlchemyError,
 )
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, defer
-from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from hyctas_core.storage import (
     JOB_TRANSITIONS,
@@ -74,6 +62,8 @@ from hyctas_core.storage import (
     StorageUnavailable,
     check_deployment_state,
 )
+from services.storage.engine import UNAVAILABLE, WRITE_OPTION, create_storage_engine, mask_url, one_line
+from services.storage.migrate import UPGRADE_HINT, check_revision, revision_of, upgrade_database
 from services.storage.models import (
     ApiKeyRow,
     DeploymentRow,
@@ -85,103 +75,10 @@ from services.storage.models import (
     SearchRow,
 )
 
-# Errors that mean "the database cannot be reached now" (a 503 to clients), not a bad request.
-_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
-
 __all__ = ["SQLStorage", "create_storage_engine", "mask_url", "one_line"]
 
 R = TypeVar("R")
-_WRITE_OPTION = "hyctas_write"  # execution option: the SQLite transaction starts with BEGIN IMMEDIATE
-_MAX_MESSAGE = 400
 _IN_CHUNK = 500  # bound on bind parameters per IN (...) clause
-
-
-def mask_url(url: str | URL) -> str:
-    """``url`` with its password replaced by ``***`` (safe for messages and logs)."""
-    if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
-def one_line(exc: BaseException) -> str:
-    """A one-line description of ``exc``: the DBAPI error's class and message, whitespace collapsed.
-
-    SQLAlchemy's own messages carry the SQL, the parameters and a documentation link on extra
-    lines; only the underlying reason is kept.
-    """
-    orig = getattr(exc, "orig", None)
-    cause = orig if isinstance(orig, BaseException) else exc
-    text = str(cause).split("\n[SQL:", 1)[0]
-    text = " ".join(text.split()) or type(cause).__name__
-    message = f"{type(cause).__name__}: {text}"
-    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
-
-
-def _on_sqlite_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-    # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's implicit BEGIN is deferred
-    # and would make a reader-turned-writer fail with SQLITE_BUSY instead of waiting).
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL: a killed process never loses or tears a committed transaction; only an
-        # OS crash / power loss may drop the last commits (never corrupting the file).
-        cursor.execute("PRAGMA synchronous=NORMAL")
-    finally:
-        cursor.close()
-
-
-def _on_sqlite_begin(conn: Any) -> None:
-    write = conn.get_execution_options().get(_WRITE_OPTION, False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-
-def create_storage_engine(
-    url: str, *, connect_timeout_s: float = 5.0, busy_timeout_s: float = 30.0, pooled: bool = True
-) -> Engine:
-    """The engine :class:`SQLStorage` and the migrations use for ``url``.
-
-    SQLite: WAL journal (``synchronous=NORMAL``), foreign keys on, ``busy_timeout_s`` for a writer waiting on another,
-    ``BEGIN IMMEDIATE`` for transactions run with the ``hyctas_write`` execution option.
-    PostgreSQL: ``connect_timeout_s``, pre-ping of pooled connections. Both: strict JSON.
-
-    Args:
-        url: A SQLAlchemy URL.
-        connect_timeout_s: How long to wait for a network database to accept a connection.
-        busy_timeout_s: How long a SQLite writer waits for the database lock.
-        pooled: False for a throw-away engine (no connection pool).
-
-    Raises:
-        StorageError: the URL is invalid or names a driver that is not installed.
-    """
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError) as exc:
-        raise StorageError(f"invalid database URL {mask_url(url)!r}: {one_line(exc)}") from None
-    kwargs: dict[str, Any] = {
-        "json_serializer": functools.partial(json.dumps, allow_nan=False),
-        "json_deserializer": json.loads,
-    }
-    if not pooled:
-        kwargs["poolclass"] = NullPool
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        kwargs["connect_args"] = {"timeout": busy_timeout_s}
-    elif backend == "postgresql":
-        kwargs["connect_args"] = {"connect_timeout": max(1, math.ceil(connect_timeout_s))}
-        kwargs["pool_pre_ping"] = pooled
-    try:
-        engine = create_engine(parsed, **kwargs)
-    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-        raise StorageError(f"unsupported database URL {mask_url(parsed)!r}: {one_line(exc)}") from None
-    if backend == "sqlite":
-        event.listen(engine, "connect", _on_sqlite_connect)
-        event.listen(engine, "begin", _on_sqlite_begin)
-    return engine
 
 
 def _now() -> datetime:
@@ -319,8 +216,6 @@ class SQLStorage(SearchStorage):
     ) -> None:
         self._display_url = mask_url(url)
         if create:
-            from services.storage.migrate import upgrade_database
-
             upgrade_database(url, connect_timeout_s=connect_timeout_s)
         self._engine = create_storage_engine(url, connect_timeout_s=connect_timeout_s, busy_timeout_s=busy_timeout_s)
 
@@ -362,8 +257,6 @@ class SQLStorage(SearchStorage):
             StorageError: unreachable database, missing / old schema (run ``hyctas db upgrade``),
                 or a schema newer than this code.
         """
-        from services.storage.migrate import UPGRADE_HINT, check_revision, revision_of
-
         url = self._engine.url
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             if not url.query.get("uri") and not Path(url.database).exists():  # connecting would create it
@@ -404,7 +297,7 @@ class SQLStorage(SearchStorage):
         session = Session(self._engine, autoflush=False, expire_on_commit=False)
         try:
             if write:
-                session.connection(execution_options={_WRITE_OPTION: True})
+                session.connection(execution_options={WRITE_OPTION: True})
             yield session
             session.commit()
         except BaseException as exc:
@@ -412,7 +305,7 @@ class SQLStorage(SearchStorage):
                 session.rollback()
             except SQLAlchemyError:
                 pass  # the connection is gone; the database rolls back on its own
-            if isinstance(exc, _UNAVAILABLE):
+            if isinstance(exc, UNAVAILABLE):
                 raise StorageUnavailable(f"database {self._display_url}: {one_line(exc)}") from exc
             if isinstance(exc, SQLAlchemyError):
                 raise StorageError(f"database {self._display_url}: {one_line(exc)}") from exc

@@ -1,6 +1,6 @@
 """The job handlers a worker runs: supernet training, search, verification, retrain, deploy.
 
-Each takes a :class:`~services.worker.runner.JobContext` and returns the job's result (JSON).
+Each takes a :class:`~services.worker.context.JobContext` and returns the job's result (JSON).
 Heavy work runs on Ray: supernet training in one actor (a GPU when the cluster has one),
 evaluations on a pool of evaluator actors sized to the cluster, retraining as Ray Tune trials.
 Every handler resumes: a search from its last committed generation, training from its last
@@ -25,8 +25,8 @@ from hyctas_core.storage import SearchRecord, SearchState
 from services.datasets import resolve_dataset
 from services.metrics import EVALUATION_SECONDS, EVALUATIONS, GENERATION_SECONDS
 from services.queue import QueueError
+from services.worker.context import Handler, JobContext, JobStopped
 from services.worker.ray_init import init_ray
-from services.worker.runner import Handler, JobContext, JobStopped
 
 __all__ = [
     "default_handlers",

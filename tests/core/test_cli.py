@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from hyctas_core.cli import app
+from hyctas_cli.main import app
 from hyctas_core.presets import get_preset
 
 runner = CliRunner()
@@ -74,7 +74,7 @@ def test_console_script_is_installed() -> None:
 _PRINT_LONG = """
 import sys, time
 from rich.table import Table
-from hyctas_core.cli_utils import cli_console, cli_progress
+from hyctas_cli.utils import cli_console, cli_progress
 path = sys.argv[1]
 console = cli_console()
 console.print("[bold]step[/] " + "word " * 30 + f"0.181 GMACs; plot: {path}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hyctas_core.cli import app
+from hyctas_cli.main import app
 from hyctas_core.presets import get_preset
 from tests.fixtures import write_cityscapes
 

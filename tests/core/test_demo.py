@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from hyctas_core.cli import app
+from hyctas_cli.main import app
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from hyctas_core.cli_metrics import app
+from hyctas_cli.metrics import app
 from hyctas_core.metrics import (
     ADE20K_CLASS_NAMES,
     ConfusionMatrix,

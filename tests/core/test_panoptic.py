@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from typer.testing import CliRunner
 
-from hyctas_core.cli import app
+from hyctas_cli.main import app
 from hyctas_core.config import CITYSCAPES_THING_IDS, ModelConfig, PanopticConfig
 from hyctas_core.data.cityscapes import CityscapesDataset
 from hyctas_core.data.coco_panoptic import COCOPanopticDataset, rgb_to_id

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from typer.testing import CliRunner
 
-from hyctas_core.cli_retrain import retrain
+from hyctas_cli.retrain import retrain
 from hyctas_core.config import ModelConfig
 from hyctas_core.layers import DropPath
 from hyctas_core.network import HyCTASNet

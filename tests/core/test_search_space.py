@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hyctas_core.config import ModelConfig
+from hyctas_core.memory import MemoryBudget
 from hyctas_core.network import plan_network
 from hyctas_core.presets import PRESETS, get_preset
 from hyctas_core.search_space import (
@@ -17,7 +18,6 @@ from hyctas_core.search_space import (
     ArchError,
     Branch,
     Cell,
-    MemoryBudget,
     VectorCodec,
     sample_arch,
     validate,

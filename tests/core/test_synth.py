@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from hyctas_core.cli_data import app
+from hyctas_cli.data import app
 from hyctas_core.data.labels import CITYSCAPES_LABELS, NUM_CLASSES, TRAIN_ID_NAMES, VALID_IDS, id_to_train_id_lut
 from hyctas_core.data.synth import (
     CITIES,

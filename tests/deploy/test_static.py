@@ -43,7 +43,7 @@ from packaging.version import Version
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from hyctas_core.cli import app as hyctas_app
+from hyctas_cli.main import app as hyctas_app
 from services.settings import Settings
 from tools import lockfile
 

@@ -37,7 +37,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _cmd(setup: tuple[Path, Path], db: Path, *extra: str) -> list[str]:
     root, ckpt = setup
     return [
-        sys.executable, "-m", "hyctas_core.cli", "search", "--supernet", str(ckpt), "--data", str(root),
+        sys.executable, "-m", "hyctas_cli", "search", "--supernet", str(ckpt), "--data", str(root),
         "--objective", "flops", "--pop", "6", "--generations", "3", "--branches", "1,3", "--seed", "3",
         "--calib-images", "4", "--val-images", "4", "--latency-seconds", "0.05",
         "--db", f"sqlite:///{db}", "--name", "s", "--out", str(db.parent / "out"), *extra,
@@ -46,7 +46,7 @@ def _cmd(setup: tuple[Path, Path], db: Path, *extra: str) -> list[str]:
 
 def _front(db: Path) -> list[dict[str, object]]:
     proc = subprocess.run(
-        [sys.executable, "-m", "hyctas_core.cli", "pareto", "--db", f"sqlite:///{db}", "--search", "s", "--json"],
+        [sys.executable, "-m", "hyctas_cli", "pareto", "--db", f"sqlite:///{db}", "--search", "s", "--json"],
         capture_output=True, text=True, env=ENV, check=True,
     )  # fmt: skip
     data = json.loads(proc.stdout)
@@ -97,7 +97,7 @@ def test_sigkill_then_resume_gives_the_same_front(setup: tuple[Path, Path], tmp_
 def test_bad_search_inputs_exit_2(setup: tuple[Path, Path], tmp_path: Path) -> None:
     root, ckpt = setup
     db = tmp_path / "x.db"
-    base = [sys.executable, "-m", "hyctas_core.cli", "search", "--db", f"sqlite:///{db}"]
+    base = [sys.executable, "-m", "hyctas_cli", "search", "--db", f"sqlite:///{db}"]
     cases = [
         (["--supernet", str(ckpt), "--data", str(root), "--objective", "energy"], "unknown objective 'energy'"),
         (["--supernet", str(tmp_path / "none.pt"), "--data", str(root)], "does not exist"),
@@ -110,7 +110,7 @@ def test_bad_search_inputs_exit_2(setup: tuple[Path, Path], tmp_path: Path) -> N
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, proc.stderr)
     proc = subprocess.run(
-        [sys.executable, "-m", "hyctas_core.cli", "search", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/x",
+        [sys.executable, "-m", "hyctas_cli", "search", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/x",
          "--supernet", str(ckpt), "--data", str(root)],
         capture_output=True, text=True, env=ENV, timeout=60,
     )  # fmt: skip
@@ -128,7 +128,7 @@ def test_verify_on_a_one_point_front_says_why_and_keeps_the_search(setup: tuple[
     assert proc.stderr.strip() == "cannot verify: search 's' has 1 front point(s): nothing to rank"
     assert "Pareto front of 's' (1 archs, succeeded)" in proc.stdout
     data = json.loads(subprocess.run(
-        [sys.executable, "-m", "hyctas_core.cli", "pareto", "--db", f"sqlite:///{db}", "--search", "s", "--json"],
+        [sys.executable, "-m", "hyctas_cli", "pareto", "--db", f"sqlite:///{db}", "--search", "s", "--json"],
         capture_output=True, text=True, env=ENV, check=True,
     ).stdout)  # fmt: skip
     assert data["state"] == "succeeded" and len(data["front"]) == 1
@@ -166,7 +166,7 @@ def test_verify_retrains_front_points_and_reports_the_fidelity(setup: tuple[Path
     summary = [ln for ln in proc.stdout.splitlines() if ln.startswith("supernet fidelity:")]
     assert len(summary) == 2 and "over 3 retrained front points" in summary[0], proc.stdout  # the line and the caption
     data = json.loads(subprocess.run(
-        [sys.executable, "-m", "hyctas_core.cli", "pareto", "--db", f"sqlite:///{db}", "--search", "s", "--json"],
+        [sys.executable, "-m", "hyctas_cli", "pareto", "--db", f"sqlite:///{db}", "--search", "s", "--json"],
         capture_output=True, text=True, env=ENV, check=True,
     ).stdout)  # fmt: skip
     record = data["verification"]

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from hyctas_core.cli_utils import cli_progress, fail, parse_size
+from hyctas_cli.utils import cli_progress, fail, parse_size
 
 __all__ = ["app", "synth"]
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hyctas_core.cli_utils import cli_progress, fail
+from hyctas_cli.utils import cli_progress, fail, load_arch
 
 if TYPE_CHECKING:
     from hyctas_core.data.cityscapes import CityscapesDataset
@@ -51,7 +51,6 @@ def _config(path: Path | None, base: RetrainConfig | None, epochs: int | None, t
 
 def _arch(arch_file: Path | None, preset: str | None, resumed: Arch | None) -> Arch:
     """The arch from ``--arch`` / ``--preset``; on resume it defaults to (and must match) the run's."""
-    from hyctas_core.cli import load_arch
 
     if arch_file is not None and preset is not None:
         fail("give only one of --arch FILE or --preset NAME")

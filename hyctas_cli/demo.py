@@ -88,7 +88,7 @@ def run_demo(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from hyctas_core.cli_utils import cli_console, cli_progress
+    from hyctas_cli.utils import cli_console, cli_progress
     from hyctas_core.data.cityscapes import CityscapesDataset
     from hyctas_core.data.synth import generate
     from hyctas_core.data.transforms import SegTransform

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from hyctas_core.cli_utils import cli_console, fail
+from hyctas_cli.utils import cli_console, fail
 
 if TYPE_CHECKING:
     from hyctas_core.metrics import PanopticResult, SemsegDataset, SemsegResult

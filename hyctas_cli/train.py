@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hyctas_core.cli_utils import cli_progress, fail, parse_size
+from hyctas_cli.utils import cli_progress, fail, load_arch, parse_size
 
 if TYPE_CHECKING:
     from hyctas_core.data.cityscapes import CityscapesDataset
@@ -125,7 +125,6 @@ def evaluate(
     With --checkpoint instead, score a retrained network: mIoU, or with --task panoptic PQ / SQ /
     RQ (all, things, stuff, per class) and mIoU.
     """
-    from hyctas_core.cli import load_arch
     from hyctas_core.retrain import TASKS
 
     if task not in TASKS:

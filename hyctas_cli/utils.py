@@ -7,10 +7,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rich.console import Console
     from rich.progress import Progress, ProgressColumn
 
-__all__ = ["cli_console", "cli_progress", "fail", "parse_size"]
+    from hyctas_core.search_space import Arch
+
+__all__ = ["cli_console", "cli_progress", "fail", "load_arch", "parse_size"]
 
 # Width of output that goes to a pipe or a file: wide enough that no table cell is folded.
 PIPE_WIDTH = 1000
@@ -55,3 +59,23 @@ def parse_size(text: str) -> tuple[int, int]:
     if not (16 <= h <= 8192 and 16 <= w <= 8192):
         fail(f"size {text!r}: height and width must be in 16..8192")
     return h, w
+
+
+def load_arch(preset: str | None, from_json: Path | None) -> Arch:
+    """The arch from ``--preset`` or ``--from-json`` (exactly one)."""
+    from hyctas_core.presets import get_preset
+    from hyctas_core.search_space import Arch, ArchError, validate
+
+    if (preset is None) == (from_json is None):
+        fail("give exactly one of --preset NAME or --from-json FILE")
+    try:
+        if preset is not None:
+            return get_preset(preset)
+        assert from_json is not None
+        if not from_json.is_file():
+            fail(f"arch file {str(from_json)!r} does not exist")
+        arch = Arch.from_json(from_json.read_text())
+        validate(arch)
+        return arch
+    except ArchError as e:
+        fail(f"invalid architecture: {e}")

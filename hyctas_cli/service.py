@@ -1,6 +1,6 @@
 """Service commands of the ``hyctas`` CLI: ``controller``, ``worker``, ``apikey``.
 
-Mounted by :mod:`hyctas_core.cli` when the ``services`` extra is installed. Settings come from
+Mounted by :mod:`hyctas_cli.main` when the ``services`` extra is installed. Settings come from
 ``HYCTAS_*`` environment variables (:class:`services.settings.Settings`); options override them.
 """
 
@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hyctas_core.cli_utils import fail
+from hyctas_cli.utils import fail
 
 __all__ = ["apikey_app", "controller", "deploy", "serve_local", "worker"]
 
@@ -34,7 +34,7 @@ def _settings(**overrides: Any) -> Any:
 
 
 def _storage(url: str) -> Any:
-    from hyctas_core.cli_search import open_storage
+    from hyctas_cli.search import open_storage
 
     return open_storage(url)
 

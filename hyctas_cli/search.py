@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hyctas_core.cli_utils import cli_console, cli_progress, fail, parse_size
+from hyctas_cli.utils import cli_console, cli_progress, fail, parse_size
 
 if TYPE_CHECKING:
     from hyctas_core.storage import IndividualRecord, SearchRecord, SearchStorage

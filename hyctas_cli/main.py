@@ -12,38 +12,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hyctas_core.cli_utils import cli_console, fail, parse_size
+from hyctas_cli.utils import cli_console, fail, load_arch, parse_size
 from hyctas_core.config import ModelConfig
 
 if TYPE_CHECKING:
     from hyctas_core.network import HyCTASNet
-    from hyctas_core.search_space import Arch
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="HyCTAS: hybrid conv-transformer NAS for real-time segmentation."
 )
-
-
-def load_arch(preset: str | None, from_json: Path | None) -> Arch:
-    """The arch from ``--preset`` or ``--from-json`` (exactly one)."""
-    from hyctas_core.presets import get_preset
-    from hyctas_core.search_space import Arch, ArchError, validate
-
-    if (preset is None) == (from_json is None):
-        fail("give exactly one of --preset NAME or --from-json FILE")
-    try:
-        if preset is not None:
-            return get_preset(preset)
-        assert from_json is not None
-        if not from_json.is_file():
-            fail(f"arch file {str(from_json)!r} does not exist")
-        arch = Arch.from_json(from_json.read_text())
-        validate(arch)
-        return arch
-    except ArchError as e:
-        fail(f"invalid architecture: {e}")
 
 
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="hyctas-s, hyctas-m or hyctas-l")]
@@ -168,7 +147,7 @@ def demo(
     """The whole method end to end on a synthetic dataset: data, supernet, search, retrain, segment."""
     from dataclasses import replace
 
-    from hyctas_core.demo import DemoConfig, run_demo
+    from hyctas_cli.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(seed=seed)
     if quick:
@@ -202,7 +181,11 @@ def demo(
 
 def _mount() -> None:
     """Sub-commands living in their own modules (their heavy imports stay inside the commands)."""
-    from hyctas_core import cli_data, cli_metrics, cli_retrain, cli_search, cli_train
+    from hyctas_cli import data as cli_data
+    from hyctas_cli import metrics as cli_metrics
+    from hyctas_cli import retrain as cli_retrain
+    from hyctas_cli import search as cli_search
+    from hyctas_cli import train as cli_train
 
     app.add_typer(cli_data.app, name="data", help="Datasets: the built-in synthetic street scenes.")
     app.add_typer(cli_metrics.app, name="metrics", help="mIoU and panoptic quality of prediction files.")
@@ -215,7 +198,7 @@ def _mount() -> None:
     app.command("retrain")(cli_retrain.retrain)
     app.add_typer(cli_search.db_app, name="db")
     try:  # the service commands need the 'services' extra
-        from services import cli as service_cli
+        from hyctas_cli import service as service_cli
     except ImportError:
         return
     app.command("controller")(service_cli.controller)
