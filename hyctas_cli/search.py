@@ -12,7 +12,8 @@ import typer
 from hyctas_cli.utils import cli_console, cli_progress, fail, parse_size
 
 if TYPE_CHECKING:
-    from hyctas_core.storage import IndividualRecord, SearchRecord, SearchStorage
+    from hyctas_core.storage import IndividualRecord, SearchRecord
+    from services.storage.base import Storage
 
 __all__ = ["DEFAULT_DB", "db_app", "export_arch", "open_storage", "pareto", "search"]
 
@@ -21,7 +22,7 @@ DEFAULT_DB = "sqlite:///runs/hyctas.db"
 DbOpt = Annotated[str, typer.Option("--db", help="database URL (sqlite:///FILE or postgresql+psycopg://...)")]
 
 
-def open_storage(url: str) -> SearchStorage:
+def open_storage(url: str) -> Storage:
     """Connect (and migrate to the current schema); exit 2 with one line if that fails."""
     try:
         from services.storage.sql import SQLStorage
@@ -52,7 +53,7 @@ def open_storage(url: str) -> SearchStorage:
         fail(str(e))
 
 
-def _find(storage: SearchStorage, name: str) -> SearchRecord:
+def _find(storage: Storage, name: str) -> SearchRecord:
     record = storage.find_search(name)
     if record is None:
         names = [s.name for s in storage.list_searches(limit=20)[0]]
@@ -70,7 +71,7 @@ def _parse_branches(text: str | None) -> tuple[int, ...] | None:
     return values
 
 
-def _front_rows(storage: SearchStorage, search: SearchRecord) -> list[IndividualRecord]:
+def _front_rows(storage: Storage, search: SearchRecord) -> list[IndividualRecord]:
     return storage.pareto_front(search.id)
 
 
@@ -120,7 +121,7 @@ def _front_json(search: SearchRecord, front: list[IndividualRecord]) -> dict[str
     }
 
 
-def _write_outputs(storage: SearchStorage, search: SearchRecord, out: Path) -> tuple[Path, Path]:
+def _write_outputs(storage: Storage, search: SearchRecord, out: Path) -> tuple[Path, Path]:
     from hyctas_core.plots import plot_pareto
     from hyctas_core.search import SearchConfig
 
@@ -295,7 +296,7 @@ def search(
     typer.echo(f"plot: {png}\nfront: {front_json}\ndatabase: {db} (search {record.name!r})")
 
 
-def _verify(storage: SearchStorage, record: SearchRecord, spec: Any, run_root: Path) -> SearchRecord:
+def _verify(storage: Storage, record: SearchRecord, spec: Any, run_root: Path) -> SearchRecord:
     """Retrain the stored search's verification points in this process, with a bar per point."""
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 

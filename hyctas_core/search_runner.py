@@ -22,7 +22,7 @@ from hyctas_core.storage import (
     IndividualRecord,
     SearchRecord,
     SearchState,
-    SearchStorage,
+    SearchStore,
 )
 
 __all__ = [
@@ -67,7 +67,7 @@ def reference_point(costs: list[float]) -> list[float]:
 
 
 def run_search(
-    storage: SearchStorage,
+    storage: SearchStore,
     search_id: int,
     evaluator: ArchEvaluator,
     *,
@@ -150,7 +150,7 @@ def run_search(
 
 
 def create_search(
-    storage: SearchStorage,
+    storage: SearchStore,
     name: str,
     config: SearchConfig,
     evaluator_spec: dict[str, Any],

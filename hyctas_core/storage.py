@@ -1,14 +1,25 @@
 """Persistence of searches behind one small interface (after Optuna's ``BaseStorage``).
 
-Implementations: ``InMemoryStorage`` (tests, throw-away runs) here, and ``SQLStorage`` over
-SQLite (the embedded default) or PostgreSQL in ``services/storage``. Every implementation
-passes the same contract suite (``hyctas_core/testing/storage_contract.py``).
+:class:`SearchStore` is what the method itself needs: searches, their generations and
+individuals, and the evaluation cache. The service's full storage (jobs, models, deployments,
+API keys; :class:`services.storage.base.Storage`) extends it. Backends:
+:class:`~hyctas_core.storage_memory.InMemorySearchStore` here (library use, tests) and
+``SQLStorage`` over SQLite or PostgreSQL in ``services/storage``; both pass the same contract
+suite (:mod:`hyctas_core.testing.storage_contract`).
 
-Guarantees every implementation keeps:
+The rules live here, once: the state machine, the order of generations, the reference point
+set once, strict JSON. A backend implements reads and a few small hooks
+(:meth:`SearchStore._insert_search`, :meth:`SearchStore._edit_search`,
+:meth:`SearchStore._append_generation`).
 
-- :meth:`SearchStorage.commit_generation` is atomic: the generation row, its individuals,
-  the evaluation-cache entries and the search's ``generation`` counter are written in one
+Guarantees every backend keeps:
+
+- :meth:`SearchStore.commit_generation` is atomic: the generation row, its individuals, the
+  evaluation-cache entries and the search's ``generation`` counter are written in one
   transaction, or not at all. Generations are committed in order (0, 1, 2, ...), never twice.
+- JSON payloads (configs, objectives, results) are stored as strict JSON: tuples come back as
+  lists, non-string keys as strings, and NaN, infinity or an arbitrary object is refused with
+  :class:`StorageError` before anything is written.
 - Returned records are copies: mutating them changes nothing stored.
 - Unknown ids raise ``KeyError``; illegal state transitions raise :class:`IllegalTransition`;
   a duplicate search name (per owner) raises :class:`DuplicateName`; backend failures raise
@@ -19,27 +30,32 @@ from __future__ import annotations
 
 import abc
 import enum
+import json
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 __all__ = [
-    "ApiKeyRecord",
-    "DeploymentRecord",
+    "SEARCH_TRANSITIONS",
     "DuplicateName",
     "EvaluationRecord",
     "GenerationRecord",
     "IllegalTransition",
     "IndividualRecord",
-    "JobRecord",
-    "JobState",
-    "ModelRecord",
+    "SearchEdit",
     "SearchRecord",
     "SearchState",
-    "SearchStorage",
+    "SearchStore",
     "StorageError",
     "StorageUnavailable",
+    "check_transition",
+    "json_copy",
+    "utcnow",
 ]
+
+S = TypeVar("S", bound=enum.StrEnum)
 
 
 class StorageError(RuntimeError):
@@ -78,33 +94,6 @@ SEARCH_TRANSITIONS: dict[SearchState, frozenset[SearchState]] = {
     SearchState.FAILED: frozenset({SearchState.RUNNING}),  # resume after a crash
     SearchState.SUCCEEDED: frozenset(),
     SearchState.CANCELLED: frozenset(),
-}
-
-
-class JobState(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    def is_finished(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
-
-
-JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
-    JobState.RUNNING: frozenset({JobState.QUEUED, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
-    JobState.SUCCEEDED: frozenset(),
-    JobState.FAILED: frozenset(),
-    JobState.CANCELLED: frozenset(),
-}
-
-
-# A model follows its job's states; it may also fail before it starts (its job failed first).
-MODEL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    **JOB_TRANSITIONS,
-    JobState.QUEUED: JOB_TRANSITIONS[JobState.QUEUED] | {JobState.FAILED},
 }
 
 
@@ -156,100 +145,93 @@ class EvaluationRecord:
     result: dict[str, Any]
 
 
-@dataclass
-class JobRecord:
-    id: int
-    kind: str  # "train_supernet", "search", "verify", "retrain", "deploy"
-    owner: str | None
-    state: JobState
-    payload: dict[str, Any]
-    attempts: int  # starts: the first, takeovers after a worker died, retries after a failure
-    worker: str | None
-    heartbeat_at: datetime | None
-    result: dict[str, Any] | None
-    error: str | None
-    created_at: datetime
-    updated_at: datetime
-    progress: dict[str, Any] | None = None  # live progress the worker reports with its heartbeats
-    failures: int = 0  # attempts that ended in the handler's own error (a dead worker is not one)
-    stream: str | None = None  # the queue stream it was submitted on (its workers sweep only theirs)
-
-    @property
-    def takeovers(self) -> int:
-        """Starts after a worker died or went silent (not after a handler error)."""
-        return max(0, self.attempts - 1 - self.failures)
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
-@dataclass
-class ModelRecord:
-    """A model to retrain (or retrained) from scratch: one architecture, its job and its results."""
+def json_copy(value: Any, what: str) -> Any:
+    """A deep copy of ``value`` through strict JSON, as a database stores it.
 
-    id: int
-    owner: str | None
-    job_id: int | None  # the retrain job that trains it
-    name: str
-    arch: dict[str, Any]  # official JSON format
-    arch_hash: str
-    task: str  # "semantic" or "panoptic"
-    source: dict[str, Any]  # where the arch came from, e.g. {"search_id": 3, "generation": 7}
-    state: JobState
-    metrics: dict[str, Any]  # e.g. {"miou": 0.41, "epoch": 12, "fps": 95.0}
-    checkpoint_uri: str | None
-    error: str | None
-    created_at: datetime
-    updated_at: datetime
+    Raises:
+        StorageError: ``value`` is not representable in strict JSON (NaN, infinity, an object).
+    """
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def check_transition(what: str, current: S, new: S, allowed: Mapping[S, frozenset[S]]) -> None:
+    """Raises :class:`IllegalTransition` unless ``current -> new`` is in ``allowed`` (``what``: e.g. "job 3")."""
+    if new not in allowed[current]:
+        raise IllegalTransition(
+            f"{what}: {current.value} -> {new.value} is not allowed"
+            f" (allowed: {sorted(s.value for s in allowed[current]) or 'none'})"
+        )
 
 
 @dataclass
-class DeploymentRecord:
-    """A model served by Ray Serve under a unique name (route ``/segment/{name}``)."""
+class SearchEdit:
+    """A search opened for writing by :meth:`SearchStore._edit_search`: the record to change in place
+    (its fields are written back when the block ends without an error) and the backend's own
+    transaction handle, for :meth:`SearchStore._append_generation`."""
 
-    id: int
-    owner: str | None
-    name: str
-    model_id: int
-    options: dict[str, Any]  # replicas, batching, backend, device (validated by the API)
-    state: str  # "deploying", "running", "failed", "deleting", "deleted"
-    public: bool
-    error: str | None
-    created_at: datetime
-    updated_at: datetime
+    record: SearchRecord
+    tx: Any = None
 
 
-DEPLOYMENT_STATES = ("deploying", "running", "failed", "deleting", "deleted")
+class SearchStore(abc.ABC):
+    """Persists searches, their generations and individuals, and cached evaluations.
 
+    The public methods below are the contract; the concrete ones hold the rules every backend
+    shares and call the backend's hooks.
+    """
 
-def check_deployment_state(state: str | None) -> None:
-    """Raises ValueError unless ``state`` is None or one of :data:`DEPLOYMENT_STATES` (shared by the backends)."""
-    if state is not None and state not in DEPLOYMENT_STATES:
-        raise ValueError(f"unknown deployment state {state!r}; one of {', '.join(DEPLOYMENT_STATES)}")
+    # -- backend hooks --------------------------------------------------------------------
+    @abc.abstractmethod
+    def _insert_search(self, name: str, owner: str | None, config: dict[str, Any], now: datetime) -> int:
+        """Insert a CREATED search (``generation = -1``); its id. Raises: DuplicateName."""
 
+    @abc.abstractmethod
+    def _edit_search(self, search_id: int) -> AbstractContextManager[SearchEdit]:
+        """Open search ``search_id`` for writing, locked against concurrent writers, in one transaction.
 
-@dataclass
-class ApiKeyRecord:
-    """An API key; only a hash of the secret is stored, with a short prefix to recognise it."""
+        On a normal exit the record's ``state``, ``error``, ``generation``, ``reference_point``,
+        ``verification`` and ``updated_at`` are written back and the transaction commits; on an
+        exception nothing is written. Raises: KeyError: unknown id.
+        """
 
-    id: int
-    user: str
-    name: str
-    prefix: str
-    created_at: datetime
-    revoked_at: datetime | None = None
+    @abc.abstractmethod
+    def _append_generation(
+        self,
+        edit: SearchEdit,
+        generation: GenerationRecord,
+        individuals: list[IndividualRecord],
+        evaluations: list[EvaluationRecord],
+    ) -> None:
+        """Insert a generation (its ``created_at`` set), its individuals and the evaluation-cache entries
+        (a key already there keeps its first value) inside ``edit``'s transaction.
 
-
-class SearchStorage(abc.ABC):
-    """Persists searches, generations, individuals, cached evaluations and jobs."""
+        Raises: IllegalTransition: the generation exists (a concurrent writer was first).
+        """
 
     # -- searches -------------------------------------------------------------------------
-    @abc.abstractmethod
     def create_search(self, name: str, config: dict[str, Any], *, owner: str | None = None) -> int:
         """Create a search in state CREATED with ``generation = -1``.
 
+        Args:
+            name: Unique per owner.
+            config: The full search config (JSON): a run can be replayed from the store alone.
+            owner: The owner, or None.
+
         Returns:
             The new search id.
+
         Raises:
             DuplicateName: ``name`` exists for ``owner``.
+            StorageError: ``config`` is not JSON-serialisable; nothing is stored.
         """
+        return self._insert_search(name, owner, json_copy(config, "search config"), utcnow())
 
     @abc.abstractmethod
     def get_search(self, search_id: int) -> SearchRecord:
@@ -257,34 +239,50 @@ class SearchStorage(abc.ABC):
 
     @abc.abstractmethod
     def find_search(self, name: str, *, owner: str | None = None) -> SearchRecord | None:
-        """The search called ``name`` of ``owner``, or None."""
+        """The search called ``name`` of ``owner`` (None: the search without owner), or None."""
 
-    @abc.abstractmethod
-    def list_searches(
-        self, *, owner: str | None = None, state: SearchState | None = None, offset: int = 0, limit: int = 100
-    ) -> tuple[list[SearchRecord], int]:
-        """(page of searches ordered by id, total count matching the filters).
-
-        ``owner=None`` lists every owner's searches.
-        """
-
-    @abc.abstractmethod
     def set_search_state(self, search_id: int, state: SearchState, *, error: str | None = None) -> None:
-        """Raises: KeyError: unknown id. IllegalTransition: not allowed by ``SEARCH_TRANSITIONS``."""
+        """Move the search to ``state``; ``error`` replaces the stored error (None clears it).
 
-    @abc.abstractmethod
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: not allowed by ``SEARCH_TRANSITIONS``.
+        """
+        state = SearchState(state)
+        with self._edit_search(search_id) as edit:
+            check_transition(f"search {search_id}", edit.record.state, state, SEARCH_TRANSITIONS)
+            edit.record.state = state
+            edit.record.error = error
+            edit.record.updated_at = utcnow()
+
     def set_reference_point(self, search_id: int, point: list[float]) -> None:
-        """Fix the hypervolume reference point. Raises: IllegalTransition: already set."""
+        """Fix the hypervolume reference point, once.
 
-    @abc.abstractmethod
+        Raises:
+            KeyError: unknown id.
+            IllegalTransition: already set.
+            StorageError: not JSON-serialisable (NaN, infinity).
+        """
+        values = json_copy([float(x) for x in point], "reference point")
+        with self._edit_search(search_id) as edit:
+            if edit.record.reference_point is not None:
+                raise IllegalTransition(f"search {search_id}: the reference point is already set")
+            edit.record.reference_point = values
+            edit.record.updated_at = utcnow()
+
     def set_search_verification(self, search_id: int, verification: dict[str, Any]) -> None:
         """Replace the search's verification record (JSON: state, k, rows, rank correlations).
 
-        Raises: KeyError: unknown id. StorageError: not JSON-serialisable.
+        Raises:
+            KeyError: unknown id.
+            StorageError: not JSON-serialisable (e.g. NaN).
         """
+        stored = json_copy(verification, "verification")
+        with self._edit_search(search_id) as edit:
+            edit.record.verification = stored
+            edit.record.updated_at = utcnow()
 
     # -- generations ----------------------------------------------------------------------
-    @abc.abstractmethod
     def commit_generation(
         self,
         search_id: int,
@@ -294,19 +292,63 @@ class SearchStorage(abc.ABC):
     ) -> None:
         """Atomically store one generation and advance the search's ``generation`` counter.
 
+        One transaction: the search is locked; the generation, its individuals and the new
+        evaluation-cache entries (a key already cached keeps its first value) are inserted; the
+        counter moves. Any failure stores nothing.
+
         Raises:
             KeyError: unknown search.
-            IllegalTransition: ``generation.index`` is not ``search.generation + 1``, or the
-                search is finished.
+            IllegalTransition: ``generation.index`` is not ``search.generation + 1`` (also when a
+                concurrent writer committed it first), or the search is finished.
+            ValueError: an individual belongs to another generation.
+            StorageError: a payload is not JSON-serialisable.
         """
+        index = generation.index
+        for ind in individuals:
+            if ind.generation != index:
+                raise ValueError(f"individual {ind.arch_hash!r} has generation {ind.generation}, expected {index}")
+        # Copy (and validate) everything before the transaction: a bad payload stores nothing.
+        gen = GenerationRecord(
+            index=index,
+            hypervolume=float(generation.hypervolume),
+            front=json_copy(list(generation.front), "generation front"),
+            n_evaluated=generation.n_evaluated,
+            n_new=generation.n_new,
+            algorithm_state=bytes(generation.algorithm_state),
+            timings=json_copy(dict(generation.timings), "generation timings"),
+        )
+        inds = [
+            IndividualRecord(
+                generation=index,
+                arch_hash=ind.arch_hash,
+                arch=json_copy(ind.arch, f"arch of individual {ind.arch_hash!r}"),
+                num_branches=ind.num_branches,
+                objectives=json_copy(ind.objectives, f"objectives of individual {ind.arch_hash!r}"),
+                status=ind.status,
+            )
+            for ind in individuals
+        ]
+        evals = [
+            EvaluationRecord(ev.cache_key, ev.arch_hash, json_copy(ev.result, f"evaluation of {ev.arch_hash!r}"))
+            for ev in evaluations
+        ]
+        with self._edit_search(search_id) as edit:
+            search = edit.record
+            if search.state.is_finished():
+                raise IllegalTransition(f"search {search_id} is {search.state.value}: cannot commit a generation")
+            if index != search.generation + 1:
+                raise IllegalTransition(
+                    f"search {search_id}: generation {index} cannot follow {search.generation}"
+                    f" (expected {search.generation + 1})"
+                )
+            gen.created_at = utcnow()
+            self._append_generation(edit, gen, inds, evals)
+            search.generation = index
+            search.updated_at = gen.created_at
 
     @abc.abstractmethod
     def get_generation(self, search_id: int, index: int) -> GenerationRecord:
         """Raises: KeyError: unknown search or generation."""
-
-    @abc.abstractmethod
-    def list_generations(self, search_id: int) -> list[GenerationRecord]:
-        """All generations in order; ``algorithm_state`` may be returned empty (b"") to save I/O."""
 
     @abc.abstractmethod
     def list_individuals(self, search_id: int, *, generation: int | None = None) -> list[IndividualRecord]:
@@ -317,179 +359,17 @@ class SearchStorage(abc.ABC):
     def get_evaluations(self, cache_key: str, arch_hashes: list[str]) -> dict[str, dict[str, Any]]:
         """Cached results among ``arch_hashes`` (missing ones are absent from the dict)."""
 
-    # -- jobs -----------------------------------------------------------------------------
-    @abc.abstractmethod
-    def create_job(
-        self, kind: str, payload: dict[str, Any], *, owner: str | None = None, stream: str | None = None
-    ) -> int:
-        """A new job in state QUEUED with 0 attempts, submitted on queue ``stream``; returns its id."""
-
-    @abc.abstractmethod
-    def get_job(self, job_id: int) -> JobRecord:
-        """Raises: KeyError: unknown id."""
-
-    @abc.abstractmethod
-    def list_jobs(
-        self, *, owner: str | None = None, state: JobState | None = None, offset: int = 0, limit: int = 100
-    ) -> tuple[list[JobRecord], int]:
-        """(page of jobs ordered by id, total count)."""
-
-    @abc.abstractmethod
-    def start_job(self, job_id: int, worker: str, *, stale_after_s: float | None = None) -> JobRecord:
-        """QUEUED -> RUNNING, ``attempts += 1``, ``worker`` and ``heartbeat_at = now``.
-
-        Args:
-            job_id: The job.
-            worker: Who runs it.
-            stale_after_s: Also take over a RUNNING job whose heartbeat is older than this
-                (its worker went silent): ``attempts += 1`` and the new ``worker``.
-
-        Raises: KeyError. IllegalTransition: the job is not QUEUED (nor a stale RUNNING one).
-        """
-
-    @abc.abstractmethod
-    def heartbeat_job(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None) -> None:
-        """Refresh ``heartbeat_at`` (and store ``progress`` when given).
-
-        Raises: IllegalTransition: not RUNNING on ``worker`` (the lease was lost or the job cancelled).
-        """
-
-    @abc.abstractmethod
-    def release_job(self, job_id: int, worker: str) -> None:
-        """Hand a job back at once: RUNNING on ``worker`` -> QUEUED, worker and heartbeat cleared.
-
-        For a worker that stops (shutdown, a stalled job) before the job ends: the next
-        ``start_job`` needs no stale lease. Raises: IllegalTransition: not RUNNING on ``worker``.
-        """
-
-    @abc.abstractmethod
-    def record_job_failure(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None) -> JobRecord:
-        """Count a failed attempt (``failures += 1``, ``progress`` stored when given); the job stays RUNNING.
-
-        Raises: IllegalTransition: not RUNNING on ``worker``. StorageError: ``progress`` not JSON.
-        """
-
-    @abc.abstractmethod
-    def finish_job(
-        self, job_id: int, state: JobState, *, result: dict[str, Any] | None = None, error: str | None = None
-    ) -> None:
-        """RUNNING -> SUCCEEDED / FAILED / CANCELLED, or QUEUED -> CANCELLED; finished jobs are immutable.
-
-        Raises: KeyError. IllegalTransition.
-        """
-
-    @abc.abstractmethod
-    def requeue_stale_jobs(self, older_than_s: float) -> list[int]:
-        """RUNNING jobs whose heartbeat is older than ``older_than_s`` go back to QUEUED; returns their ids."""
-
-    # -- models ---------------------------------------------------------------------------
-    @abc.abstractmethod
-    def create_model(
-        self,
-        name: str,
-        arch: dict[str, Any],
-        arch_hash: str,
-        *,
-        owner: str | None = None,
-        job_id: int | None = None,
-        task: str = "semantic",
-        source: dict[str, Any] | None = None,
-    ) -> int:
-        """A new model in state QUEUED with no metrics; returns its id.
-
-        Raises: KeyError: unknown ``job_id``. StorageError: ``arch`` / ``source`` not JSON.
-        """
-
-    @abc.abstractmethod
-    def get_model(self, model_id: int) -> ModelRecord:
-        """Raises: KeyError: unknown id."""
-
-    @abc.abstractmethod
-    def list_models(
-        self, *, owner: str | None = None, job_id: int | None = None, offset: int = 0, limit: int = 100
-    ) -> tuple[list[ModelRecord], int]:
-        """(page of models ordered by id, total count); ``owner=None``: every owner."""
-
-    @abc.abstractmethod
-    def update_model(
-        self,
-        model_id: int,
-        *,
-        state: JobState | None = None,
-        metrics: dict[str, Any] | None = None,
-        checkpoint_uri: str | None = None,
-        error: str | None = None,
-    ) -> None:
-        """Change what is given; ``metrics`` are merged into the stored ones.
-
-        Raises: KeyError. IllegalTransition: the model is finished (SUCCEEDED, FAILED or
-        CANCELLED) and ``state`` would move it (re-setting its own state is allowed).
-        """
-
-    # -- deployments ----------------------------------------------------------------------
-    @abc.abstractmethod
-    def create_deployment(
-        self, name: str, model_id: int, options: dict[str, Any], *, owner: str | None = None, public: bool = False
-    ) -> int:
-        """A deployment in state ``deploying``; returns its id.
-
-        Raises: KeyError: unknown model. DuplicateName: a live (not ``deleted``) deployment has this name.
-        """
-
-    @abc.abstractmethod
-    def get_deployment(self, deployment_id: int) -> DeploymentRecord:
-        """Raises: KeyError: unknown id."""
-
-    @abc.abstractmethod
-    def find_deployment(self, name: str) -> DeploymentRecord | None:
-        """The live (not ``deleted``) deployment called ``name``, or None."""
-
-    @abc.abstractmethod
-    def list_deployments(self, *, owner: str | None = None, include_deleted: bool = False) -> list[DeploymentRecord]:
-        """Deployments ordered by id; ``owner=None``: every owner's."""
-
-    @abc.abstractmethod
-    def update_deployment(
-        self,
-        deployment_id: int,
-        *,
-        state: str | None = None,
-        options: dict[str, Any] | None = None,
-        model_id: int | None = None,
-        public: bool | None = None,
-        error: str | None = None,
-    ) -> None:
-        """Change what is given (``error=""`` clears it).
-
-        Raises: KeyError: unknown deployment or model. ValueError: unknown state.
-        IllegalTransition: the deployment is ``deleted``.
-        """
-
-    # -- API keys -------------------------------------------------------------------------
-    @abc.abstractmethod
-    def create_api_key(self, user: str, key_hash: str, *, name: str = "", prefix: str = "") -> int:
-        """Store a key's hash for ``user``; returns its id. Raises: DuplicateName: the hash exists."""
-
-    @abc.abstractmethod
-    def get_api_key(self, key_hash: str) -> ApiKeyRecord | None:
-        """The key with this hash (revoked ones too: check ``revoked_at``), or None."""
-
-    @abc.abstractmethod
-    def list_api_keys(self, user: str | None = None) -> list[ApiKeyRecord]:
-        """Keys of ``user`` (every user's when None), ordered by id."""
-
-    @abc.abstractmethod
-    def revoke_api_key(self, key_id: int) -> None:
-        """Revoke a key (idempotent). Raises: KeyError: unknown id."""
-
-    # -- convenience (concrete) -----------------------------------------------------------
+    # -- convenience (concrete; a backend may answer them in fewer queries) ----------------
     def latest_generation(self, search_id: int) -> GenerationRecord | None:
         """The last committed generation (with its algorithm state), or None."""
         search = self.get_search(search_id)
         return None if search.generation < 0 else self.get_generation(search_id, search.generation)
 
     def pareto_front(self, search_id: int) -> list[IndividualRecord]:
-        """The archs on the last generation's front (over everything evaluated so far), in front order."""
+        """The archs on the last generation's front (over everything evaluated so far), in front order.
+
+        Raises: KeyError: unknown search.
+        """
         latest = self.latest_generation(search_id)
         if latest is None:
             return []

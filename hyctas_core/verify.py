@@ -6,7 +6,7 @@ Pareto front, trains each from scratch with one short budget, and reports the ra
 of the two scores (Kendall tau and Spearman) next to every point's two mIoUs: the
 "supernet fidelity" of this search, on this dataset.
 
-The record lives with the search (:meth:`SearchStorage.set_search_verification`) and is
+The record lives with the search (:meth:`SearchStore.set_search_verification`) and is
 rewritten after every retrained point, so a verification that is interrupted resumes with
 the points still missing::
 
@@ -31,7 +31,7 @@ from scipy import stats
 
 from hyctas_core.search import SearchConfig
 from hyctas_core.search_runner import StopSearch
-from hyctas_core.storage import IndividualRecord, SearchRecord, SearchStorage
+from hyctas_core.storage import IndividualRecord, SearchRecord, SearchStore
 
 __all__ = [
     "MAX_VERIFY_K",
@@ -144,7 +144,7 @@ def _new_record(search: SearchRecord, front: list[IndividualRecord], cfg: Verify
 
 
 def run_verification(
-    storage: SearchStorage,
+    storage: SearchStore,
     search_id: int,
     cfg: VerifyConfig,
     retrain: Callable[[dict[str, Any]], float],

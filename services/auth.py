@@ -11,7 +11,7 @@ import hashlib
 import re
 import secrets
 
-from hyctas_core.storage import SearchStorage
+from services.storage.base import Storage
 
 __all__ = ["KEY_PREFIX", "USER_PATTERN", "authenticate", "hash_key", "issue_api_key", "new_api_key"]
 
@@ -30,7 +30,7 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def issue_api_key(storage: SearchStorage, user: str, *, name: str = "") -> str:
+def issue_api_key(storage: Storage, user: str, *, name: str = "") -> str:
     """Create a key for ``user`` and return it (the only time it is ever visible).
 
     Raises:
@@ -43,7 +43,7 @@ def issue_api_key(storage: SearchStorage, user: str, *, name: str = "") -> str:
     return key
 
 
-def authenticate(storage: SearchStorage, key: str) -> str | None:
+def authenticate(storage: Storage, key: str) -> str | None:
     """The user owning ``key``, or None for an unknown, malformed or revoked key."""
     if not key.startswith(KEY_PREFIX) or len(key) > 200:
         return None

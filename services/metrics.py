@@ -16,7 +16,8 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hyctas_core.storage import JobState, SearchState, SearchStorage, StorageError
+from hyctas_core.storage import SearchState, StorageError
+from services.storage.base import JobState, Storage
 
 if TYPE_CHECKING:
     from services.queue import JobQueue
@@ -61,7 +62,7 @@ WORKER_HEARTBEATS = Counter("hyctas_worker_heartbeats_total", "Heartbeats sent b
 class StateCollector(Collector):
     """Scrape-time gauges: jobs by state, queue depth and oldest-entry age, hypervolume per running search."""
 
-    def __init__(self, storage: SearchStorage, queue: JobQueue | None) -> None:
+    def __init__(self, storage: Storage, queue: JobQueue | None) -> None:
         self.storage = storage
         self.queue = queue
 

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from hyctas_core.storage import SearchStorage
 from services.auth import authenticate
 from services.queue import EventBus, JobQueue
 from services.settings import Settings
+from services.storage.base import Storage
 
 __all__ = ["MAX_ID", "CurrentUser", "EventsDep", "QueueDep", "RowId", "SettingsDep", "StorageDep"]
 
@@ -22,8 +22,8 @@ RowId = Annotated[int, Path(ge=1, le=MAX_ID, description=f"an id (1..{2**31 - 1}
 _bearer = HTTPBearer(auto_error=False, description="an API key from `hyctas apikey create --user NAME`")
 
 
-def get_storage(request: Request) -> SearchStorage:
-    storage: SearchStorage = request.app.state.storage
+def get_storage(request: Request) -> Storage:
+    storage: Storage = request.app.state.storage
     return storage
 
 
@@ -42,7 +42,7 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-StorageDep = Annotated[SearchStorage, Depends(get_storage)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 EventsDep = Annotated[EventBus | None, Depends(get_events)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

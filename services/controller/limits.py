@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from hyctas_core.storage import JobState, SearchStorage
+from services.storage.base import JobState, Storage
 
 __all__ = ["LimitExceeded", "check_active_jobs", "check_dataset", "check_search", "check_training"]
 
@@ -93,7 +93,7 @@ def check_search(
                     "max_search_megapixels", limits.max_search_megapixels)  # fmt: skip
 
 
-def check_active_jobs(storage: SearchStorage, owner: str, limits: Any) -> None:
+def check_active_jobs(storage: Storage, owner: str, limits: Any) -> None:
     """At most ``max_active_jobs_per_user`` queued plus running jobs per user."""
     active = sum(storage.list_jobs(owner=owner, state=s, limit=0)[1] for s in (JobState.QUEUED, JobState.RUNNING))
     if active >= limits.max_active_jobs_per_user:

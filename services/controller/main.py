@@ -18,13 +18,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from hyctas_core.storage import DuplicateName, IllegalTransition, SearchStorage, StorageError, StorageUnavailable
+from hyctas_core.storage import DuplicateName, IllegalTransition, StorageError, StorageUnavailable
 from services.controller.api.main import api_router
 from services.controller.dashboard import router as dashboard_router
 from services.controller.service import Conflict, Invalid
 from services.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, StateCollector
 from services.queue import EventBus, JobQueue, QueueError
 from services.settings import Settings
+from services.storage.base import Storage
 
 __all__ = ["create_app", "open_storage"]
 
@@ -37,7 +38,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-def open_storage(url: str, *, wait_s: float = 30.0) -> SearchStorage:
+def open_storage(url: str, *, wait_s: float = 30.0) -> Storage:
     """Migrate and open the database, retrying with back-off while it is unreachable (e.g. starting)."""
     from services.storage import SQLStorage
 
@@ -135,7 +136,7 @@ def _limits_in_openapi(app: FastAPI, settings: Settings) -> None:
 def create_app(
     settings: Settings | None = None,
     *,
-    storage: SearchStorage | None = None,
+    storage: Storage | None = None,
     queue: JobQueue | None = None,
     events: EventBus | None = None,
 ) -> FastAPI:

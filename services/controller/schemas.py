@@ -11,8 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hyctas_core.storage import JobRecord, JobState, ModelRecord, SearchState
+from hyctas_core.storage import SearchState
 from hyctas_core.verify import MAX_VERIFY_K
+from services.storage.base import JobRecord, JobState, ModelRecord
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="letters, digits, '_', '.', '-' (1-100)")]

@@ -15,21 +15,13 @@ from hyctas_core.presets import get_preset
 from hyctas_core.retrain import RetrainConfig
 from hyctas_core.search import SearchConfig
 from hyctas_core.search_space import Arch, ArchError, validate
-from hyctas_core.storage import (
-    DuplicateName,
-    IllegalTransition,
-    JobRecord,
-    JobState,
-    ModelRecord,
-    SearchRecord,
-    SearchState,
-    SearchStorage,
-)
+from hyctas_core.storage import DuplicateName, IllegalTransition, SearchRecord, SearchState
 from hyctas_core.train import SupernetTrainConfig
 from hyctas_core.verify import VerifyConfig
 from services.controller import limits as limits_
 from services.controller.schemas import ModelsCreate, SearchCreate, SupernetCreate
 from services.queue import EventBus, JobQueue, QueueError
+from services.storage.base import JobRecord, JobState, ModelRecord, Storage
 
 __all__ = [
     "Conflict",
@@ -63,7 +55,7 @@ def publish(events: EventBus | None, event: dict[str, Any]) -> None:
         pass
 
 
-def _enqueue(storage: SearchStorage, queue: JobQueue, job_id: int, kind: str) -> None:
+def _enqueue(storage: Storage, queue: JobQueue, job_id: int, kind: str) -> None:
     try:
         queue.enqueue(job_id, kind)
     except QueueError as exc:
@@ -83,7 +75,7 @@ def _within_limits(check: Callable[..., None], **kwargs: Any) -> None:
 
 
 def submit_supernet(
-    storage: SearchStorage, queue: JobQueue, events: EventBus | None, owner: str, req: SupernetCreate, *, limits: Any
+    storage: Storage, queue: JobQueue, events: EventBus | None, owner: str, req: SupernetCreate, *, limits: Any
 ) -> JobRecord:
     """A supernet-training job.
 
@@ -127,7 +119,7 @@ def submit_supernet(
     return storage.get_job(job_id)
 
 
-def owned_job(storage: SearchStorage, job_id: int, owner: str, kind: str | None = None) -> JobRecord:
+def owned_job(storage: Storage, job_id: int, owner: str, kind: str | None = None) -> JobRecord:
     """The job if ``owner`` owns it (and it is of ``kind``); KeyError otherwise (a 404: no existence leak)."""
     job = storage.get_job(job_id)
     if job.owner != owner or (kind is not None and job.kind != kind):
@@ -135,7 +127,7 @@ def owned_job(storage: SearchStorage, job_id: int, owner: str, kind: str | None 
     return job
 
 
-def _ready_supernet(storage: SearchStorage, supernet_id: int, owner: str) -> JobRecord:
+def _ready_supernet(storage: Storage, supernet_id: int, owner: str) -> JobRecord:
     try:
         supernet = owned_job(storage, supernet_id, owner, "train_supernet")
     except KeyError:
@@ -146,7 +138,7 @@ def _ready_supernet(storage: SearchStorage, supernet_id: int, owner: str) -> Job
 
 
 def submit_search(
-    storage: SearchStorage, queue: JobQueue, events: EventBus | None, owner: str, req: SearchCreate, *, limits: Any
+    storage: Storage, queue: JobQueue, events: EventBus | None, owner: str, req: SearchCreate, *, limits: Any
 ) -> SearchRecord:
     """A search job and its search row (the row holds everything needed to replay it).
 
@@ -229,7 +221,7 @@ def submit_search(
     return storage.get_search(search_id)
 
 
-def _arch_of(storage: SearchStorage, owner: str, choice: Any) -> tuple[dict[str, Any], str, dict[str, Any]]:
+def _arch_of(storage: Storage, owner: str, choice: Any) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """(official JSON, hash, source) of one requested architecture. Raises Invalid."""
     if choice.preset:
         arch = get_preset(choice.preset)
@@ -256,7 +248,7 @@ def _arch_of(storage: SearchStorage, owner: str, choice: Any) -> tuple[dict[str,
 
 
 def submit_models(
-    storage: SearchStorage, queue: JobQueue, events: EventBus | None, owner: str, req: ModelsCreate, *, limits: Any
+    storage: Storage, queue: JobQueue, events: EventBus | None, owner: str, req: ModelsCreate, *, limits: Any
 ) -> tuple[JobRecord, list[ModelRecord]]:
     """One retrain job training every requested arch (one Ray Tune trial each).
 
@@ -310,7 +302,7 @@ def submit_models(
     return storage.get_job(job_id), [storage.get_model(m) for m in model_ids]
 
 
-def cancel_job(storage: SearchStorage, events: EventBus | None, job: JobRecord) -> JobRecord:
+def cancel_job(storage: Storage, events: EventBus | None, job: JobRecord) -> JobRecord:
     """Cancel a queued or running job (its worker stops within one evaluation or step).
 
     Raises:
@@ -334,7 +326,7 @@ def cancel_job(storage: SearchStorage, events: EventBus | None, job: JobRecord) 
     return storage.get_job(job.id)
 
 
-def cancel_search(storage: SearchStorage, events: EventBus | None, search: SearchRecord) -> SearchRecord:
+def cancel_search(storage: Storage, events: EventBus | None, search: SearchRecord) -> SearchRecord:
     """Cancel a search and its job.
 
     Raises:
@@ -353,7 +345,7 @@ def cancel_search(storage: SearchStorage, events: EventBus | None, search: Searc
 
 
 def deploy_model(
-    storage: SearchStorage, queue: JobQueue, events: EventBus | None, owner: str, model_id: int, req: Any
+    storage: Storage, queue: JobQueue, events: EventBus | None, owner: str, model_id: int, req: Any
 ) -> Any:
     """Create (or update in place) the deployment of a trained model, through a ``deploy`` job.
 
@@ -393,7 +385,7 @@ def deploy_model(
     return storage.get_deployment(deployment_id)
 
 
-def delete_deployment(storage: SearchStorage, queue: JobQueue, events: EventBus | None, deployment: Any) -> Any:
+def delete_deployment(storage: Storage, queue: JobQueue, events: EventBus | None, deployment: Any) -> Any:
     """Undeploy through a ``deploy`` job with action ``delete``.
 
     Raises: QueueError: the queue is down (nothing changes).

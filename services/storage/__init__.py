@@ -1,6 +1,6 @@
 """Persistent storage for searches and jobs: SQLAlchemy over SQLite or PostgreSQL, Alembic migrations.
 
-``SQLStorage`` implements :class:`hyctas_core.storage.SearchStorage`; the schema lives in
+``SQLStorage`` implements :class:`services.storage.base.Storage`; the schema lives in
 :mod:`services.storage.models` and is created / upgraded by :func:`upgrade_database`.
 """
 

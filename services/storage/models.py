@@ -37,7 +37,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from hyctas_core.storage import DEPLOYMENT_STATES, JobState, SearchState
+from hyctas_core.storage import SearchState
+from services.storage.base import DEPLOYMENT_STATES, JobState
 
 __all__ = [
     "NAMING_CONVENTION",

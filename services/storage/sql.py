@@ -1,4 +1,4 @@
-"""``SQLStorage``: :class:`~hyctas_core.storage.SearchStorage` over SQLAlchemy (SQLite or PostgreSQL).
+"""``SQLStorage``: :class:`~services.storage.base.Storage` over SQLAlchemy (SQLite or PostgreSQL).
 
 URLs: ``sqlite:///path/to/hyctas.db`` (the embedded default) or
 ``postgresql+psycopg://user:password@host:5432/db``. The schema comes from the Alembic
@@ -18,7 +18,8 @@ Concurrency:
   deadlock between searches that share a cache key).
 
 JSON payloads are serialised strictly (NaN and infinity are refused, as PostgreSQL's JSON type
-would refuse them) with the same semantics as :class:`~hyctas_core.storage_memory.InMemoryStorage`.
+would refuse them). The rules of search records are :class:`~hyctas_core.storage.SearchStore`'s;
+this module implements its hooks and the reads.
 All backend failures surface as :class:`~hyctas_core.storage.StorageError` with a one-line
 message; passwords never appear in messages.
 """
@@ -42,25 +43,28 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, defer
 
 from hyctas_core.storage import (
-    JOB_TRANSITIONS,
-    MODEL_TRANSITIONS,
-    SEARCH_TRANSITIONS,
-    ApiKeyRecord,
-    DeploymentRecord,
     DuplicateName,
     EvaluationRecord,
     GenerationRecord,
     IllegalTransition,
     IndividualRecord,
+    SearchEdit,
+    SearchRecord,
+    SearchState,
+    StorageError,
+    StorageUnavailable,
+)
+from services.storage.base import (
+    JOB_TRANSITIONS,
+    MODEL_TRANSITIONS,
+    ApiKeyRecord,
+    DeploymentRecord,
     JobRecord,
     JobState,
     ModelRecord,
-    SearchRecord,
-    SearchState,
-    SearchStorage,
-    StorageError,
-    StorageUnavailable,
+    Storage,
     check_deployment_state,
+    check_page,
 )
 from services.storage.engine import UNAVAILABLE, WRITE_OPTION, create_storage_engine, mask_url, one_line
 from services.storage.migrate import UPGRADE_HINT, check_revision, revision_of, upgrade_database
@@ -83,11 +87,6 @@ _IN_CHUNK = 500  # bound on bind parameters per IN (...) clause
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _check_page(offset: int, limit: int) -> None:
-    if offset < 0 or limit < 0:
-        raise ValueError(f"offset and limit must be >= 0, got offset={offset}, limit={limit}")
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -195,8 +194,8 @@ def _api_key_record(row: ApiKeyRow) -> ApiKeyRecord:
     )
 
 
-class SQLStorage(SearchStorage):
-    """:class:`~hyctas_core.storage.SearchStorage` over a SQL database (SQLite or PostgreSQL).
+class SQLStorage(Storage):
+    """:class:`~hyctas_core.storage.Storage` over a SQL database (SQLite or PostgreSQL).
 
     Thread-safe (one session per call over a connection pool); several processes may share
     one database. Records are built from freshly loaded rows, so they are independent copies.
@@ -354,23 +353,14 @@ class SQLStorage(SearchStorage):
             raise KeyError(f"unknown search id {search_id}")
 
     # -- searches -------------------------------------------------------------------------
-    def create_search(self, name: str, config: dict[str, Any], *, owner: str | None = None) -> int:
-        """Create a search in state CREATED with ``generation = -1``.
-
-        Returns:
-            The new search id.
-
-        Raises:
-            DuplicateName: ``name`` exists for ``owner``.
-            StorageError: backend failure, or ``config`` is not JSON-serialisable.
-        """
+    # -- search hooks (the rules are SearchStore's) ------------------------------------------
+    def _insert_search(self, name: str, owner: str | None, config: dict[str, Any], now: datetime) -> int:
         with self._session_scope(write=True) as session:
             existing = session.scalar(
                 select(SearchRow.id).where(SearchRow.name == name, self._owner_is(SearchRow.owner, owner))
             )
             if existing is not None:
                 raise DuplicateName(f"a search named {name!r} already exists for owner {owner!r}")
-            now = _now()
             row = SearchRow(
                 name=name,
                 owner=owner,
@@ -389,6 +379,67 @@ class SQLStorage(SearchStorage):
                 raise DuplicateName(f"a search named {name!r} already exists for owner {owner!r}") from None
             return row.id
 
+    @contextmanager
+    def _edit_search(self, search_id: int) -> Iterator[SearchEdit]:
+        with self._session_scope(write=True) as session:
+            row = self._locked_search(session, search_id)
+            edit = SearchEdit(_search_record(row), tx=session)
+            yield edit
+            record = edit.record
+            row.state = SearchState(record.state).value
+            row.error = record.error
+            row.generation = record.generation
+            row.reference_point = record.reference_point
+            row.verification = record.verification
+            row.updated_at = record.updated_at
+
+    def _append_generation(
+        self,
+        edit: SearchEdit,
+        generation: GenerationRecord,
+        individuals: list[IndividualRecord],
+        evaluations: list[EvaluationRecord],
+    ) -> None:
+        session: Session = edit.tx
+        search_id, index = edit.record.id, generation.index
+        try:
+            session.execute(
+                insert(GenerationRow).values(
+                    search_id=search_id,
+                    index=index,
+                    hypervolume=generation.hypervolume,
+                    front=generation.front,
+                    n_evaluated=generation.n_evaluated,
+                    n_new=generation.n_new,
+                    algorithm_state=generation.algorithm_state,
+                    timings=generation.timings,
+                    created_at=generation.created_at,
+                )
+            )
+        except IntegrityError:  # the primary key (search_id, index): another writer was first
+            raise IllegalTransition(
+                f"search {search_id}: generation {index} was committed concurrently by another writer"
+            ) from None
+        if individuals:
+            session.execute(
+                insert(IndividualRow),
+                [
+                    {
+                        "search_id": search_id,
+                        "generation": index,
+                        "arch_hash": ind.arch_hash,
+                        "arch": ind.arch,
+                        "num_branches": ind.num_branches,
+                        "objectives": ind.objectives,
+                        "status": ind.status,
+                    }
+                    for ind in individuals
+                ],
+            )
+        assert generation.created_at is not None
+        self._insert_evaluations(session, evaluations, generation.created_at)
+
+    # -- searches -------------------------------------------------------------------------
     def get_search(self, search_id: int) -> SearchRecord:
         """The search ``search_id``.
 
@@ -419,7 +470,7 @@ class SQLStorage(SearchStorage):
         Raises:
             ValueError: negative ``offset`` or ``limit``.
         """
-        _check_page(offset, limit)
+        check_page(offset, limit)
         conditions = []
         if owner is not None:
             conditions.append(SearchRow.owner == owner)
@@ -427,127 +478,7 @@ class SQLStorage(SearchStorage):
             conditions.append(SearchRow.state == SearchState(state).value)
         return self._page(SearchRow, conditions, offset, limit, _search_record)
 
-    def set_search_state(self, search_id: int, state: SearchState, *, error: str | None = None) -> None:
-        """Move the search to ``state``; ``error`` replaces the stored error (None clears it).
-
-        Raises:
-            KeyError: unknown id.
-            IllegalTransition: not allowed by ``SEARCH_TRANSITIONS``.
-        """
-        state = SearchState(state)
-        with self._session_scope(write=True) as session:
-            row = self._locked_search(session, search_id)
-            current = SearchState(row.state)
-            if state not in SEARCH_TRANSITIONS[current]:
-                raise IllegalTransition(
-                    f"search {search_id}: {current.value} -> {state.value} is not allowed"
-                    f" (allowed: {sorted(s.value for s in SEARCH_TRANSITIONS[current]) or 'none'})"
-                )
-            row.state = state.value
-            row.error = error
-            row.updated_at = _now()
-
-    def set_reference_point(self, search_id: int, point: list[float]) -> None:
-        """Fix the hypervolume reference point.
-
-        Raises:
-            KeyError: unknown id.
-            IllegalTransition: already set.
-        """
-        values = [float(x) for x in point]
-        with self._session_scope(write=True) as session:
-            row = self._locked_search(session, search_id)
-            if row.reference_point is not None:
-                raise IllegalTransition(f"search {search_id}: the reference point is already set")
-            row.reference_point = values
-            row.updated_at = _now()
-
-    def set_search_verification(self, search_id: int, verification: dict[str, Any]) -> None:
-        """Replace the search's verification record.
-
-        Raises:
-            KeyError: unknown id.
-            StorageError: not JSON-serialisable (e.g. NaN).
-        """
-        with self._session_scope(write=True) as session:
-            row = self._locked_search(session, search_id)
-            row.verification = verification
-            row.updated_at = _now()
-
     # -- generations ----------------------------------------------------------------------
-    def commit_generation(
-        self,
-        search_id: int,
-        generation: GenerationRecord,
-        individuals: list[IndividualRecord],
-        evaluations: list[EvaluationRecord],
-    ) -> None:
-        """Atomically store one generation and advance the search's ``generation`` counter.
-
-        One transaction: the search row is locked, the generation, its individuals and the
-        new evaluation-cache entries (existing keys are kept: the first write wins) are
-        inserted, and the counter moves; any failure rolls all of it back.
-
-        Raises:
-            KeyError: unknown search.
-            IllegalTransition: ``generation.index`` is not ``search.generation + 1`` (also when a
-                concurrent writer committed it first), or the search is finished.
-            ValueError: an individual belongs to another generation.
-            StorageError: backend failure, or a payload is not JSON-serialisable.
-        """
-        index = generation.index
-        for ind in individuals:
-            if ind.generation != index:
-                raise ValueError(f"individual {ind.arch_hash!r} has generation {ind.generation}, expected {index}")
-        with self._session_scope(write=True) as session:
-            search = self._locked_search(session, search_id)
-            state = SearchState(search.state)
-            if state.is_finished():
-                raise IllegalTransition(f"search {search_id} is {state.value}: cannot commit a generation")
-            if index != search.generation + 1:
-                raise IllegalTransition(
-                    f"search {search_id}: generation {index} cannot follow {search.generation}"
-                    f" (expected {search.generation + 1})"
-                )
-            now = _now()
-            try:
-                session.execute(
-                    insert(GenerationRow).values(
-                        search_id=search_id,
-                        index=index,
-                        hypervolume=float(generation.hypervolume),
-                        front=list(generation.front),
-                        n_evaluated=generation.n_evaluated,
-                        n_new=generation.n_new,
-                        algorithm_state=bytes(generation.algorithm_state),
-                        timings=dict(generation.timings),
-                        created_at=now,
-                    )
-                )
-            except IntegrityError:  # the primary key (search_id, index): another writer was first
-                raise IllegalTransition(
-                    f"search {search_id}: generation {index} was committed concurrently by another writer"
-                ) from None
-            if individuals:
-                session.execute(
-                    insert(IndividualRow),
-                    [
-                        {
-                            "search_id": search_id,
-                            "generation": index,
-                            "arch_hash": ind.arch_hash,
-                            "arch": ind.arch,
-                            "num_branches": ind.num_branches,
-                            "objectives": ind.objectives,
-                            "status": ind.status,
-                        }
-                        for ind in individuals
-                    ],
-                )
-            self._insert_evaluations(session, evaluations, now)
-            search.generation = index
-            search.updated_at = now
-
     def _insert_evaluations(self, session: Session, evaluations: list[EvaluationRecord], now: datetime) -> None:
         first: dict[tuple[str, str], dict[str, Any]] = {}
         for ev in evaluations:
@@ -685,7 +616,7 @@ class SQLStorage(SearchStorage):
         Raises:
             ValueError: negative ``offset`` or ``limit``.
         """
-        _check_page(offset, limit)
+        check_page(offset, limit)
         conditions = []
         if owner is not None:
             conditions.append(JobRow.owner == owner)
@@ -875,7 +806,7 @@ class SQLStorage(SearchStorage):
         Raises:
             ValueError: negative ``offset`` or ``limit``.
         """
-        _check_page(offset, limit)
+        check_page(offset, limit)
         conditions = []
         if owner is not None:
             conditions.append(ModelRow.owner == owner)

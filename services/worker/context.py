@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from hyctas_core.search_runner import StopSearch
-from hyctas_core.storage import JobRecord, SearchStorage
 from services.queue import EventBus, JobQueue, QueueEntry, QueueError
 from services.settings import Settings
+from services.storage.base import JobRecord, Storage
 
 __all__ = ["Handler", "JobContext", "JobStopped"]
 
@@ -34,7 +34,7 @@ class JobContext:
 
     job: JobRecord
     worker: str
-    storage: SearchStorage
+    storage: Storage
     events: EventBus | None
     settings: Settings
     stop: threading.Event = field(default_factory=threading.Event)

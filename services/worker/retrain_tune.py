@@ -81,7 +81,8 @@ from hyctas_core.network import plan_network
 from hyctas_core.profile import count_macs, count_params, measure_latency
 from hyctas_core.retrain import RetrainConfig, Retrainer, RetrainProgress, read_checkpoint
 from hyctas_core.search_space import Arch, ArchError
-from hyctas_core.storage import IllegalTransition, JobState, ModelRecord, SearchStorage
+from hyctas_core.storage import IllegalTransition
+from services.storage.base import JobState, ModelRecord, Storage
 from services.worker.ray_init import init_ray
 
 __all__ = ["FAIL_ONCE_ENV", "RetrainCancelled", "run_retrain_job"]
@@ -292,7 +293,7 @@ class _StorageCallback(_DriverOnly, tune.Callback):
 
     def __init__(
         self,
-        storage: SearchStorage,
+        storage: Storage,
         run_root: Path,
         epochs: int,
         on_progress: Callable[[dict[str, Any]], None] | None,
@@ -364,7 +365,7 @@ class _StorageCallback(_DriverOnly, tune.Callback):
             self._emit(trial, JobState.FAILED, error=error, retries=retries)
 
 
-def _job_models(storage: SearchStorage, job_id: int) -> list[ModelRecord]:
+def _job_models(storage: Storage, job_id: int) -> list[ModelRecord]:
     out: list[ModelRecord] = []
     while True:
         page, total = storage.list_models(job_id=job_id, offset=len(out))
@@ -397,7 +398,7 @@ def _arch_error(model: ModelRecord, cfg: RetrainConfig) -> str | None:
     return None
 
 
-def _summary(storage: SearchStorage, job_id: int) -> dict[str, Any]:
+def _summary(storage: Storage, job_id: int) -> dict[str, Any]:
     models = {m.id: {**m.metrics, "state": m.state.value} for m in _job_models(storage, job_id)}
     scores: dict[int, float] = {}
     for i, m in models.items():
@@ -422,7 +423,7 @@ def _quiet_tune() -> Iterator[None]:
             os.environ["RAY_AIR_NEW_OUTPUT"] = old
 
 
-def _cancel(storage: SearchStorage, job_id: int, model_ids: list[int], run_root: Path) -> RetrainCancelled:
+def _cancel(storage: Storage, job_id: int, model_ids: list[int], run_root: Path) -> RetrainCancelled:
     left = [m.id for m in _job_models(storage, job_id) if m.id in model_ids and not m.state.is_finished()]
     for model_id in left:
         with contextlib.suppress(IllegalTransition):
@@ -432,7 +433,7 @@ def _cancel(storage: SearchStorage, job_id: int, model_ids: list[int], run_root:
 
 
 def run_retrain_job(
-    storage: SearchStorage,
+    storage: Storage,
     job_id: int,
     *,
     data_dir: Path,

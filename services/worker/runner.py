@@ -31,10 +31,11 @@ import time
 import uuid
 from collections.abc import Callable
 
-from hyctas_core.storage import IllegalTransition, JobRecord, JobState, SearchState, SearchStorage, StorageError
+from hyctas_core.storage import IllegalTransition, SearchState, StorageError
 from services.metrics import JOBS_FINISHED, WORKER_HEARTBEATS
 from services.queue import EventBus, JobQueue, QueueEntry, QueueError
 from services.settings import Settings
+from services.storage.base import JobRecord, JobState, Storage
 from services.worker.context import Handler, JobContext, JobStopped
 from services.worker.jobs import default_handlers
 
@@ -74,7 +75,7 @@ class Worker:
 
     def __init__(
         self,
-        storage: SearchStorage,
+        storage: Storage,
         queue: JobQueue,
         events: EventBus | None,
         settings: Settings,

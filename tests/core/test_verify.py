@@ -15,7 +15,7 @@ from hyctas_core.search import SearchConfig
 from hyctas_core.search_runner import StopSearch
 from hyctas_core.search_space import sample_arch
 from hyctas_core.storage import GenerationRecord, IndividualRecord, SearchState
-from hyctas_core.storage_memory import InMemoryStorage
+from hyctas_core.storage_memory import InMemorySearchStore
 from hyctas_core.train import SupernetTrainConfig, SupernetTrainer
 from hyctas_core.verify import (
     VerifyConfig,
@@ -32,7 +32,7 @@ def _ind(i: int, miou: float, latency: float) -> IndividualRecord:
     return IndividualRecord(0, f"h{i:02d}", {"i": i}, 1 + i % 3, {"miou": miou, "latency_ms": latency})
 
 
-def _finished_search(storage: InMemoryStorage, front: list[IndividualRecord]) -> int:
+def _finished_search(storage: InMemorySearchStore, front: list[IndividualRecord]) -> int:
     config = SearchConfig(pop_size=8, generations=1, num_layers=4)
     sid = storage.create_search("s", {"search": config.to_dict(), "evaluator": {}})
     storage.set_search_state(sid, SearchState.RUNNING)
@@ -73,7 +73,7 @@ def test_config_bounds() -> None:
 
 
 def test_verification_stores_each_point_and_resumes_after_a_failure() -> None:
-    storage = InMemoryStorage()
+    storage = InMemorySearchStore()
     front = [_ind(i, 0.1 + 0.02 * i, 5.0 + i) for i in range(6)]
     sid = _finished_search(storage, front)
     retrained = {"h00": 0.2, "h02": 0.3, "h03": 0.25, "h05": 0.6}  # one pair swapped against the supernet
@@ -115,7 +115,7 @@ def test_verification_stores_each_point_and_resumes_after_a_failure() -> None:
 
 
 def test_a_stop_leaves_the_verification_resumable() -> None:
-    storage = InMemoryStorage()
+    storage = InMemorySearchStore()
     sid = _finished_search(storage, [_ind(i, 0.1 * (i + 1), 1.0 + i) for i in range(3)])
     stop_after = [1]
 
@@ -135,7 +135,7 @@ def test_a_stop_leaves_the_verification_resumable() -> None:
 
 
 def test_a_front_of_one_point_cannot_be_verified() -> None:
-    storage = InMemoryStorage()
+    storage = InMemorySearchStore()
     sid = _finished_search(storage, [_ind(0, 0.3, 2.0)])
     with pytest.raises(ValueError, match="1 front point"):
         run_verification(storage, sid, VerifyConfig(k=3), lambda row: 0.5)

@@ -20,9 +20,9 @@ from hyctas_core.evaluate import EvaluatorSpec  # noqa: E402
 from hyctas_core.search import SearchConfig  # noqa: E402
 from hyctas_core.search_runner import GenerationProgress, create_search, run_search  # noqa: E402
 from hyctas_core.storage import SearchState  # noqa: E402
-from hyctas_core.storage_memory import InMemoryStorage  # noqa: E402
 from services.worker.ray_pool import RayEvaluatorPool  # noqa: E402
 from tests.fixtures import tiny_supernet  # noqa: E402
+from tests.services.sqlite import sqlite_storage  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def _cluster() -> Cluster:
 
 
 def test_nodes_join_and_leave_mid_search(spec: EvaluatorSpec, tmp_path: Path) -> None:
-    storage = InMemoryStorage()
+    storage = sqlite_storage()
     config = SearchConfig(objective="flops", pop_size=4, generations=4, seed=1, num_layers=6)
     search_id = create_search(storage, "elastic", config, spec.to_dict())
     cluster = _cluster()

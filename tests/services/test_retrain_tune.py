@@ -16,10 +16,11 @@ ray = pytest.importorskip("ray")
 from hyctas_core.config import ModelConfig  # noqa: E402
 from hyctas_core.retrain import RetrainConfig, Retrainer, load_model  # noqa: E402
 from hyctas_core.search_space import Arch, sample_arch  # noqa: E402
-from hyctas_core.storage import JobState  # noqa: E402
-from hyctas_core.storage_memory import InMemoryStorage  # noqa: E402
+from services.storage.base import JobState  # noqa: E402
+from services.storage.sql import SQLStorage  # noqa: E402
 from services.worker.retrain_tune import FAIL_ONCE_ENV, RetrainCancelled, _datasets, run_retrain_job  # noqa: E402
 from tests.fixtures import write_cityscapes  # noqa: E402
+from tests.services.sqlite import sqlite_storage  # noqa: E402
 
 pytestmark = pytest.mark.slow  # about a minute: a Ray session and seven Tune runs
 
@@ -76,7 +77,7 @@ def _epoch_mious(data: Path, cfg: RetrainConfig, arch: Arch, run_dir: Path) -> l
     return mious
 
 
-def _job(storage: InMemoryStorage, archs: list[Arch]) -> tuple[int, list[int]]:
+def _job(storage: SQLStorage, archs: list[Arch]) -> tuple[int, list[int]]:
     job_id = storage.create_job("retrain", {"archs": [a.hash for a in archs]})
     ids = [storage.create_model(f"m{i}", a.to_official(), a.hash, job_id=job_id) for i, a in enumerate(archs)]
     return job_id, ids
@@ -89,7 +90,7 @@ def _path(uri: str) -> Path:
 
 def test_retrains_every_model_then_skips_finished_ones(ray_session: None, data: Path, tmp_path: Path) -> None:
     cfg, archs = _cfg(2), _archs(2)
-    storage = InMemoryStorage()
+    storage = sqlite_storage()
     job_id, ids = _job(storage, archs)
     run_root = tmp_path / "runs"
     # Model 2 was half-trained by an earlier worker that crashed: its trial continues from last.pt.
@@ -129,7 +130,7 @@ def test_failed_trial_is_retried_from_its_tune_checkpoint(
     ray_session: None, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg, archs = _cfg(2), _archs(1)
-    storage = InMemoryStorage()
+    storage = sqlite_storage()
     job_id, (model_id,) = _job(storage, archs)
     markers = tmp_path / "markers"
     monkeypatch.setenv(FAIL_ONCE_ENV, str(markers))  # fails after epoch 1's report, deleting its run dir
@@ -157,7 +158,7 @@ def test_asha_stops_a_weak_model_early(ray_session: None, data: Path, tmp_path: 
     # time, in order), and the weak model trails all of them there.
     assert curves[weak][1] < min(curves[i][1] for i in strong), curves
     archs = [candidates[i] for i in (*strong, weak)]
-    storage = InMemoryStorage()
+    storage = sqlite_storage()
     job_id, ids = _job(storage, archs)
     summary = run_retrain_job(storage, job_id, data_dir=data, run_root=tmp_path / "runs", config=cfg, asha=True)
 
@@ -173,7 +174,7 @@ def test_asha_stops_a_weak_model_early(ray_session: None, data: Path, tmp_path: 
 
 def test_should_stop_cancels_the_unfinished_models(ray_session: None, data: Path, tmp_path: Path) -> None:
     cfg = _cfg(4)
-    storage = InMemoryStorage()
+    storage = sqlite_storage()
     job_id, ids = _job(storage, _archs(2, seed=1))
     events: list[dict[str, Any]] = []
     with pytest.raises(RetrainCancelled, match="cancelled") as info:
@@ -192,7 +193,7 @@ def test_should_stop_cancels_the_unfinished_models(ray_session: None, data: Path
 
 def test_a_driver_error_stops_the_job_and_a_rerun_resumes(ray_session: None, data: Path, tmp_path: Path) -> None:
     cfg, archs = _cfg(2), _archs(1)
-    storage = InMemoryStorage()
+    storage = sqlite_storage()
     job_id, (model_id,) = _job(storage, archs)
     run_root = tmp_path / "runs"
 
@@ -214,7 +215,7 @@ def test_a_driver_error_stops_the_job_and_a_rerun_resumes(ray_session: None, dat
 
 def test_bad_data_arch_or_device_fail_before_tune(ray_session: None, data: Path, tmp_path: Path) -> None:
     cfg = _cfg(1)
-    storage = InMemoryStorage()
+    storage = sqlite_storage()
     job_id, ids = _job(storage, _archs(2))
     with pytest.raises(ValueError, match="does not exist"):
         run_retrain_job(storage, job_id, data_dir=tmp_path / "nowhere", run_root=tmp_path / "runs", config=cfg)

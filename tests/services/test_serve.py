@@ -27,12 +27,12 @@ from ray import serve  # noqa: E402
 from hyctas_core.presets import get_preset  # noqa: E402
 from hyctas_core.retrain import load_model  # noqa: E402
 from hyctas_core.segment import predict_labels  # noqa: E402
-from hyctas_core.storage import JobState  # noqa: E402
 from services.auth import issue_api_key  # noqa: E402
 from services.serve.app import decode_image  # noqa: E402
 from services.serve.deploy import deploy_model  # noqa: E402
 from services.settings import Settings  # noqa: E402
 from services.storage import SQLStorage  # noqa: E402
+from services.storage.base import JobState  # noqa: E402
 from services.worker.jobs import run_deploy  # noqa: E402
 from services.worker.runner import JobContext  # noqa: E402
 from tests.fixtures import panoptic_checkpoint, tiny_retrained  # noqa: E402

@@ -1,7 +1,8 @@
 """Storage backends: the shared contract, SQL specifics (migrations, races, kills, connection errors).
 
-The contract (``hyctas_core.testing.storage_contract``) runs against ``InMemoryStorage``,
-``SQLStorage`` on SQLite (a fresh file per test, copied from a migrated template) and
+The core's search-store contract (``hyctas_core.testing.storage_contract``) runs against
+``InMemorySearchStore``; the service's full contract (``tests/services/storage_contract.py``, which
+extends it) against ``SQLStorage`` on SQLite (a fresh file per test, copied from a migrated template) and
 ``SQLStorage`` on PostgreSQL (``integration``: a throw-away database created for the session
 through the ``postgres`` maintenance database from ``TEST_DATABASE_URL``, dropped at the end,
 tables emptied before each test). Without ``TEST_DATABASE_URL`` the PostgreSQL cases skip;
@@ -30,13 +31,15 @@ from sqlalchemy import Column, Engine, Integer, MetaData, create_engine, insert,
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from hyctas_core.storage import IllegalTransition, JobState, SearchState, SearchStorage, StorageError
-from hyctas_core.storage_memory import InMemoryStorage
-from hyctas_core.testing import StorageContract, make_evaluations, make_generation, make_individuals
+from hyctas_core.storage import IllegalTransition, SearchState, SearchStore, StorageError
+from hyctas_core.storage_memory import InMemorySearchStore
+from hyctas_core.testing import SearchStoreContract, make_evaluations, make_generation, make_individuals
 from services.storage import SQLStorage, current_revision, head_revision, upgrade_database
+from services.storage.base import JobState, Storage
 from services.storage.migrate import alembic_config
 from services.storage.models import Base, GenerationRow, JobRow
 from services.storage.sql import create_storage_engine, mask_url, one_line
+from tests.services.storage_contract import StorageContract
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = (
@@ -136,19 +139,19 @@ def sql_url(request: pytest.FixtureRequest) -> str:
 
 
 # -- the contract -----------------------------------------------------------------------------
-class TestInMemoryStorage(StorageContract):
-    """The contract on the in-process backend."""
+class TestInMemorySearchStore(SearchStoreContract):
+    """The core's contract on its in-process search store."""
 
     @pytest.fixture
-    def storage(self) -> Iterator[SearchStorage]:
-        yield InMemoryStorage()
+    def storage(self) -> Iterator[SearchStore]:
+        yield InMemorySearchStore()
 
 
 class TestSQLiteStorage(StorageContract):
     """The contract on SQLStorage over a SQLite file."""
 
     @pytest.fixture
-    def storage(self, sqlite_url: str) -> Iterator[SearchStorage]:
+    def storage(self, sqlite_url: str) -> Iterator[Storage]:
         with SQLStorage(sqlite_url) as storage:
             yield storage
 
@@ -158,7 +161,7 @@ class TestPostgresStorage(StorageContract):
     """The contract on SQLStorage over PostgreSQL (TEST_DATABASE_URL)."""
 
     @pytest.fixture
-    def storage(self, pg_url: str) -> Iterator[SearchStorage]:
+    def storage(self, pg_url: str) -> Iterator[Storage]:
         with SQLStorage(pg_url) as storage:
             yield storage
 

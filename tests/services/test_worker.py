@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 
-from hyctas_core.storage import IllegalTransition, JobState, SearchState
-from hyctas_core.storage_memory import InMemoryStorage
+from hyctas_core.storage import IllegalTransition, SearchState
 from services.queue import InMemoryEventBus, InMemoryQueue
 from services.settings import Settings
+from services.storage.base import JobState
+from services.storage.sql import SQLStorage
 from services.worker.runner import JobContext, Worker
+from tests.services.sqlite import set_job_updated_at, sqlite_storage
 
 LEASE_S = 0.6
 
@@ -30,11 +32,11 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-def backends() -> tuple[InMemoryStorage, InMemoryQueue, InMemoryEventBus]:
-    return InMemoryStorage(), InMemoryQueue(lease_s=LEASE_S), InMemoryEventBus()
+def backends() -> tuple[SQLStorage, InMemoryQueue, InMemoryEventBus]:
+    return sqlite_storage(), InMemoryQueue(lease_s=LEASE_S), InMemoryEventBus()
 
 
-def _submit(storage: InMemoryStorage, queue: InMemoryQueue, kind: str = "fake", payload: Any = None) -> int:
+def _submit(storage: SQLStorage, queue: InMemoryQueue, kind: str = "fake", payload: Any = None) -> int:
     job_id = storage.create_job(kind, payload or {}, owner="alice")
     queue.enqueue(job_id, kind)
     return job_id
@@ -145,7 +147,7 @@ def test_a_silent_workers_job_is_taken_over(settings: Settings, backends: Any, r
         storage.heartbeat_job(job_id, "dead")
 
 
-def _die_while_running(storage: InMemoryStorage, queue: InMemoryQueue, job_id: int, times: int) -> None:
+def _die_while_running(storage: SQLStorage, queue: InMemoryQueue, job_id: int, times: int) -> None:
     """``times`` workers each claim the job after the lease, start it and die (no heartbeat, no ack)."""
     for i in range(times):
         entry = None
@@ -330,7 +332,7 @@ def test_sweep_requeues_jobs_without_an_entry(settings: Settings, backends: Any)
     worker = Worker(storage, queue, events, settings, handlers={}, name="w")
     assert worker.sweep() == []  # too recent: the controller may still be enqueueing
     old = datetime.now(UTC) - timedelta(seconds=10 * LEASE_S)
-    storage._jobs[orphan].updated_at = old  # noqa: SLF001 - age the row as if minutes had passed
+    set_job_updated_at(storage, orphan, old)  # as if minutes had passed
     assert worker.sweep() == [orphan]
     assert queue.job_ids() == {orphan, queued}
     assert fresh not in queue.job_ids()
@@ -342,7 +344,7 @@ def test_sweep_touches_only_its_own_stream(settings: Settings, backends: Any) ->
     mine = storage.create_job("fake", {}, owner="alice", stream=queue.stream)
     theirs = storage.create_job("fake", {}, owner="alice", stream="hyctas:gpu-jobs")
     for job_id in (mine, theirs):
-        storage._jobs[job_id].updated_at = datetime.now(UTC) - timedelta(seconds=10 * LEASE_S)  # noqa: SLF001
+        set_job_updated_at(storage, job_id, datetime.now(UTC) - timedelta(seconds=10 * LEASE_S))
     worker = Worker(storage, queue, events, settings, handlers={}, name="w")
     assert worker.sweep() == [mine] and queue.job_ids() == {mine}
     other = InMemoryQueue(lease_s=LEASE_S, stream="hyctas:gpu-jobs")
@@ -385,7 +387,7 @@ def test_deployments_whose_replicas_are_gone_are_marked_failed() -> None:
     healthy ones, other clusters' and non-running ones are left alone; a redeploy is then possible."""
     from services.worker.jobs import reconcile_deployments
 
-    storage = InMemoryStorage()
+    storage = sqlite_storage()
     model = storage.create_model("m", {"ops": []}, "h", owner="alice")
     served = {"gone": None, "empty": ("UNHEALTHY", 0), "fine": ("RUNNING", 1), "rolling": ("DEPLOYING", 0)}
     ids = {}

@@ -9,18 +9,19 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from hyctas_core.storage import JobState
-from hyctas_core.storage_memory import InMemoryStorage
 from services.auth import issue_api_key
 from services.controller.main import create_app
 from services.queue import InMemoryEventBus, InMemoryQueue
 from services.settings import Settings
+from services.storage.base import JobState
+from services.storage.sql import SQLStorage
+from tests.services.sqlite import sqlite_storage
 
 
 @dataclass
 class Api:
     client: TestClient
-    storage: InMemoryStorage
+    storage: SQLStorage
     queue: InMemoryQueue
     events: InMemoryEventBus
     alice: dict[str, str]
@@ -50,7 +51,7 @@ SUPERNET = {
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
-    storage = InMemoryStorage()
+    storage = sqlite_storage()
     queue = InMemoryQueue()
     events = InMemoryEventBus()
     settings = Settings(artifact_dir=tmp_path, data_dir=tmp_path, max_body_bytes=64_000)

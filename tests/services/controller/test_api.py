@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from hyctas_core.storage import JobState, SearchState
+from hyctas_core.storage import SearchState
 from services.queue import InMemoryQueue
+from services.storage.base import JobState
 from tests.services.controller.conftest import SUPERNET, Api
 
 SEARCH = {"name": "s1", "supernet_id": 0, "objective": "flops", "population": 4, "generations": 2}

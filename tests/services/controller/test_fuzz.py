@@ -27,14 +27,14 @@ from schemathesis.checks import (
     unsupported_method,
 )
 
-from hyctas_core.storage import JobState
-from hyctas_core.storage_memory import InMemoryStorage
 from services.auth import issue_api_key
 from services.controller.main import create_app
 from services.queue import InMemoryEventBus, InMemoryQueue
 from services.settings import Settings
+from services.storage.base import JobState
+from tests.services.sqlite import sqlite_storage
 
-_storage = InMemoryStorage()
+_storage = sqlite_storage()
 _KEY = issue_api_key(_storage, "fuzzer")
 _supernet = _storage.create_job(
     "train_supernet",

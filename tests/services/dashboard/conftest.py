@@ -31,12 +31,14 @@ import uvicorn
 
 from hyctas_core.search import OBJECTIVES, hypervolume
 from hyctas_core.search_space import Arch, sample_arch
-from hyctas_core.storage import GenerationRecord, IndividualRecord, JobState, SearchState
-from hyctas_core.storage_memory import InMemoryStorage
+from hyctas_core.storage import GenerationRecord, IndividualRecord, SearchState
 from services.auth import issue_api_key
 from services.controller.main import create_app
 from services.queue import InMemoryEventBus, InMemoryQueue
 from services.settings import Settings
+from services.storage.base import JobState
+from services.storage.sql import SQLStorage
+from tests.services.sqlite import sqlite_storage
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -89,7 +91,7 @@ class SeededSearch:
 @dataclass
 class Dashboard:
     url: str
-    storage: InMemoryStorage
+    storage: SQLStorage
     events: InMemoryEventBus
     alice_key: str
     bob_key: str
@@ -149,7 +151,7 @@ def front_of(individuals: list[IndividualRecord], cost_key: str) -> list[Individ
 
 
 def commit_generation(
-    storage: InMemoryStorage, search_id: int, cost_key: str, n: int, rng: np.random.Generator
+    storage: SQLStorage, search_id: int, cost_key: str, n: int, rng: np.random.Generator
 ) -> GenerationRecord:
     """Sample ``n`` distinct archs, score them and commit them as the search's next generation."""
     index = storage.get_search(search_id).generation + 1
@@ -232,7 +234,7 @@ def chromium() -> str:
 def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     """The controller on 127.0.0.1 (a free port), over a seeded in-memory database."""
     tmp = tmp_path_factory.mktemp("dashboard-controller")
-    storage, events = InMemoryStorage(), InMemoryEventBus()
+    storage, events = sqlite_storage(), InMemoryEventBus()
     settings = Settings(artifact_dir=tmp, data_dir=tmp)
     app = create_app(settings, storage=storage, queue=InMemoryQueue(), events=events)
     # Every backend is injected, so the lifespan has nothing to open; off, it also leaves the

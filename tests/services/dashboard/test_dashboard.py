@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hyctas_core.storage import JobState
+from services.storage.base import JobState
 from tests.services.dashboard.conftest import IN_CI, NUM_LAYERS, Dashboard, Tab
 
 if not IN_CI:  # under CI a missing playwright is an error, never a skip

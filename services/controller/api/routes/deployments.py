@@ -6,16 +6,16 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
 
-from hyctas_core.storage import SearchStorage
 from services.controller import service
 from services.controller.api.responses import CONFLICT, NOT_FOUND
 from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, StorageDep
 from services.controller.schemas import DeploymentCreate, DeploymentPublic, DeploymentsPublic
+from services.storage.base import Storage
 
 router = APIRouter(tags=["deployments"])
 
 
-def owned_deployment(storage: SearchStorage, name: str, user: str) -> Any:
+def owned_deployment(storage: Storage, name: str, user: str) -> Any:
     deployment = storage.find_deployment(name)
     if deployment is None or deployment.owner != user:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no deployment {name!r}")

@@ -6,16 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from hyctas_core.storage import JobRecord, JobState, SearchStorage
 from services.controller import service
 from services.controller.api.responses import CONFLICT, NOT_FOUND
 from services.controller.deps import CurrentUser, EventsDep, RowId, StorageDep
 from services.controller.schemas import JobPublic, JobsPublic
+from services.storage.base import JobRecord, JobState, Storage
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-def owned(storage: SearchStorage, job_id: int, user: str) -> JobRecord:
+def owned(storage: Storage, job_id: int, user: str) -> JobRecord:
     try:
         return service.owned_job(storage, job_id, user)
     except KeyError:

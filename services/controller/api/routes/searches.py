@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from hyctas_core.search import SearchConfig
-from hyctas_core.storage import SearchRecord, SearchState, SearchStorage
+from hyctas_core.storage import SearchRecord, SearchState
 from services.controller import service
 from services.controller.api.responses import CONFLICT, NOT_FOUND
 from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, SettingsDep, StorageDep
@@ -26,11 +26,12 @@ from services.controller.schemas import (
     SearchTimings,
     VerificationPublic,
 )
+from services.storage.base import Storage
 
 router = APIRouter(prefix="/searches", tags=["searches"])
 
 
-def owned_search(storage: SearchStorage, search_id: int, user: str) -> SearchRecord:
+def owned_search(storage: Storage, search_id: int, user: str) -> SearchRecord:
     """The search if ``user`` owns it; 404 otherwise (another user's id looks unknown)."""
     try:
         search = storage.get_search(search_id)
@@ -41,7 +42,7 @@ def owned_search(storage: SearchStorage, search_id: int, user: str) -> SearchRec
     return search
 
 
-def search_public(storage: SearchStorage, search: SearchRecord) -> SearchPublic:
+def search_public(storage: Storage, search: SearchRecord) -> SearchPublic:
     """The API view of a search: progress, hypervolume, timings and its job."""
     config = SearchConfig.from_dict(search.config["search"])
     generations = storage.list_generations(search.id)

@@ -6,16 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from hyctas_core.storage import JobRecord, SearchStorage
 from services.controller import service
 from services.controller.api.responses import NOT_FOUND
 from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, SettingsDep, StorageDep
 from services.controller.schemas import SupernetCreate, SupernetPublic, SupernetsPublic
+from services.storage.base import JobRecord, Storage
 
 router = APIRouter(prefix="/supernets", tags=["supernets"])
 
 
-def owned_supernet(storage: SearchStorage, supernet_id: int, user: str) -> JobRecord:
+def owned_supernet(storage: Storage, supernet_id: int, user: str) -> JobRecord:
     try:
         return service.owned_job(storage, supernet_id, user, "train_supernet")
     except KeyError:
