@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
+
+from hyctas_core.configbase import ConfigBase
 
 __all__ = ["CITYSCAPES_THING_IDS", "ModelConfig", "PanopticConfig"]
 
@@ -13,11 +15,13 @@ CITYSCAPES_THING_IDS: tuple[int, ...] = (11, 12, 13, 14, 15, 16, 17, 18)
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(ConfigBase):
     """Shape of the supernet and of every network built from an architecture.
 
     The defaults follow the paper where it is explicit and the official code otherwise.
     """
+
+    config_name: ClassVar[str] = "model config"
 
     # F, the "filter multiplier": full widths are 8F / 16F / 32F at strides 8 / 16 / 32.
     # Paper: 12 for HyCTAS-S, 16 for -L; the official yaml uses 16.
@@ -51,25 +55,16 @@ class ModelConfig:
                 f"attn_heads >= 1 and 0 < attn_ratio <= 1 required, got {self.attn_heads}, {self.attn_ratio}"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig field(s) {unknown}; known: {sorted(names)}")
-        return cls(**data)
-
 
 @dataclass(frozen=True)
-class PanopticConfig:
+class PanopticConfig(ConfigBase):
     """Targets, loss weights and post-processing of the Panoptic-DeepLab style heads.
 
     Defaults follow Panoptic-DeepLab on Cityscapes (Cheng et al., arXiv 1911.10194, and the
     detectron2 project the official HyCTAS code trains with); sizes are in input pixels.
     """
+
+    config_name: ClassVar[str] = "panoptic config"
 
     # Train ids with instances ("things"); every other class is stuff.
     thing_ids: tuple[int, ...] = CITYSCAPES_THING_IDS
@@ -112,21 +107,3 @@ class PanopticConfig:
             raise ValueError(f"nms_kernel must be an odd number >= 1, got {self.nms_kernel}")
         if self.top_k < 1 or self.stuff_area < 0:
             raise ValueError(f"top_k >= 1 and stuff_area >= 0 required, got {self.top_k}, {self.stuff_area}")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["thing_ids"] = list(self.thing_ids)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PanopticConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown PanopticConfig field(s) {unknown}; known: {sorted(names)}")
-        kwargs = dict(data)
-        if "thing_ids" in kwargs:
-            if not isinstance(kwargs["thing_ids"], list | tuple):
-                raise ValueError(f"thing_ids must be a list of train ids, got {kwargs['thing_ids']!r}")
-            kwargs["thing_ids"] = tuple(kwargs["thing_ids"])
-        return cls(**kwargs)

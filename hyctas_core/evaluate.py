@@ -15,13 +15,14 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from hyctas_core.configbase import ConfigBase
 from hyctas_core.latency import LatencyModel
 from hyctas_core.metrics import ConfusionMatrix
 from hyctas_core.profile import count_macs, count_params
@@ -192,13 +193,15 @@ class CandidateEvaluator:
 
 
 @dataclass(frozen=True)
-class EvaluatorSpec:
+class EvaluatorSpec(ConfigBase):
     """Everything an evaluator process needs to build a :class:`CandidateEvaluator`.
 
     Plain data, so that it can be stored with a search and shipped to Ray actors; two
     evaluators built from equal specs return the same mIoU, GMACs and params for an arch
     (measured latency varies with the machine's load).
     """
+
+    config_name: ClassVar[str] = "evaluator spec"
 
     supernet: str  # checkpoint path
     data: str  # dataset root (Cityscapes layout)
@@ -211,17 +214,6 @@ class EvaluatorSpec:
     seed: int = 0
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads in the evaluating process (0: leave as is)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EvaluatorSpec:
-        data = dict(data)
-        for key in ("eval_size", "input_size"):
-            if data.get(key) is not None:
-                data[key] = tuple(data[key])
-        return cls(**data)
 
     def cache_key(self) -> str:
         """Identifies results: the checkpoint's content, the data and every setting but the device."""

@@ -30,21 +30,20 @@ semantic runs.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from hyctas_core._epochs import atomic_save, epoch_batches, epoch_order, steps_per_epoch
 from hyctas_core.config import ModelConfig, PanopticConfig
+from hyctas_core.configbase import ConfigBase
+from hyctas_core.engine import EpochTrainer, atomic_save
 from hyctas_core.evaluate import evaluate_miou, subset_indices
 from hyctas_core.losses import build_loss
 from hyctas_core.network import HyCTASNet
@@ -101,8 +100,10 @@ def drop_path_at(epoch: int, epochs: int, max_p: float) -> float:
 
 
 @dataclass(frozen=True)
-class RetrainConfig:
+class RetrainConfig(ConfigBase):
     """Everything a retraining run depends on (stored in every checkpoint)."""
+
+    config_name: ClassVar[str] = "retraining config"
 
     model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 300
@@ -169,51 +170,6 @@ class RetrainConfig:
             return 1.0 if self.task == "panoptic" else None
         return self.grad_clip or None
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["model"] = self.model.to_dict()
-        out["panoptic"] = self.panoptic.to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RetrainConfig:
-        """Build from a plain dict (YAML / JSON); unknown keys are an error naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown retraining config key(s) {unknown}; known: {sorted(known)}")
-        kwargs = dict(data)
-        if "model" in kwargs:
-            if not isinstance(kwargs["model"], dict):
-                raise ValueError("'model' must be a mapping of ModelConfig fields")
-            kwargs["model"] = ModelConfig.from_dict(kwargs["model"])
-        if "panoptic" in kwargs:
-            if not isinstance(kwargs["panoptic"], dict):
-                raise ValueError("'panoptic' must be a mapping of PanopticConfig fields")
-            try:
-                kwargs["panoptic"] = PanopticConfig.from_dict(kwargs["panoptic"])
-            except TypeError as e:
-                raise ValueError(f"bad panoptic config: {e}") from None
-        for key in ("crop_size", "scale_range", "base_size"):
-            if kwargs.get(key) is not None:
-                kwargs[key] = tuple(kwargs[key])
-        try:
-            return cls(**kwargs)
-        except TypeError as e:  # e.g. a number where a pair belongs
-            raise ValueError(f"bad retraining config: {e}") from None
-
-    @classmethod
-    def from_yaml(cls, path: Path) -> RetrainConfig:
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: the config must be a mapping")
-        return cls.from_dict(data)
-
 
 @dataclass(frozen=True)
 class RetrainProgress:
@@ -232,7 +188,7 @@ class RetrainProgress:
     best_pq: float | None = None
 
 
-class Retrainer:
+class Retrainer(EpochTrainer[RetrainConfig, RetrainProgress]):
     """Trains a freshly initialised :class:`HyCTASNet` for one architecture.
 
     Args:
@@ -252,6 +208,9 @@ class Retrainer:
             have no instance maps.
     """
 
+    checkpoint_format = CHECKPOINT_FORMAT
+    config_type = RetrainConfig
+
     def __init__(
         self,
         cfg: RetrainConfig,
@@ -262,7 +221,6 @@ class Retrainer:
         *,
         device: str = "cpu",
     ) -> None:
-        self.cfg = cfg
         self.arch = arch.canonical()
         self.panoptic = cfg.task == "panoptic"
         if self.panoptic:
@@ -273,10 +231,8 @@ class Retrainer:
                     )
             if not isinstance(train_set, PanopticTargetDataset):
                 train_set = PanopticTargetDataset(train_set, cfg.panoptic)
-        self.train_set, self.val_set = train_set, val_set
-        self.run_dir = Path(run_dir)
-        self.device = torch.device(device)
-        self.steps_per_epoch = steps_per_epoch(train_set, cfg.batch_size, cfg.steps_per_epoch)  # type: ignore[arg-type]
+        super().__init__(cfg, train_set, run_dir, device=device)
+        self.val_set = val_set
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left alone
             torch.manual_seed(cfg.seed)
             self.model = HyCTASNet(self.arch, cfg.model, aux=cfg.aux_weight > 0, panoptic=self.panoptic).to(self.device)
@@ -295,23 +251,11 @@ class Retrainer:
             n_val = len(val_set)  # type: ignore[arg-type]
             k = n_val if cfg.val_images is None else cfg.val_images
             self.val_indices = subset_indices(n_val, k, cfg.seed, stream=5)
-        self.epoch = 0
-        self.step_in_epoch = 0
-        self.step = 0
         self.best_miou: float | None = None
         self.last_miou: float | None = None
         self.best_pq: float | None = None
         self.last_pq: float | None = None
         self._loss_parts: dict[str, float] = {}
-        self._log_lines = 0
-
-    @property
-    def total_steps(self) -> int:
-        return self.cfg.epochs * self.steps_per_epoch
-
-    @property
-    def finished(self) -> bool:
-        return self.epoch >= self.cfg.epochs
 
     def lr_at(self, step: int) -> float:
         """The learning rate of global iteration ``step`` (0-based)."""
@@ -333,26 +277,18 @@ class Retrainer:
             "step": self.step,
         }
 
-    def state_dict(self) -> dict[str, Any]:
+    def run_state(self) -> dict[str, Any]:
         return {
-            **self._header("last"),
+            "kind": "last",
+            "arch": self.arch.to_official(),
+            "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "drop_rng": self.drop_rng.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "step_in_epoch": self.step_in_epoch,
             "best_miou": self.best_miou,
             "last_miou": self.last_miou,
             "best_pq": self.best_pq,
             "last_pq": self.last_pq,
-            "log_lines": self._log_lines,
         }
-
-    def save(self) -> Path:
-        """Write ``last.pt`` atomically (a crash mid-write leaves the previous one intact)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / "last.pt"
-        atomic_save(self.state_dict(), path)
-        return path
 
     def _save_best(self, miou: float | None, pq: float | None = None) -> Path:
         path = self.run_dir / "best.pt"
@@ -360,59 +296,21 @@ class Retrainer:
         atomic_save({**self._header("best"), **extra}, path)
         return path
 
-    def load(self, path: Path) -> None:
-        """Restore a ``last.pt`` written by :meth:`save`; config and arch must be the same.
-
-        Raises:
-            ValueError: not a retraining checkpoint, or one of another config or arch.
-        """
-        ckpt = _read(Path(path), self.device)
-        if ckpt.get("kind") != "last":
+    def check_checkpoint(self, ckpt: dict[str, Any], path: Path) -> None:
+        if ckpt.get("format") == CHECKPOINT_FORMAT and ckpt.get("kind") != "last":
             raise ValueError(f"{path}: holds weights only ({ckpt.get('kind')!r}); resume needs last.pt")
-        mine = self.cfg.to_dict()
-        try:  # normalised: checkpoints from before a config key existed hold its default
-            theirs = RetrainConfig.from_dict(ckpt["config"]).to_dict()
-        except (KeyError, ValueError):
-            theirs = ckpt.get("config", {})
-        if theirs != mine:
-            diff = sorted(k for k in set(mine) | set(theirs) if theirs.get(k) != mine.get(k))
-            raise ValueError(f"{path}: checkpoint was trained with a different config (differs in {diff})")
+        super().check_checkpoint(ckpt, path)
         if ckpt["arch"] != self.arch.to_official():
             raise ValueError(f"{path}: checkpoint was trained for another architecture")
+
+    def load_run_state(self, ckpt: dict[str, Any], path: Path) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.drop_rng.set_state(ckpt["drop_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        self.epoch, self.step_in_epoch, self.step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]
         self.best_miou, self.last_miou = ckpt["best_miou"], ckpt["last_miou"]
         self.best_pq, self.last_pq = ckpt.get("best_pq"), ckpt.get("last_pq")
-        self._log_lines = int(ckpt["log_lines"])
-        self._truncate_log()
-
-    def resume(self) -> bool:
-        """Load ``run_dir/last.pt`` if it exists; returns whether it did."""
-        path = self.run_dir / "last.pt"
-        if not path.exists():
-            return False
-        self.load(path)
-        return True
 
     # -- training -------------------------------------------------------------------------
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """The shuffled sample order of ``epoch``: a pure function of (seed, epoch)."""
-        return epoch_order(len(self.train_set), self.cfg.seed, epoch)  # type: ignore[arg-type]
-
-    def _batches(self) -> Iterator[dict[str, Any]]:
-        return epoch_batches(
-            self.train_set,
-            seed=self.cfg.seed,
-            epoch=self.epoch,
-            first_step=self.step_in_epoch,
-            steps=self.steps_per_epoch,
-            batch_size=self.cfg.batch_size,
-            num_workers=self.cfg.num_workers,
-        )
-
     def train_step(self, batch: dict[str, Any]) -> tuple[float, float]:
         """One SGD step at the scheduled LR of the current step; returns (loss, lr)."""
         lr = self.lr_at(self.step)
@@ -471,68 +369,40 @@ class Retrainer:
             device=self.device,
         )
 
-    def fit(
-        self, *, max_steps: int | None = None, progress: Callable[[RetrainProgress], None] | None = None
-    ) -> dict[str, Any]:
-        """Train until the configured epochs are done (or ``max_steps`` global steps).
+    def start_epoch(self) -> None:
+        self.model.set_drop_path(self.drop_path_at(self.epoch))
 
-        Validates every ``eval_every`` epochs and after the last one, writing ``best.pt`` on
-        each improvement; checkpoints ``last.pt`` every ``checkpoint_every`` steps, at each
-        epoch end and when stopping. Returns a summary dict.
-        """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._truncate_log()  # a fresh run starts a fresh log; a resumed one is already cut
-        t_start, images_seen = time.perf_counter(), 0
-        info: RetrainProgress | None = None
-        while not self.finished:
-            self.model.set_drop_path(self.drop_path_at(self.epoch))
-            for batch in self._batches():
-                t0 = time.perf_counter()
-                loss, lr = self.train_step(batch)
-                self.step += 1
-                self.step_in_epoch += 1
-                images_seen += self.cfg.batch_size
-                rate = self.cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
-                info = RetrainProgress(
-                    self.step,
-                    self.total_steps,
-                    self.epoch,
-                    loss,
-                    lr,
-                    rate,
-                    self.model.drop_path_p,
-                    self.last_miou,
-                    self.best_miou,
-                    self.last_pq,
-                    self.best_pq,
-                )
-                if progress is not None:
-                    progress(info)
-                if self.step % self.cfg.log_every == 0:
-                    record = dataclasses.asdict(info)
-                    if not self.panoptic:
-                        del record["pq"], record["best_pq"]
-                    self._log({"event": "step", **record, **self._loss_parts})
-                stop = max_steps is not None and self.step >= max_steps
-                if self.step % self.cfg.checkpoint_every == 0 or stop:
-                    self.save()
-                if stop:
-                    return self._summary(t_start, images_seen, stopped=True)
-                if self.step_in_epoch >= self.steps_per_epoch:
-                    break
-            self.epoch += 1
-            self.step_in_epoch = 0
-            self._end_epoch(info, progress)
-        return self._summary(t_start, images_seen, stopped=False)
+    def progress_of(self, loss: float, extra: Any, images_per_s: float) -> RetrainProgress:
+        return RetrainProgress(
+            self.step,
+            self.total_steps,
+            self.epoch,
+            loss,
+            float(extra),
+            images_per_s,
+            self.model.drop_path_p,
+            self.last_miou,
+            self.best_miou,
+            self.last_pq,
+            self.best_pq,
+        )
 
-    def _end_epoch(self, info: RetrainProgress | None, progress: Callable[[RetrainProgress], None] | None) -> None:
+    def step_record(self, info: RetrainProgress) -> dict[str, Any]:
+        record = dataclasses.asdict(info)
+        if not self.panoptic:
+            del record["pq"], record["best_pq"]
+        return {**record, **self._loss_parts}
+
+    def end_epoch(self, last: RetrainProgress | None, progress: Callable[[RetrainProgress], None] | None) -> None:
+        """Validate when due (``eval_every``, and after the last epoch), log the epoch, checkpoint."""
+        info = last
         due = self.epoch % self.cfg.eval_every == 0 or self.finished
         record: dict[str, Any] = {"event": "epoch", "epoch": self.epoch, "step": self.step}
         record["drop_path"] = self.drop_path_at(self.epoch - 1)
         validated = False
         if due:
             validated = self._validate_panoptic(record) if self.panoptic else self._validate_semantic(record)
-        self._log(record)
+        self.log(record)
         self.save()
         if validated and progress is not None:
             if info is None:  # resumed exactly at an epoch end: no step ran in this call
@@ -578,37 +448,9 @@ class Retrainer:
             record["best"] = True
         return True
 
-    def _summary(self, t_start: float, images: int, *, stopped: bool) -> dict[str, Any]:
-        elapsed = time.perf_counter() - t_start
-        return {
-            "step": self.step,
-            "epoch": self.epoch,
-            "stopped": stopped,
-            "best_miou": self.best_miou,
-            "last_miou": self.last_miou,
-            **({"best_pq": self.best_pq, "last_pq": self.last_pq} if self.panoptic else {}),
-            "seconds": round(elapsed, 3),
-            "images_per_s": round(images / elapsed, 3) if elapsed > 0 else None,
-            "run_dir": str(self.run_dir),
-        }
-
-    # -- log ------------------------------------------------------------------------------
-    @property
-    def log_path(self) -> Path:
-        return self.run_dir / "train_log.jsonl"
-
-    def _log(self, record: dict[str, Any]) -> None:
-        with self.log_path.open("a") as f:
-            f.write(json.dumps({"time": time.time(), **record}) + "\n")
-        self._log_lines += 1
-
-    def _truncate_log(self) -> None:
-        """Keep the log lines the current state has written (later ones will be redone)."""
-        if not self.log_path.exists():
-            return
-        lines = self.log_path.read_text().splitlines(keepends=True)
-        if len(lines) != self._log_lines:
-            self.log_path.write_text("".join(lines[: self._log_lines]))
+    def summary_extra(self) -> dict[str, Any]:
+        scores = {"best_miou": self.best_miou, "last_miou": self.last_miou}
+        return {**scores, "best_pq": self.best_pq, "last_pq": self.last_pq} if self.panoptic else scores
 
 
 def _read(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
@@ -33,6 +33,7 @@ from pymoo.operators.crossover.ux import UniformCrossover
 from pymoo.problems.static import StaticProblem
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
+from hyctas_core.configbase import ConfigBase
 from hyctas_core.search_space import BRANCH_PRIOR, Arch, VectorCodec, sample_arch
 
 __all__ = [
@@ -50,8 +51,10 @@ OBJECTIVES: dict[str, str] = {"latency": "latency_ms", "flops": "gmacs", "params
 
 
 @dataclass(frozen=True)
-class SearchConfig:
+class SearchConfig(ConfigBase):
     """An NSGA-II search (paper: population 40, 20 generations, crossover 0.9, mutation 0.02)."""
+
+    config_name: ClassVar[str] = "search config"
 
     objective: str = "latency"
     pop_size: int = 40
@@ -90,18 +93,6 @@ class SearchConfig:
     @property
     def total_generations(self) -> int:
         return self.generations * len(self.phases)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["branches"] = list(self.branches) if self.branches is not None else None
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
-        data = dict(data)
-        if data.get("branches") is not None:
-            data["branches"] = tuple(data["branches"])
-        return cls(**data)
 
 
 class NASProblem(Problem):

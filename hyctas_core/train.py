@@ -28,13 +28,10 @@ ends with bit-identical weights on CPU (``tests/core/test_train.py``).
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -42,8 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from hyctas_core._epochs import atomic_save, epoch_batches, epoch_order, steps_per_epoch
 from hyctas_core.config import ModelConfig
+from hyctas_core.configbase import ConfigBase
+from hyctas_core.engine import EpochTrainer, atomic_save
 from hyctas_core.losses import build_loss
 from hyctas_core.search_space import BRANCH_PRIOR, Arch, sample_arch, sample_largest, sample_smallest
 from hyctas_core.supernet import Supernet
@@ -61,8 +59,10 @@ SAMPLINGS: tuple[str, ...] = ("prior", "sandwich")
 
 
 @dataclass(frozen=True)
-class SupernetTrainConfig:
+class SupernetTrainConfig(ConfigBase):
     """Everything a supernet training run depends on (stored in every checkpoint)."""
+
+    config_name: ClassVar[str] = "training config"
 
     model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 30
@@ -113,40 +113,6 @@ class SupernetTrainConfig:
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["model"] = self.model.to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SupernetTrainConfig:
-        """Build from a plain dict (YAML / JSON); unknown keys are an error naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training config key(s) {unknown}; known: {sorted(known)}")
-        kwargs = dict(data)
-        if "model" in kwargs:
-            if not isinstance(kwargs["model"], dict):
-                raise ValueError("'model' must be a mapping of ModelConfig fields")
-            kwargs["model"] = ModelConfig.from_dict(kwargs["model"])
-        for key in ("crop_size", "scale_range", "base_size", "branch_prior"):
-            if kwargs.get(key) is not None:
-                kwargs[key] = tuple(kwargs[key])
-        return cls(**kwargs)
-
-    @classmethod
-    def from_yaml(cls, path: Path) -> SupernetTrainConfig:
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: the config must be a mapping")
-        return cls.from_dict(data)
-
 
 @dataclass(frozen=True)
 class TrainProgress:
@@ -159,12 +125,12 @@ class TrainProgress:
     branches: int
 
 
-class EpochAware(Protocol):
-    def set_epoch(self, epoch: int) -> None: ...
-
-
-class SupernetTrainer:
+class SupernetTrainer(EpochTrainer[SupernetTrainConfig, TrainProgress]):
     """Trains a :class:`Supernet` on a segmentation dataset; used by the CLI and by workers.
+
+    The loop, checkpoints, resume and log are the engine's (:class:`~hyctas_core.engine.EpochTrainer`);
+    this class samples the step's sub-networks and trains them. When done it also writes
+    ``supernet.pt`` (config and weights, for evaluation).
 
     Args:
         cfg: the run configuration.
@@ -174,14 +140,13 @@ class SupernetTrainer:
         device: ``"cpu"`` or a CUDA device.
     """
 
+    checkpoint_format = CHECKPOINT_FORMAT
+    config_type = SupernetTrainConfig
+
     def __init__(
         self, cfg: SupernetTrainConfig, dataset: Dataset[dict[str, Any]], run_dir: Path, *, device: str = "cpu"
     ) -> None:
-        self.cfg = cfg
-        self.dataset = dataset
-        self.run_dir = Path(run_dir)
-        self.device = torch.device(device)
-        self.steps_per_epoch = steps_per_epoch(dataset, cfg.batch_size, cfg.steps_per_epoch)  # type: ignore[arg-type]
+        super().__init__(cfg, dataset, run_dir, device=device)
         torch.manual_seed(cfg.seed)
         self.supernet = Supernet(cfg.model).to(self.device)
         self.optimizer = torch.optim.SGD(
@@ -190,79 +155,25 @@ class SupernetTrainer:
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=cfg.lr_decay)
         self.criterion = build_loss(cfg.loss, top_k=cfg.top_k)
         self.arch_rng = np.random.default_rng([cfg.seed, 2])
-        self.epoch = 0
-        self.step_in_epoch = 0
-        self.step = 0
 
     @property
-    def total_steps(self) -> int:
-        return self.cfg.epochs * self.steps_per_epoch
-
-    @property
-    def finished(self) -> bool:
-        return self.epoch >= self.cfg.epochs
+    def dataset(self) -> Dataset[dict[str, Any]]:
+        return self.train_set
 
     # -- checkpoints ----------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def run_state(self) -> dict[str, Any]:
         return {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.cfg.to_dict(),
             "model": self.supernet.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "arch_rng": self.arch_rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "step": self.step,
         }
 
-    def save(self) -> Path:
-        """Write ``last.pt`` atomically (a crash mid-write leaves the previous one intact)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / "last.pt"
-        atomic_save(self.state_dict(), path)
-        return path
-
-    def load(self, path: Path) -> None:
-        """Restore a checkpoint written by :meth:`save`; the config must be the same."""
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: not a supernet training checkpoint (format {ckpt.get('format')!r})")
-        if ckpt["config"] != self.cfg.to_dict():
-            diff = sorted(k for k in ckpt["config"] if ckpt["config"][k] != self.cfg.to_dict().get(k))
-            raise ValueError(f"{path}: checkpoint was trained with a different config (differs in {diff})")
+    def load_run_state(self, ckpt: dict[str, Any], path: Path) -> None:
         self.supernet.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.arch_rng.bit_generator.state = ckpt["arch_rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        self.epoch, self.step_in_epoch, self.step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]
-        self._truncate_log()
-
-    def resume(self) -> bool:
-        """Load ``run_dir/last.pt`` if it exists; returns whether it did."""
-        path = self.run_dir / "last.pt"
-        if not path.exists():
-            return False
-        self.load(path)
-        return True
-
-    # -- training -------------------------------------------------------------------------
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """The shuffled sample order of ``epoch``: a pure function of (seed, epoch)."""
-        return epoch_order(len(self.dataset), self.cfg.seed, epoch)  # type: ignore[arg-type]
-
-    def _batches(self) -> Iterator[dict[str, Any]]:
-        return epoch_batches(
-            self.dataset,
-            seed=self.cfg.seed,
-            epoch=self.epoch,
-            first_step=self.step_in_epoch,
-            steps=self.steps_per_epoch,
-            batch_size=self.cfg.batch_size,
-            num_workers=self.cfg.num_workers,
-        )
 
     def step_archs(self) -> tuple[list[Arch], Arch | None]:
         """The sub-networks the next step trains, and the teacher of in-place distillation.
@@ -341,89 +252,18 @@ class SupernetTrainer:
             group["lr"] = lr  # ExponentialLR chains on the group's LR: give it back unscaled
         return sum(losses) / len(losses), archs[-1].num_branches
 
-    def fit(
-        self, *, max_steps: int | None = None, progress: Callable[[TrainProgress], None] | None = None
-    ) -> dict[str, Any]:
-        """Train until the configured epochs are done (or ``max_steps`` global steps).
+    def progress_of(self, loss: float, extra: Any, images_per_s: float) -> TrainProgress:
+        lr = float(self.scheduler.get_last_lr()[0])
+        return TrainProgress(self.step, self.total_steps, self.epoch, loss, lr, images_per_s, int(extra))
 
-        Checkpoints every ``checkpoint_every`` steps, at each epoch end and when stopping;
-        on completion also writes ``supernet.pt`` (config + weights, for evaluation).
-        """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        t_start, images_seen = time.perf_counter(), 0
-        while not self.finished:
-            for batch in self._batches():
-                t0 = time.perf_counter()
-                loss, branches = self.train_step(batch)
-                self.step += 1
-                self.step_in_epoch += 1
-                images_seen += self.cfg.batch_size
-                rate = self.cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
-                info = TrainProgress(
-                    self.step,
-                    self.total_steps,
-                    self.epoch,
-                    loss,
-                    float(self.scheduler.get_last_lr()[0]),
-                    rate,
-                    branches,
-                )
-                if progress is not None:
-                    progress(info)
-                if self.step % self.cfg.log_every == 0:
-                    self._log({"event": "step", **dataclasses.asdict(info)})
-                stop = max_steps is not None and self.step >= max_steps
-                if self.step % self.cfg.checkpoint_every == 0 or stop:
-                    self.save()
-                if stop:
-                    return self._summary(t_start, images_seen, stopped=True)
-                if self.step_in_epoch >= self.steps_per_epoch:
-                    break
-            self.epoch += 1
-            self.step_in_epoch = 0
-            self.scheduler.step()
-            self._log({"event": "epoch", "epoch": self.epoch, "step": self.step, "lr": self.scheduler.get_last_lr()[0]})
-            self.save()
-        final = self.run_dir / "supernet.pt"
-        atomic_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "config": self.cfg.to_dict(),
-                "model": self.supernet.state_dict(),
-                "step": self.step,
-            },
-            final,
-        )
-        return self._summary(t_start, images_seen, stopped=False)
+    def end_epoch(self, last: TrainProgress | None, progress: Callable[[TrainProgress], None] | None) -> None:
+        self.scheduler.step()
+        self.log({"event": "epoch", "epoch": self.epoch, "step": self.step, "lr": self.scheduler.get_last_lr()[0]})
+        self.save()
 
-    def _summary(self, t_start: float, images: int, *, stopped: bool) -> dict[str, Any]:
-        elapsed = time.perf_counter() - t_start
-        return {
-            "step": self.step,
-            "epoch": self.epoch,
-            "stopped": stopped,
-            "seconds": round(elapsed, 3),
-            "images_per_s": round(images / elapsed, 3) if elapsed > 0 else None,
-            "run_dir": str(self.run_dir),
-        }
-
-    # -- log ------------------------------------------------------------------------------
-    @property
-    def log_path(self) -> Path:
-        return self.run_dir / "train_log.jsonl"
-
-    def _log(self, record: dict[str, Any]) -> None:
-        with self.log_path.open("a") as f:
-            f.write(json.dumps({"time": time.time(), **record}) + "\n")
-
-    def _truncate_log(self) -> None:
-        """Drop log lines written after the checkpoint we resume from (they will be redone)."""
-        if not self.log_path.exists():
-            return
-        kept = [
-            ln for ln in self.log_path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= self.step
-        ]
-        self.log_path.write_text("".join(ln + "\n" for ln in kept))
+    def finish(self) -> None:
+        final = {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "model": self.supernet.state_dict()}
+        atomic_save({**final, "step": self.step}, self.run_dir / "supernet.pt")
 
 
 def load_supernet(path: Path, *, device: str = "cpu") -> Supernet:

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from scipy import stats
 
+from hyctas_core.configbase import ConfigBase
 from hyctas_core.search import SearchConfig
 from hyctas_core.search_runner import StopSearch
 from hyctas_core.storage import IndividualRecord, SearchRecord, SearchStore
@@ -52,8 +53,10 @@ class NothingToVerify(ValueError):
 
 
 @dataclass(frozen=True)
-class VerifyConfig:
+class VerifyConfig(ConfigBase):
     """How many front points to retrain, and the short budget each gets (the same for all)."""
+
+    config_name: ClassVar[str] = "verify config"
 
     k: int
     epochs: int = 8
@@ -70,16 +73,6 @@ class VerifyConfig:
                 f"verify epochs >= 1, batch_size >= 1 and lr > 0 required, got {self.epochs}, {self.batch_size}, "
                 f"{self.lr}"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VerifyConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown verify keys: {sorted(unknown)}")
-        return cls(**data)
 
 
 def pick_points(front: Sequence[IndividualRecord], k: int, cost_key: str) -> list[IndividualRecord]:

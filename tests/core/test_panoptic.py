@@ -423,8 +423,8 @@ def test_config_defaults_and_compatibility(tmp_path: Path) -> None:
         ({"task": "panoptic", "model": {"num_classes": 5}}, "not train ids"),
         ({"panoptic": {"sigma": 0}}, "sigma"),
         ({"panoptic": {"nms_kernel": 4}}, "odd"),
-        ({"panoptic": {"radius": 3}}, "unknown PanopticConfig"),
-        ({"panoptic": {"thing_ids": 11}}, "list of train ids"),
+        ({"panoptic": {"radius": 3}}, "unknown panoptic config key"),
+        ({"panoptic": {"thing_ids": 11}}, "'thing_ids' must be a list"),
     ):
         with pytest.raises(ValueError, match=needle):
             RetrainConfig.from_dict(bad)

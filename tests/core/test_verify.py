@@ -67,7 +67,7 @@ def test_config_bounds() -> None:
         VerifyConfig(k=17)
     with pytest.raises(ValueError, match="epochs"):
         VerifyConfig(k=3, epochs=0)
-    with pytest.raises(ValueError, match="unknown verify keys"):
+    with pytest.raises(ValueError, match="unknown verify config key"):
         VerifyConfig.from_dict({"k": 3, "epoch": 2})
     assert VerifyConfig.from_dict(VerifyConfig(k=3, epochs=2).to_dict()) == VerifyConfig(k=3, epochs=2)
 

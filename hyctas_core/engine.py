@@ -1,0 +1,330 @@
+"""The one training engine: epochs of seeded batches, checkpoints, exact resume, a JSON-lines log.
+
+Supernet training (:class:`hyctas_core.train.SupernetTrainer`) and retraining
+(:class:`hyctas_core.retrain.Retrainer`) are both an :class:`EpochTrainer`: the engine owns the
+loop, the position in the run, the checkpoint file and its checks, the log and the summary; a
+subclass says what one step does, what its progress report holds, and what it keeps in a
+checkpoint besides the engine's own state.
+
+Exact resume: the data order of an epoch is a pure function of (seed, epoch), each sample's
+augmentation one of (seed, epoch, index); a checkpoint holds the torch RNG, the position in the
+epoch and whatever state the subclass draws from, so a run stopped and resumed ends with
+bit-identical weights on CPU. ``last.pt`` is written atomically every ``checkpoint_every``
+steps, at each epoch end and when stopping early; log lines written after it are dropped on
+resume (they will be written again).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sized
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from hyctas_core.configbase import ConfigBase
+
+__all__ = ["EpochTrainer", "TrainerConfig", "atomic_save", "epoch_batches", "epoch_order", "steps_per_epoch"]
+
+P = TypeVar("P")  # the progress report of one step
+C = TypeVar("C", bound="TrainerConfig")
+
+
+class TrainerConfig(Protocol):
+    """The fields every training config has (the engine reads only these)."""
+
+    @property
+    def epochs(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def num_workers(self) -> int: ...
+
+    @property
+    def steps_per_epoch(self) -> int | None: ...
+
+    @property
+    def checkpoint_every(self) -> int: ...
+
+    @property
+    def log_every(self) -> int: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves a torn checkpoint."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def steps_per_epoch(dataset: Sized, batch_size: int, cap: int | None) -> int:
+    """Full batches per epoch (``drop_last``), at most ``cap``.
+
+    Raises:
+        ValueError: the dataset holds less than one batch.
+    """
+    n = len(dataset)
+    full = n // batch_size
+    if full < 1:
+        raise ValueError(f"the training set has {n} images, fewer than one batch of {batch_size}")
+    return min(full, cap) if cap else full
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled sample order of ``epoch``."""
+    return np.random.default_rng([seed, 1, epoch]).permutation(n)
+
+
+def epoch_batches(
+    dataset: Dataset[dict[str, Any]],
+    *,
+    seed: int,
+    epoch: int,
+    first_step: int,
+    steps: int,
+    batch_size: int,
+    num_workers: int = 0,
+) -> Iterator[dict[str, Any]]:
+    """Batches ``first_step .. steps - 1`` of ``epoch`` (calls ``dataset.set_epoch`` if it has one)."""
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    order = epoch_order(len(dataset), seed, epoch)  # type: ignore[arg-type]
+    indices = order[first_step * batch_size : steps * batch_size].tolist()
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=indices, drop_last=True, num_workers=num_workers)
+    yield from loader
+
+
+class EpochTrainer(abc.ABC, Generic[C, P]):
+    """The loop, checkpoints and log of a training run; subclasses define one step.
+
+    Args:
+        cfg: the run's configuration (stored in every checkpoint; a resume needs the same).
+        train_set: items are dicts with ``"image"`` and ``"label"`` (all of one size);
+            ``set_epoch(e)`` is called if present.
+        run_dir: ``last.pt`` and ``train_log.jsonl`` go here (and whatever the subclass writes).
+        device: ``"cpu"`` or a CUDA device.
+    """
+
+    checkpoint_format: ClassVar[str]
+    config_type: ClassVar[type[ConfigBase]]
+
+    def __init__(self, cfg: C, train_set: Dataset[dict[str, Any]], run_dir: Path, *, device: str = "cpu") -> None:
+        self.cfg = cfg
+        self.train_set = train_set
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
+        self.steps_per_epoch = steps_per_epoch(train_set, cfg.batch_size, cfg.steps_per_epoch)  # type: ignore[arg-type]
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.step = 0
+        self._log_lines = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.epochs * self.steps_per_epoch
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.epochs
+
+    # -- what a subclass defines -------------------------------------------------------------
+    @abc.abstractmethod
+    def train_step(self, batch: dict[str, Any]) -> tuple[float, Any]:
+        """One optimiser step on ``batch``; (loss, what :meth:`progress_of` needs besides it)."""
+
+    @abc.abstractmethod
+    def progress_of(self, loss: float, extra: Any, images_per_s: float) -> P:
+        """The progress report of the step just taken."""
+
+    @abc.abstractmethod
+    def run_state(self) -> dict[str, Any]:
+        """What ``last.pt`` holds besides the engine's position, config, torch RNG and log length."""
+
+    @abc.abstractmethod
+    def load_run_state(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Restore :meth:`run_state` from a checkpoint (already checked by :meth:`check_checkpoint`)."""
+
+    def check_checkpoint(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Raise ValueError unless ``ckpt`` continues this run: its format and its config (normalised)."""
+        if ckpt.get("format") != self.checkpoint_format:
+            raise ValueError(f"{path}: not a {self.checkpoint_format} checkpoint (format {ckpt.get('format')!r})")
+        mine = self.cfg.to_dict()
+        try:  # normalised: checkpoints from before a config key existed hold its default
+            theirs = self.config_type.from_mapping(ckpt["config"]).to_dict()
+        except (KeyError, ValueError):
+            theirs = ckpt.get("config", {})
+        if theirs != mine:
+            diff = sorted(k for k in set(mine) | set(theirs) if theirs.get(k) != mine.get(k))
+            raise ValueError(f"{path}: checkpoint was trained with a different config (differs in {diff})")
+
+    def start_epoch(self) -> None:
+        """Called before the batches of an epoch (e.g. a per-epoch schedule)."""
+
+    def end_epoch(self, last: P | None, progress: Callable[[P], None] | None) -> None:
+        """Called after an epoch (``self.epoch`` already counts it): log it, checkpoint."""
+        self.log({"event": "epoch", "epoch": self.epoch, "step": self.step})
+        self.save()
+
+    def finish(self) -> None:
+        """Called once when the last epoch is done (e.g. write the final weights)."""
+
+    def step_record(self, info: P) -> dict[str, Any]:
+        """The log line of a step (every ``log_every`` steps)."""
+        return dataclasses.asdict(info)  # type: ignore[call-overload,no-any-return]
+
+    def summary_extra(self) -> dict[str, Any]:
+        """What :meth:`fit`'s summary adds to the engine's own keys."""
+        return {}
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.checkpoint_format,
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "step": self.step,
+            "torch_rng": torch.get_rng_state(),
+            "log_lines": self._log_lines,
+            **self.run_state(),
+        }
+
+    def save(self) -> Path:
+        """Write ``last.pt`` atomically (a crash mid-write leaves the previous one intact)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / "last.pt"
+        atomic_save(self.state_dict(), path)
+        return path
+
+    def load(self, path: Path) -> None:
+        """Restore a ``last.pt`` written by :meth:`save` and cut the log back to it.
+
+        Raises:
+            ValueError: not a checkpoint of this kind of run, or one of another config.
+        """
+        path = Path(path)
+        try:
+            ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as exc:  # any unpickling failure means "not a checkpoint"
+            raise ValueError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__})") from None
+        if not isinstance(ckpt, dict):
+            raise ValueError(f"{path}: not a {self.checkpoint_format} checkpoint")
+        self.check_checkpoint(ckpt, path)
+        self.load_run_state(ckpt, path)
+        torch.set_rng_state(ckpt["torch_rng"])
+        self.epoch, self.step_in_epoch, self.step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]
+        lines = ckpt.get("log_lines")
+        self._log_lines = int(lines) if lines is not None else self._lines_up_to_step()
+        self._truncate_log()
+
+    def resume(self) -> bool:
+        """Load ``run_dir/last.pt`` if it exists; returns whether it did."""
+        path = self.run_dir / "last.pt"
+        if not path.exists():
+            return False
+        self.load(path)
+        return True
+
+    # -- the loop -------------------------------------------------------------------------
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The shuffled sample order of ``epoch``: a pure function of (seed, epoch)."""
+        return epoch_order(len(self.train_set), self.cfg.seed, epoch)  # type: ignore[arg-type]
+
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """The rest of the current epoch's batches."""
+        return epoch_batches(
+            self.train_set,
+            seed=self.cfg.seed,
+            epoch=self.epoch,
+            first_step=self.step_in_epoch,
+            steps=self.steps_per_epoch,
+            batch_size=self.cfg.batch_size,
+            num_workers=self.cfg.num_workers,
+        )
+
+    def fit(self, *, max_steps: int | None = None, progress: Callable[[P], None] | None = None) -> dict[str, Any]:
+        """Train until the configured epochs are done (or ``max_steps`` global steps); a summary.
+
+        Checkpoints every ``checkpoint_every`` steps, at each epoch end and when stopping.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._truncate_log()  # a fresh run starts a fresh log; a resumed one is already cut
+        t_start, images_seen = time.perf_counter(), 0
+        info: P | None = None
+        while not self.finished:
+            self.start_epoch()
+            for batch in self.batches():
+                t0 = time.perf_counter()
+                loss, extra = self.train_step(batch)
+                self.step += 1
+                self.step_in_epoch += 1
+                images_seen += self.cfg.batch_size
+                info = self.progress_of(loss, extra, self.cfg.batch_size / max(time.perf_counter() - t0, 1e-9))
+                if progress is not None:
+                    progress(info)
+                if self.step % self.cfg.log_every == 0:
+                    self.log({"event": "step", **self.step_record(info)})
+                stop = max_steps is not None and self.step >= max_steps
+                if self.step % self.cfg.checkpoint_every == 0 or stop:
+                    self.save()
+                if stop:
+                    return self._summary(t_start, images_seen, stopped=True)
+                if self.step_in_epoch >= self.steps_per_epoch:
+                    break
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.end_epoch(info, progress)
+        self.finish()
+        return self._summary(t_start, images_seen, stopped=False)
+
+    def _summary(self, t_start: float, images: int, *, stopped: bool) -> dict[str, Any]:
+        elapsed = time.perf_counter() - t_start
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "stopped": stopped,
+            **self.summary_extra(),
+            "seconds": round(elapsed, 3),
+            "images_per_s": round(images / elapsed, 3) if elapsed > 0 else None,
+            "run_dir": str(self.run_dir),
+        }
+
+    # -- log ------------------------------------------------------------------------------
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "train_log.jsonl"
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one JSON line (with the wall time) to ``train_log.jsonl``."""
+        with self.log_path.open("a") as f:
+            f.write(json.dumps({"time": time.time(), **record}) + "\n")
+        self._log_lines += 1
+
+    def _lines_up_to_step(self) -> int:
+        """For checkpoints that predate ``log_lines``: the lines logged at or before this step."""
+        if not self.log_path.exists():
+            return 0
+        lines = self.log_path.read_text().splitlines()
+        return sum(1 for ln in lines if ln and json.loads(ln).get("step", 0) <= self.step)
+
+    def _truncate_log(self) -> None:
+        """Keep the log lines the current state has written (later ones will be redone)."""
+        if not self.log_path.exists():
+            return
+        lines = self.log_path.read_text().splitlines(keepends=True)
+        if len(lines) != self._log_lines:
+            self.log_path.write_text("".join(lines[: self._log_lines]))
