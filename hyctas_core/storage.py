@@ -365,15 +365,23 @@ class SearchStore(abc.ABC):
         search = self.get_search(search_id)
         return None if search.generation < 0 else self.get_generation(search_id, search.generation)
 
-    def pareto_front(self, search_id: int) -> list[IndividualRecord]:
-        """The archs on the last generation's front (over everything evaluated so far), in front order.
+    def latest_front(self, search_id: int) -> tuple[GenerationRecord | None, list[IndividualRecord]]:
+        """The last committed generation (its ``algorithm_state`` may be empty) and its front's
+        individuals, in front order; (None, []) before the first generation.
 
         Raises: KeyError: unknown search.
         """
         latest = self.latest_generation(search_id)
         if latest is None:
-            return []
+            return None, []
         first: dict[str, IndividualRecord] = {}
         for ind in self.list_individuals(search_id):
             first.setdefault(ind.arch_hash, ind)
-        return [first[h] for h in latest.front if h in first]
+        return latest, [first[h] for h in latest.front if h in first]
+
+    def pareto_front(self, search_id: int) -> list[IndividualRecord]:
+        """The archs on the last generation's front (over everything evaluated so far), in front order.
+
+        Raises: KeyError: unknown search.
+        """
+        return self.latest_front(search_id)[1]

@@ -16,8 +16,8 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hyctas_core.storage import SearchState, StorageError
-from services.storage.base import JobState, Storage
+from hyctas_core.storage import StorageError
+from services.storage.base import Storage
 
 if TYPE_CHECKING:
     from services.queue import JobQueue
@@ -70,13 +70,10 @@ class StateCollector(Collector):
         jobs = GaugeMetricFamily("hyctas_jobs", "Jobs by state", labels=["state"])
         hv = GaugeMetricFamily("hyctas_search_hypervolume", "Hypervolume of running searches", labels=["search_id"])
         try:
-            for state in JobState:
-                jobs.add_metric([state.value], self.storage.list_jobs(state=state, limit=0)[1])
-            running, _ = self.storage.list_searches(state=SearchState.RUNNING, limit=1000)
-            for search in running:
-                latest = self.storage.latest_generation(search.id)
-                if latest is not None:
-                    hv.add_metric([str(search.id)], latest.hypervolume)
+            for state, count in self.storage.job_counts().items():
+                jobs.add_metric([state.value], count)
+            for search_id, hypervolume in self.storage.running_hypervolumes().items():
+                hv.add_metric([str(search_id)], hypervolume)
         except StorageError as exc:
             log.warning("metrics: database unavailable: %s", exc)
         yield jobs

@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from hyctas_core.storage import DuplicateName, IllegalTransition, StorageError, StorageUnavailable
 from services.controller.api.main import api_router
 from services.controller.dashboard import router as dashboard_router
-from services.controller.service import Conflict, Invalid
+from services.controller.service import Conflict, Invalid, NotFound
 from services.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, StateCollector
 from services.queue import EventBus, JobQueue, QueueError
 from services.settings import Settings
@@ -209,6 +209,10 @@ def create_app(
     @app.exception_handler(Invalid)
     async def _invalid(_: Request, exc: Invalid) -> JSONResponse:
         return _error(422, [{"loc": ["body"], "msg": str(exc), "type": "value_error"}])
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return _error(404, str(exc))
 
     @app.exception_handler(Conflict)
     @app.exception_handler(DuplicateName)

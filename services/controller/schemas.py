@@ -1,19 +1,21 @@
 """Request and response bodies of the REST API (pydantic), one group per resource.
 
-Requests refuse unknown fields and carry limits, so a bad config is a 422 naming the field;
-responses are built from storage records by the ``from_record`` class methods.
+Requests refuse unknown fields and carry limits, so a bad config is a 422 naming the field.
+Responses are read from the storage's records with ``model_validate`` (``from_attributes``);
+what a response shows but a record does not hold is a computed field.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
+from hyctas_core.search import SearchConfig
 from hyctas_core.storage import SearchState
 from hyctas_core.verify import MAX_VERIFY_K
-from services.storage.base import JobRecord, JobState, ModelRecord
+from services.storage.base import JobState, SearchSummary
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="letters, digits, '_', '.', '-' (1-100)")]
@@ -38,6 +40,12 @@ class Strict(BaseModel):
                 if field.annotation in _BOOLEAN and name in data and not isinstance(value, bool | None):
                     raise ValueError(f"{name} must be true or false, not {type(value).__name__} {value!r}")
         return data
+
+
+class Record(BaseModel):
+    """A response read from a storage record's attributes (``Model.model_validate(record)``)."""
+
+    model_config = ConfigDict(from_attributes=True)
 
 
 _NUMERIC = (int, float, int | None, float | None)
@@ -77,7 +85,7 @@ DatasetRef = Annotated[SyntheticDataset | CityscapesDataset, Field(discriminator
 
 
 # -- jobs ------------------------------------------------------------------------------------
-class JobPublic(BaseModel):
+class JobPublic(Record):
     id: int
     kind: str
     state: JobState
@@ -90,23 +98,6 @@ class JobPublic(BaseModel):
     error: str | None
     created_at: datetime
     updated_at: datetime
-
-    @classmethod
-    def from_record(cls, job: JobRecord) -> JobPublic:
-        return cls(
-            id=job.id,
-            kind=job.kind,
-            state=job.state,
-            attempts=job.attempts,
-            failures=job.failures,
-            worker=job.worker,
-            heartbeat_at=job.heartbeat_at,
-            progress=job.progress,
-            result=job.result,
-            error=job.error,
-            created_at=job.created_at,
-            updated_at=job.updated_at,
-        )
 
 
 class JobsPublic(BaseModel):
@@ -137,34 +128,39 @@ class SupernetCreate(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
-class SupernetPublic(BaseModel):
+class SupernetPublic(Record):
+    """A supernet: its training job, read through the job's payload and result."""
+
     id: int
-    name: str
     state: JobState
-    dataset: dict[str, Any]
-    config: dict[str, Any]
     progress: dict[str, Any] | None
-    checkpoint: str | None
     attempts: int
     error: str | None
     created_at: datetime
     updated_at: datetime
+    payload: dict[str, Any] = Field(exclude=True)
+    result: dict[str, Any] | None = Field(exclude=True)
 
-    @classmethod
-    def from_record(cls, job: JobRecord) -> SupernetPublic:
-        return cls(
-            id=job.id,
-            name=job.payload["name"],
-            state=job.state,
-            dataset=job.payload["dataset"],
-            config=job.payload["train"],
-            progress=job.progress,
-            checkpoint=(job.result or {}).get("checkpoint"),
-            attempts=job.attempts,
-            error=job.error,
-            created_at=job.created_at,
-            updated_at=job.updated_at,
-        )
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def name(self) -> str:
+        return str(self.payload["name"])
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def dataset(self) -> dict[str, Any]:
+        return dict(self.payload["dataset"])
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.payload["train"])
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def checkpoint(self) -> str | None:
+        value = (self.result or {}).get("checkpoint")
+        return None if value is None else str(value)
 
 
 class SupernetsPublic(BaseModel):
@@ -270,13 +266,48 @@ class SearchPublic(BaseModel):
     created_at: datetime
     updated_at: datetime
 
+    @classmethod
+    def from_summary(cls, summary: SearchSummary) -> SearchPublic:
+        """The API view of a search: progress of k of n generations, hypervolume, timings, its job."""
+        search = summary.search
+        config = SearchConfig.from_mapping(search.config["search"])
+        mean = summary.generation_s / summary.generations if summary.generations else None
+        end = search.updated_at if search.state.is_finished() else datetime.now(UTC)
+        remaining = None
+        if mean is not None and search.state in (SearchState.CREATED, SearchState.RUNNING):
+            remaining = mean * (config.total_generations - summary.generations)
+        return cls(
+            id=search.id,
+            name=search.name,
+            state=search.state,
+            generation=search.generation + 1,
+            total_generations=config.total_generations,
+            objective=config.objective,
+            hypervolume=summary.hypervolume,
+            front_size=summary.front_size,
+            n_evaluated=summary.n_evaluated,
+            supernet_id=search.config.get("supernet_id"),
+            job=None if summary.job is None else JobPublic.model_validate(summary.job),
+            config=search.config,
+            error=search.error,
+            timings=SearchTimings(
+                elapsed_s=max(0.0, (end - search.created_at).total_seconds()),
+                eval_s=summary.eval_s,
+                mean_generation_s=mean,
+                remaining_s=remaining,
+            ),
+            created_at=search.created_at,
+            updated_at=search.updated_at,
+            verification=VerificationPublic.model_validate(search.verification) if search.verification else None,
+        )
+
 
 class SearchesPublic(BaseModel):
     data: list[SearchPublic]
     count: int
 
 
-class GenerationPublic(BaseModel):
+class GenerationPublic(Record):
     index: int
     hypervolume: float
     front: list[str]
@@ -291,7 +322,7 @@ class GenerationsPublic(BaseModel):
     count: int
 
 
-class IndividualPublic(BaseModel):
+class IndividualPublic(Record):
     generation: int
     arch_hash: str
     arch: dict[str, Any]
@@ -357,7 +388,7 @@ class ModelsCreate(Strict):
         return self
 
 
-class ModelPublic(BaseModel):
+class ModelPublic(Record):
     id: int
     name: str
     state: JobState
@@ -371,24 +402,6 @@ class ModelPublic(BaseModel):
     error: str | None
     created_at: datetime
     updated_at: datetime
-
-    @classmethod
-    def from_record(cls, m: ModelRecord) -> ModelPublic:
-        return cls(
-            id=m.id,
-            name=m.name,
-            state=m.state,
-            task=m.task,
-            job_id=m.job_id,
-            arch_hash=m.arch_hash,
-            arch=m.arch,
-            source=m.source,
-            metrics=m.metrics,
-            checkpoint_uri=m.checkpoint_uri,
-            error=m.error,
-            created_at=m.created_at,
-            updated_at=m.updated_at,
-        )
 
 
 class ModelsPublic(BaseModel):
@@ -419,24 +432,21 @@ class DeploymentCreate(Strict):
         return self
 
 
-class DeploymentPublic(BaseModel):
+class DeploymentPublic(Record):
     id: int
     name: str
     model_id: int
     state: str
     public: bool
-    route: str
     options: dict[str, Any]
     error: str | None
     created_at: datetime
     updated_at: datetime
 
-    @classmethod
-    def from_record(cls, d: Any) -> DeploymentPublic:
-        return cls(
-            id=d.id, name=d.name, model_id=d.model_id, state=d.state, public=d.public, route=f"/segment/{d.name}",
-            options=d.options, error=d.error, created_at=d.created_at, updated_at=d.updated_at,
-        )  # fmt: skip
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def route(self) -> str:
+        return f"/segment/{self.name}"
 
 
 class DeploymentsPublic(BaseModel):

@@ -8,7 +8,7 @@ the job is cancelled with the reason (nothing half-submitted stays QUEUED foreve
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from hyctas_core.config import ModelConfig
 from hyctas_core.presets import get_preset
@@ -26,6 +26,9 @@ from services.storage.base import JobRecord, JobState, ModelRecord, Storage
 __all__ = [
     "Conflict",
     "Invalid",
+    "NotFound",
+    "owned",
+    "owned_supernet",
     "cancel_job",
     "delete_deployment",
     "deploy_model",
@@ -119,18 +122,56 @@ def submit_supernet(
     return storage.get_job(job_id)
 
 
-def owned_job(storage: Storage, job_id: int, owner: str, kind: str | None = None) -> JobRecord:
-    """The job if ``owner`` owns it (and it is of ``kind``); KeyError otherwise (a 404: no existence leak)."""
-    job = storage.get_job(job_id)
-    if job.owner != owner or (kind is not None and job.kind != kind):
-        raise KeyError(f"unknown {kind or 'job'} id {job_id}")
-    return job
+class NotFound(LookupError):
+    """An id the caller cannot see, unknown or someone else's (both look the same): a 404."""
+
+
+class _Owned(Protocol):
+    @property
+    def owner(self) -> str | None: ...
+
+
+OwnedRecord = TypeVar("OwnedRecord", bound=_Owned)
+
+
+def owned(
+    find: Callable[[], OwnedRecord | None],
+    owner: str,
+    what: str,
+    *,
+    accept: Callable[[OwnedRecord], bool] | None = None,
+) -> OwnedRecord:
+    """The record ``find()`` returns if ``owner`` owns it (and ``accept`` takes it).
+
+    The one ownership check of the API: another user's record and an unknown id give the same
+    answer, so ids leak nothing.
+
+    Raises:
+        NotFound: ``no {what}``; also when ``find`` raises KeyError.
+    """
+    try:
+        record = find()
+    except KeyError:
+        record = None
+    if record is None or record.owner != owner or (accept is not None and not accept(record)):
+        raise NotFound(f"no {what}")
+    return record
+
+
+def owned_supernet(storage: Storage, supernet_id: int, owner: str) -> JobRecord:
+    """The owner's supernet-training job. Raises: NotFound."""
+    return owned(
+        lambda: storage.get_job(supernet_id),
+        owner,
+        f"supernet {supernet_id}",
+        accept=lambda job: job.kind == "train_supernet",
+    )
 
 
 def _ready_supernet(storage: Storage, supernet_id: int, owner: str) -> JobRecord:
     try:
-        supernet = owned_job(storage, supernet_id, owner, "train_supernet")
-    except KeyError:
+        supernet = owned_supernet(storage, supernet_id, owner)
+    except NotFound:
         raise Invalid(f"supernet_id: no supernet {supernet_id}") from None
     if supernet.state is not JobState.SUCCEEDED or not (supernet.result or {}).get("checkpoint"):
         raise Conflict(f"supernet {supernet_id} is {supernet.state.value}: submit when it has succeeded")
@@ -236,11 +277,9 @@ def _arch_of(storage: Storage, owner: str, choice: Any) -> tuple[dict[str, Any],
             ) from None
         return arch.to_official(), arch.hash, {"uploaded": True}
     try:
-        search = storage.get_search(choice.search_id)
-    except KeyError:
-        search = None
-    if search is None or search.owner != owner:
-        raise Invalid(f"arch {choice.name!r}: no search {choice.search_id}")
+        search = owned(lambda: storage.get_search(choice.search_id), owner, f"search {choice.search_id}")
+    except NotFound as exc:
+        raise Invalid(f"arch {choice.name!r}: {exc}") from None
     for ind in storage.list_individuals(search.id):
         if ind.arch_hash == choice.arch_hash:
             return ind.arch, ind.arch_hash, {"search_id": search.id, "generation": ind.generation}
@@ -350,12 +389,10 @@ def deploy_model(
     """Create (or update in place) the deployment of a trained model, through a ``deploy`` job.
 
     Raises:
-        KeyError: not the owner's model. Conflict: the model has no checkpoint yet, or the name
+        NotFound: not the owner's model. Conflict: the model has no checkpoint yet, or the name
         belongs to someone else's deployment. QueueError: the queue is down.
     """
-    model = storage.get_model(model_id)
-    if model.owner != owner:
-        raise KeyError(f"unknown model id {model_id}")
+    model = owned(lambda: storage.get_model(model_id), owner, f"model {model_id}")
     if model.state is not JobState.SUCCEEDED or not model.checkpoint_uri:
         raise Conflict(f"model {model_id} is {model.state.value}: deploy it once it has been retrained")
     name = req.name or f"model-{model_id}"

@@ -26,6 +26,7 @@ __all__ = [
     "JobRecord",
     "JobState",
     "ModelRecord",
+    "SearchSummary",
     "Storage",
     "check_deployment_state",
     "check_page",
@@ -140,6 +141,28 @@ class ApiKeyRecord:
     revoked_at: datetime | None = None
 
 
+@dataclass
+class SearchSummary:
+    """A search as a listing shows it: the record, its job, and its progress so far.
+
+    Built for a whole page at once (:meth:`Storage.list_search_summaries`) without loading any
+    generation's algorithm state.
+    """
+
+    search: SearchRecord
+    job: JobRecord | None  # the search job (``config["job_id"]``), if it still exists
+    generations: int  # committed generations
+    hypervolume: float | None  # of the latest generation
+    front_size: int
+    n_evaluated: int  # distinct archs evaluated so far
+    eval_s: float  # evaluation time over all generations
+    generation_s: float  # evaluation and loop time over all generations
+
+    @property
+    def owner(self) -> str | None:
+        return self.search.owner
+
+
 def check_page(offset: int, limit: int) -> None:
     """Raises ValueError on a negative ``offset`` or ``limit`` (every listing)."""
     if offset < 0 or limit < 0:
@@ -164,6 +187,28 @@ class Storage(SearchStore):
     def list_generations(self, search_id: int) -> list[GenerationRecord]:
         """All generations in order; ``algorithm_state`` may be returned empty (b"") to save I/O."""
 
+    # -- read models (a few aggregate queries whatever the size) ----------------------------
+    @abc.abstractmethod
+    def list_search_summaries(
+        self, *, owner: str | None = None, state: SearchState | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[SearchSummary], int]:
+        """(page of search summaries ordered by id, total count matching the filters).
+
+        Raises: ValueError: negative ``offset`` or ``limit``.
+        """
+
+    @abc.abstractmethod
+    def get_search_summary(self, search_id: int) -> SearchSummary:
+        """Raises: KeyError: unknown id."""
+
+    @abc.abstractmethod
+    def job_counts(self) -> dict[JobState, int]:
+        """The number of jobs in each state (every state present, 0 when none)."""
+
+    @abc.abstractmethod
+    def running_hypervolumes(self) -> dict[int, float]:
+        """search id -> hypervolume of the latest generation, for RUNNING searches with one."""
+
     # -- jobs -----------------------------------------------------------------------------
     @abc.abstractmethod
     def create_job(
@@ -177,7 +222,13 @@ class Storage(SearchStore):
 
     @abc.abstractmethod
     def list_jobs(
-        self, *, owner: str | None = None, state: JobState | None = None, offset: int = 0, limit: int = 100
+        self,
+        *,
+        owner: str | None = None,
+        state: JobState | None = None,
+        kind: str | None = None,
+        offset: int = 0,
+        limit: int = 100,
     ) -> tuple[list[JobRecord], int]:
         """(page of jobs ordered by id, total count)."""
 

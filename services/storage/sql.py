@@ -33,14 +33,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, and_, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import (
     IntegrityError,
     SQLAlchemyError,
 )
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session, aliased, defer
 
 from hyctas_core.storage import (
     DuplicateName,
@@ -62,6 +62,7 @@ from services.storage.base import (
     JobRecord,
     JobState,
     ModelRecord,
+    SearchSummary,
     Storage,
     check_deployment_state,
     check_page,
@@ -92,6 +93,11 @@ def _now() -> datetime:
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), _IN_CHUNK):
         yield items[start : start + _IN_CHUNK]
+
+
+def _latest_of(generations: Any) -> Any:
+    """Join condition: the row of ``generations`` (the table or an alias) that is its search's latest."""
+    return and_(generations.search_id == SearchRow.id, generations.index == SearchRow.generation)
 
 
 def _search_record(row: SearchRow) -> SearchRecord:
@@ -563,6 +569,113 @@ class SQLStorage(Storage):
                 found.update({arch_hash: result for arch_hash, result in rows})
         return found
 
+    # -- read models: a page of searches, a front, the scrape, each in a few queries ---------------
+    def _summaries(self, session: Session, conditions: list[Any], offset: int, limit: int) -> list[SearchSummary]:
+        """Searches matching ``conditions`` (by id), each with its latest generation and its job: 2 queries."""
+        latest = aliased(GenerationRow)
+        stmt = (
+            select(SearchRow, latest.hypervolume, latest.front, latest.n_evaluated, JobRow)
+            .outerjoin(latest, _latest_of(latest))
+            .outerjoin(JobRow, JobRow.id == SearchRow.config["job_id"].as_integer())
+            .where(*conditions)
+            .order_by(SearchRow.id)
+            .offset(offset)
+            .limit(limit)
+        )
+        rows = session.execute(stmt).all()
+        if not rows:
+            return []
+        timing = GenerationRow.timings
+        totals = {
+            search_id: (int(count), float(eval_s), float(loop_s))
+            for search_id, count, eval_s, loop_s in session.execute(
+                select(
+                    GenerationRow.search_id,
+                    func.count(),
+                    func.coalesce(func.sum(timing["eval_s"].as_float()), 0.0),
+                    func.coalesce(func.sum(timing["loop_s"].as_float()), 0.0),
+                )
+                .where(GenerationRow.search_id.in_([row[0].id for row in rows]))
+                .group_by(GenerationRow.search_id)
+            ).all()
+        }
+        out = []
+        for search, hypervolume, front, n_evaluated, job in rows:
+            count, eval_s, loop_s = totals.get(search.id, (0, 0.0, 0.0))
+            out.append(
+                SearchSummary(
+                    search=_search_record(search),
+                    job=None if job is None else _job_record(job),
+                    generations=count,
+                    hypervolume=hypervolume,
+                    front_size=len(front) if front is not None else 0,
+                    n_evaluated=n_evaluated or 0,
+                    eval_s=eval_s,
+                    generation_s=eval_s + loop_s,
+                )
+            )
+        return out
+
+    def list_search_summaries(
+        self, *, owner: str | None = None, state: SearchState | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[list[SearchSummary], int]:
+        check_page(offset, limit)
+        conditions = []
+        if owner is not None:
+            conditions.append(SearchRow.owner == owner)
+        if state is not None:
+            conditions.append(SearchRow.state == SearchState(state).value)
+        with self._session_scope() as session:
+            total = session.scalar(select(func.count()).select_from(SearchRow).where(*conditions)) or 0
+            if total <= offset or limit == 0:
+                return [], total
+            return self._summaries(session, conditions, offset, limit), total
+
+    def get_search_summary(self, search_id: int) -> SearchSummary:
+        with self._session_scope() as session:
+            found = self._summaries(session, [SearchRow.id == search_id], 0, 1)
+        if not found:
+            raise KeyError(f"unknown search id {search_id}")
+        return found[0]
+
+    def latest_front(self, search_id: int) -> tuple[GenerationRecord | None, list[IndividualRecord]]:
+        with self._session_scope() as session:
+            generation = session.scalar(
+                select(GenerationRow)
+                .options(defer(GenerationRow.algorithm_state))
+                .join(SearchRow, _latest_of(GenerationRow))
+                .where(SearchRow.id == search_id)
+            )
+            if generation is None:
+                self._require_search(session, search_id)
+                return None, []
+            first: dict[str, IndividualRecord] = {}
+            for chunk in _chunks(list(dict.fromkeys(generation.front))):
+                rows = session.scalars(
+                    select(IndividualRow)
+                    .where(IndividualRow.search_id == search_id, IndividualRow.arch_hash.in_(chunk))
+                    .order_by(IndividualRow.generation, IndividualRow.id)
+                )
+                for row in rows:
+                    first.setdefault(row.arch_hash, _individual_record(row))
+            record = _generation_record(generation, with_state=False)
+        return record, [first[h] for h in record.front if h in first]
+
+    def job_counts(self) -> dict[JobState, int]:
+        with self._session_scope() as session:
+            counts = dict(session.execute(select(JobRow.state, func.count()).group_by(JobRow.state)).all())
+        return {state: int(counts.get(state.value, 0)) for state in JobState}
+
+    def running_hypervolumes(self) -> dict[int, float]:
+        with self._session_scope() as session:
+            rows = session.execute(
+                select(SearchRow.id, GenerationRow.hypervolume)
+                .join(GenerationRow, _latest_of(GenerationRow))
+                .where(SearchRow.state == SearchState.RUNNING.value)
+                .order_by(SearchRow.id)
+            ).all()
+        return {int(search_id): float(hv) for search_id, hv in rows}
+
     # -- jobs -----------------------------------------------------------------------------
     def create_job(
         self, kind: str, payload: dict[str, Any], *, owner: str | None = None, stream: str | None = None
@@ -609,7 +722,13 @@ class SQLStorage(Storage):
             return _job_record(row)
 
     def list_jobs(
-        self, *, owner: str | None = None, state: JobState | None = None, offset: int = 0, limit: int = 100
+        self,
+        *,
+        owner: str | None = None,
+        state: JobState | None = None,
+        kind: str | None = None,
+        offset: int = 0,
+        limit: int = 100,
     ) -> tuple[list[JobRecord], int]:
         """(page of jobs ordered by id, total count matching the filters); ``owner=None``: every owner.
 
@@ -622,6 +741,8 @@ class SQLStorage(Storage):
             conditions.append(JobRow.owner == owner)
         if state is not None:
             conditions.append(JobRow.state == JobState(state).value)
+        if kind is not None:
+            conditions.append(JobRow.kind == kind)
         return self._page(JobRow, conditions, offset, limit, _job_record)
 
     def start_job(self, job_id: int, worker: str, *, stale_after_s: float | None = None) -> JobRecord:

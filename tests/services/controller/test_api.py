@@ -358,10 +358,10 @@ def test_only_an_unreachable_database_is_503(api: Api, monkeypatch: pytest.Monke
     def broken(*_: Any, **__: Any) -> None:
         raise StorageError("database postgresql://x: DataError: value out of range for table jobs")
 
-    monkeypatch.setattr(api.storage, "list_searches", down)
+    monkeypatch.setattr(api.storage, "list_search_summaries", down)
     r = api.client.get("/api/v1/searches", headers=api.alice)
     assert (r.status_code, r.json()["detail"]) == (503, "database unavailable; retry later")
-    monkeypatch.setattr(api.storage, "list_searches", broken)
+    monkeypatch.setattr(api.storage, "list_search_summaries", broken)
     r = api.client.get("/api/v1/searches", headers=api.alice)
     assert (r.status_code, r.json()["detail"]) == (500, "internal storage error")
 

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, status
 
 from services.controller import service
 from services.controller.api.responses import CONFLICT, NOT_FOUND
 from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, StorageDep
 from services.controller.schemas import DeploymentCreate, DeploymentPublic, DeploymentsPublic
-from services.storage.base import Storage
+from services.storage.base import DeploymentRecord, Storage
 
 router = APIRouter(tags=["deployments"])
 
 
-def owned_deployment(storage: Storage, name: str, user: str) -> Any:
-    deployment = storage.find_deployment(name)
-    if deployment is None or deployment.owner != user:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no deployment {name!r}")
-    return deployment
+def owned_deployment(storage: Storage, name: str, user: str) -> DeploymentRecord:
+    return service.owned(lambda: storage.find_deployment(name), user, f"deployment {name!r}")
 
 
 @router.post(
@@ -32,24 +27,20 @@ def deploy_model(
     model_id: RowId, body: DeploymentCreate, user: CurrentUser, storage: StorageDep, queue: QueueDep, events: EventsDep
 ) -> DeploymentPublic:
     """Serve a retrained model (or update your deployment of that name in place, without dropping requests)."""
-    try:
-        deployment = service.deploy_model(storage, queue, events, user, model_id, body)
-    except KeyError:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model {model_id}") from None
-    return DeploymentPublic.from_record(deployment)
+    return DeploymentPublic.model_validate(service.deploy_model(storage, queue, events, user, model_id, body))
 
 
 @router.get("/deployments", response_model=DeploymentsPublic)
 def list_deployments(user: CurrentUser, storage: StorageDep) -> DeploymentsPublic:
     """The caller's live deployments with state, options (replicas, batching, backend) and route."""
     rows = storage.list_deployments(owner=user)
-    return DeploymentsPublic(data=[DeploymentPublic.from_record(d) for d in rows], count=len(rows))
+    return DeploymentsPublic(data=[DeploymentPublic.model_validate(d) for d in rows], count=len(rows))
 
 
 @router.get("/deployments/{name}", response_model=DeploymentPublic, responses=NOT_FOUND)
 def get_deployment(name: str, user: CurrentUser, storage: StorageDep) -> DeploymentPublic:
     """One deployment."""
-    return DeploymentPublic.from_record(owned_deployment(storage, name, user))
+    return DeploymentPublic.model_validate(owned_deployment(storage, name, user))
 
 
 @router.delete(
@@ -63,4 +54,4 @@ def delete_deployment(
 ) -> DeploymentPublic:
     """Undeploy (asynchronously: the state goes ``deleting`` then ``deleted``)."""
     deployment = owned_deployment(storage, name, user)
-    return DeploymentPublic.from_record(service.delete_deployment(storage, queue, events, deployment))
+    return DeploymentPublic.model_validate(service.delete_deployment(storage, queue, events, deployment))

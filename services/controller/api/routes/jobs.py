@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query
 
 from services.controller import service
 from services.controller.api.responses import CONFLICT, NOT_FOUND
@@ -15,11 +15,8 @@ from services.storage.base import JobRecord, JobState, Storage
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-def owned(storage: Storage, job_id: int, user: str) -> JobRecord:
-    try:
-        return service.owned_job(storage, job_id, user)
-    except KeyError:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}") from None
+def owned_job(storage: Storage, job_id: int, user: str) -> JobRecord:
+    return service.owned(lambda: storage.get_job(job_id), user, f"job {job_id}")
 
 
 @router.get("", response_model=JobsPublic)
@@ -32,16 +29,16 @@ def list_jobs(
 ) -> JobsPublic:
     """The caller's jobs, oldest first, optionally of one state."""
     page, count = storage.list_jobs(owner=user, state=state, offset=offset, limit=limit)
-    return JobsPublic(data=[JobPublic.from_record(j) for j in page], count=count)
+    return JobsPublic(data=[JobPublic.model_validate(j) for j in page], count=count)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
 def get_job(job_id: RowId, user: CurrentUser, storage: StorageDep) -> JobPublic:
     """State, attempts, worker, live progress, result or error of one job."""
-    return JobPublic.from_record(owned(storage, job_id, user))
+    return JobPublic.model_validate(owned_job(storage, job_id, user))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses={**NOT_FOUND, **CONFLICT})
 def cancel_job(job_id: RowId, user: CurrentUser, storage: StorageDep, events: EventsDep) -> JobPublic:
     """Cancel a queued or running job. 409 if it already finished."""
-    return JobPublic.from_record(service.cancel_job(storage, events, owned(storage, job_id, user)))
+    return JobPublic.model_validate(service.cancel_job(storage, events, owned_job(storage, job_id, user)))

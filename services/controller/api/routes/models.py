@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query, status
 
 from services.controller import service
 from services.controller.api.responses import CONFLICT, NOT_FOUND
@@ -21,7 +21,7 @@ def create_models(
 ) -> ModelsPublic:  # fmt: skip
     """Submit one retrain job for one or more architectures; returns the new models and the job id."""
     job, models = service.submit_models(storage, queue, events, user, body, limits=settings)
-    return ModelsPublic(data=[ModelPublic.from_record(m) for m in models], count=len(models), job_id=job.id)
+    return ModelsPublic(data=[ModelPublic.model_validate(m) for m in models], count=len(models), job_id=job.id)
 
 
 @router.get("", response_model=ModelsPublic)
@@ -34,16 +34,10 @@ def list_models(
 ) -> ModelsPublic:
     """The caller's models, oldest first, optionally of one retrain job."""
     page, count = storage.list_models(owner=user, job_id=job_id, offset=offset, limit=limit)
-    return ModelsPublic(data=[ModelPublic.from_record(m) for m in page], count=count, job_id=job_id)
+    return ModelsPublic(data=[ModelPublic.model_validate(m) for m in page], count=count, job_id=job_id)
 
 
 @router.get("/{model_id}", response_model=ModelPublic, responses=NOT_FOUND)
 def get_model(model_id: RowId, user: CurrentUser, storage: StorageDep) -> ModelPublic:
     """State, metrics (mIoU, FPS, params, GMACs) and checkpoint of one model."""
-    try:
-        model = storage.get_model(model_id)
-    except KeyError:
-        model = None
-    if model is None or model.owner != user:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no model {model_id}")
-    return ModelPublic.from_record(model)
+    return ModelPublic.model_validate(service.owned(lambda: storage.get_model(model_id), user, f"model {model_id}"))
