@@ -363,7 +363,8 @@ def _verify(
     """Stage 5: retrain ``cfg.verify_k`` front points briefly; the stored verification record."""
     from rich.progress import TextColumn
 
-    from hyctas_core.verify import NothingToVerify, VerifyConfig, retrain_point, run_verification, verification_summary
+    from hyctas_cli.verify import verify_search
+    from hyctas_core.verify import NothingToVerify, VerifyConfig, verification_summary
 
     vcfg = VerifyConfig(
         k=cfg.verify_k, epochs=cfg.verify_epochs, lr=cfg.retrain_lr, batch_size=cfg.batch_size, seed=cfg.seed
@@ -372,21 +373,10 @@ def _verify(
     with bar(TextColumn("{task.fields[arch]}  loss {task.fields[loss]:.3f}")) as p:
         task = p.add_task("verify", total=None, arch="", loss=0.0)
 
-        def retrain(row: dict[str, Any]) -> float:
-            p.reset(task, total=None, arch=row["arch_hash"], loss=0.0)
-            return retrain_point(
-                row["arch"],
-                supernet=Path(spec.supernet),
-                data=Path(spec.data),
-                cfg=vcfg,
-                val_images=None,
-                run_dir=out / "verify" / row["arch_hash"],
-                device=device,
-                progress=lambda s: p.update(task, completed=s.step, total=s.total_steps, loss=s.loss),
-            )
-
         try:
-            run_verification(storage, search_id, vcfg, retrain)
+            verify_search(
+                storage, search_id, vcfg, spec, out / "verify", bar=p, task=task, val_images=None, device=device
+            )
         except NothingToVerify:
             pass  # the record says why
     record: dict[str, Any] | None = storage.get_search(search_id).verification

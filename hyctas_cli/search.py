@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import typer
 from hyctas_cli.utils import cli_console, cli_progress, fail, parse_size
 
 if TYPE_CHECKING:
+    from hyctas_core.evaluate import EvaluatorSpec
     from hyctas_core.storage import IndividualRecord, SearchRecord
     from services.storage.base import Storage
 
@@ -296,17 +298,12 @@ def search(
     typer.echo(f"plot: {png}\nfront: {front_json}\ndatabase: {db} (search {record.name!r})")
 
 
-def _verify(storage: Storage, record: SearchRecord, spec: Any, run_root: Path) -> SearchRecord:
+def _verify(storage: Storage, record: SearchRecord, spec: EvaluatorSpec, run_root: Path) -> SearchRecord:
     """Retrain the stored search's verification points in this process, with a bar per point."""
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
-    from hyctas_core.verify import (
-        NothingToVerify,
-        VerifyConfig,
-        retrain_point,
-        run_verification,
-        verification_summary,
-    )
+    from hyctas_cli.verify import verify_search
+    from hyctas_core.verify import NothingToVerify, VerifyConfig, verification_summary
 
     cfg = VerifyConfig.from_dict(record.config["verify"])
     if (record.verification or {}).get("state") == "succeeded":
@@ -320,25 +317,12 @@ def _verify(storage: Storage, record: SearchRecord, spec: Any, run_root: Path) -
     with cli_progress(*columns) as bar:
         task = bar.add_task("verify", total=None, arch="", i=0, k=cfg.k, loss=0.0)
 
-        done = int((record.verification or {}).get("done", 0))
-
-        def retrain(row: dict[str, Any]) -> float:
-            nonlocal done
-            done += 1
-            bar.reset(task, total=None, arch=row["arch_hash"], i=done, k=cfg.k, loss=0.0)
-            return retrain_point(
-                row["arch"],
-                supernet=Path(spec.supernet),
-                data=Path(spec.data),
-                cfg=cfg,
-                val_images=spec.val_images,
-                run_dir=run_root / row["arch_hash"],
-                device=spec.device,
-                progress=lambda p: bar.update(task, completed=p.step, total=p.total_steps, loss=p.loss),
-            )
-
+        points = itertools.count(int((record.verification or {}).get("done", 0)) + 1)
         try:
-            run_verification(storage, record.id, cfg, retrain)
+            verify_search(
+                storage, record.id, cfg, spec, run_root, bar=bar, task=task, val_images=spec.val_images,
+                device=spec.device, fields=lambda row: {"arch": row["arch_hash"], "i": next(points), "k": cfg.k},
+            )  # fmt: skip
         except NothingToVerify as e:  # a front of one point: the search stands, the check cannot run
             typer.echo(f"cannot verify: {str(e).splitlines()[0]}", err=True)
     record = storage.get_search(record.id)

@@ -7,11 +7,11 @@ Source: MarvinYu1995/HyCTAS @ f915c8d, ``train/jsons/HRTNET_S.json``, ``HRTNET_M
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from hyctas_core.search_space import Arch, ArchError
 
-__all__ = ["PRESETS", "get_preset", "preset_names"]
+__all__ = ["PRESETS", "PresetName", "get_preset", "preset_names"]
 
 
 def _paths(downs: list[int]) -> list[int]:
@@ -30,7 +30,8 @@ _S_DOWNS = _downs(11, (1, 3))
 _M_DOWNS = _downs(17, (1, 15))
 _L_DOWNS = [_downs(20, ()), _downs(20, (9,)), _downs(20, (5, 11))]
 
-PRESETS: dict[str, dict[str, Any]] = {
+PresetName = Literal["hyctas-s", "hyctas-m", "hyctas-l"]
+PRESETS: dict[PresetName, dict[str, Any]] = {
     # 1 branch ending at 1/32, 11 cells, one attention cell at 1/32.
     "hyctas-s": {
         "ops": [[3, 2, 2, 1, 2, 4, 1, 3, 3, 2, 3]],

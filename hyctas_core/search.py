@@ -19,7 +19,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
@@ -37,7 +37,11 @@ from hyctas_core.configbase import ConfigBase
 from hyctas_core.search_space import BRANCH_PRIOR, Arch, VectorCodec, sample_arch
 
 __all__ = [
+    "MAX_GENERATIONS",
+    "MAX_POPULATION",
+    "MIN_POPULATION",
     "OBJECTIVES",
+    "Objective",
     "NASProblem",
     "SearchConfig",
     "SearchLoop",
@@ -47,7 +51,13 @@ __all__ = [
 ]
 
 # objective name -> key of the evaluation result holding the cost to minimise
-OBJECTIVES: dict[str, str] = {"latency": "latency_ms", "flops": "gmacs", "params": "params_m"}
+# The bounds of a search's size, here once: the REST schema and the service's settings use them.
+MIN_POPULATION, MAX_POPULATION = 2, 10_000
+MAX_GENERATIONS = 10_000
+
+Objective = Literal["latency", "flops", "params"]
+# The cost each objective minimises beside mIoU (a key of every evaluation's objectives).
+OBJECTIVES: dict[Objective, str] = {"latency": "latency_ms", "flops": "gmacs", "params": "params_m"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,7 @@ class SearchConfig(ConfigBase):
 
     config_name: ClassVar[str] = "search config"
 
-    objective: str = "latency"
+    objective: Objective = "latency"
     pop_size: int = 40
     generations: int = 20
     crossover_prob: float = 0.9
@@ -70,10 +80,10 @@ class SearchConfig(ConfigBase):
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        if not 2 <= self.pop_size <= 10_000:
-            raise ValueError(f"pop_size must be in 2..10000, got {self.pop_size}")
-        if not 1 <= self.generations <= 10_000:
-            raise ValueError(f"generations must be in 1..10000, got {self.generations}")
+        if not MIN_POPULATION <= self.pop_size <= MAX_POPULATION:
+            raise ValueError(f"pop_size must be in {MIN_POPULATION}..{MAX_POPULATION}, got {self.pop_size}")
+        if not 1 <= self.generations <= MAX_GENERATIONS:
+            raise ValueError(f"generations must be in 1..{MAX_GENERATIONS}, got {self.generations}")
         if not 0 <= self.crossover_prob <= 1 or not 0 <= self.mutation_prob <= 1:
             raise ValueError("crossover_prob and mutation_prob must be in [0, 1]")
         if self.branches is not None and (not self.branches or any(b not in (1, 2, 3) for b in self.branches)):

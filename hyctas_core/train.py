@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import torch
@@ -48,6 +48,8 @@ from hyctas_core.supernet import Supernet
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "SAMPLINGS",
+    "Sampling",
     "SupernetTrainConfig",
     "SupernetTrainer",
     "TrainProgress",
@@ -55,7 +57,8 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "hyctas-supernet/1"
-SAMPLINGS: tuple[str, ...] = ("prior", "sandwich")
+Sampling = Literal["prior", "sandwich"]
+SAMPLINGS: tuple[Sampling, ...] = get_args(Sampling)
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class SupernetTrainConfig(ConfigBase):
     base_size: tuple[int, int] | None = None
     branch_prior: tuple[float, float, float] = BRANCH_PRIOR
     # "prior": one sub-network per step (paper); "sandwich": largest + smallest + sandwich_random.
-    sampling: str = "prior"
+    sampling: Sampling = "prior"
     sandwich_random: int = 2
     distill: bool = False  # in-place distillation from the largest sub-network
     distill_temperature: float = 1.0

@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hyctas_core.search import MAX_GENERATIONS, MAX_POPULATION, MIN_POPULATION
+
 __all__ = ["Settings"]
 
 
@@ -62,8 +64,8 @@ class Settings(BaseSettings):
     serve_max_bytes: int = Field(16_000_000, ge=1024, description="larger images get 413 at /segment")
     serve_max_pixels: int = Field(4_200_000, ge=1024, description="images with more pixels get 413 at /segment")
     # what one search may ask for (422 beyond)
-    max_population: int = Field(512, ge=2)
-    max_generations: int = Field(500, ge=1)
+    max_population: int = Field(512, ge=MIN_POPULATION, le=MAX_POPULATION)
+    max_generations: int = Field(500, ge=1, le=MAX_GENERATIONS)
     # cost limits (services/controller/limits.py; the defaults fit one GPU node for about a day)
     max_search_evaluations: int = Field(20_000, ge=1, description="population x generations x branch counts")
     max_search_megapixels: float = Field(

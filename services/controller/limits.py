@@ -5,7 +5,8 @@ The defaults fit one GPU node for about a day:
 
 - training (supernet, or each model of a retrain job): optimisation steps x batch x crop pixels,
   ``max_train_megapixels`` (3e6 MP: about 35 MP/s, a mid-range GPU on 512x1024 crops, for a day);
-- a search: evaluations (population x generations x branch counts), ``max_search_evaluations``,
+- a search: its population and generations (``max_population``, ``max_generations``), its
+  evaluations (population x generations x branch counts), ``max_search_evaluations``,
   and evaluations x (calibration + validation images) x image pixels, ``max_search_megapixels``;
 - a synthetic dataset: (train + val) x pixels, ``max_dataset_megapixels``, since it is rendered
   on first use;
@@ -81,7 +82,13 @@ def check_search(
     *, population: int, generations: int, branch_counts: int, calib_images: int, val_images: int,
     eval_size: tuple[int, int] | None, dataset: dict[str, Any] | None, limits: Any,
 ) -> None:  # fmt: skip
-    """Evaluations, and evaluations x images x pixels, within their limits."""
+    """Population, generations, evaluations, and evaluations x images x pixels, within their limits."""
+    if population > limits.max_population:
+        raise LimitExceeded(f"population: at most {limits.max_population} (HYCTAS_MAX_POPULATION), got {population}")
+    if generations > limits.max_generations:
+        raise LimitExceeded(
+            f"generations: at most {limits.max_generations} (HYCTAS_MAX_GENERATIONS), got {generations}"
+        )
     evaluations = population * generations * branch_counts
     if evaluations > limits.max_search_evaluations:
         raise _over("the search's evaluations (population x generations x branch counts)", evaluations,

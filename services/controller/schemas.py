@@ -12,9 +12,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
-from hyctas_core.search import SearchConfig
+from hyctas_core.presets import PresetName
+from hyctas_core.search import MIN_POPULATION, Objective, SearchConfig
 from hyctas_core.storage import SearchState
+from hyctas_core.train import Sampling
 from hyctas_core.verify import MAX_VERIFY_K
+from services.serve.segmenter import Backend
 from services.storage.base import JobState, SearchSummary
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -118,7 +121,7 @@ class SupernetCreate(Strict):
     base_channels: int = Field(12, ge=2, le=64)
     num_layers: int = Field(20, ge=2, le=40)
     lr: float = Field(0.02, gt=0, le=10)
-    sampling: Literal["prior", "sandwich"] = Field(
+    sampling: Sampling = Field(
         "prior", description="prior: one sub-network per step (paper); sandwich: largest + smallest + random"
     )
     sandwich_random: int = Field(2, ge=0, le=16, description="prior-sampled sub-networks per sandwich step")
@@ -184,9 +187,9 @@ class SearchCreate(Strict):
     name: Name
     supernet_id: int = Field(ge=1, le=2**31 - 1)
     dataset: DatasetRef | None = Field(None, description="default: the supernet's training dataset")
-    objective: Literal["latency", "flops", "params"] = "latency"
-    population: int = Field(40, ge=2)
-    generations: int = Field(20, ge=1)
+    objective: Objective = "latency"
+    population: int = Field(40, ge=MIN_POPULATION, description="at most HYCTAS_MAX_POPULATION")
+    generations: int = Field(20, ge=1, description="at most HYCTAS_MAX_GENERATIONS")
     branches: list[Literal[1, 2, 3]] | None = Field(None, min_length=1, max_length=3)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     crossover_prob: float = Field(0.9, ge=0, le=1)
@@ -352,7 +355,7 @@ class ArchChoice(Strict):
     search_id: int | None = Field(None, ge=1, le=2**31 - 1)
     arch_hash: str | None = Field(None, pattern=r"^[0-9a-f]{8,64}$")
     arch: dict[str, Any] | None = None
-    preset: Literal["hyctas-s", "hyctas-m", "hyctas-l"] | None = None
+    preset: PresetName | None = None
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ArchChoice:
@@ -416,7 +419,7 @@ class DeploymentCreate(Strict):
 
     name: Name | None = Field(None, description="route /segment/{name}; default model-{id}")
     public: bool = Field(False, description="callable without an API key")
-    backend: Literal["onnxruntime", "torchscript", "torch"] = "onnxruntime"
+    backend: Backend = "onnxruntime"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     min_replicas: int = Field(1, ge=1, le=64)
     max_replicas: int = Field(1, ge=1, le=64)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from hyctas_core.config import ModelConfig
+from hyctas_core.evaluate import EvaluatorSpec
 from hyctas_core.presets import get_preset
 from hyctas_core.retrain import RetrainConfig
 from hyctas_core.search import SearchConfig
@@ -187,10 +188,6 @@ def submit_search(
         Invalid: limits exceeded or an unknown supernet. Conflict: the name exists, or the
         supernet is not trained yet. QueueError: the queue is down.
     """
-    if req.population > limits.max_population:
-        raise Invalid(f"population: at most {limits.max_population}, got {req.population}")
-    if req.generations > limits.max_generations:
-        raise Invalid(f"generations: at most {limits.max_generations}, got {req.generations}")
     supernet = _ready_supernet(storage, req.supernet_id, owner)
     dataset_ref = req.dataset.model_dump(mode="json") if req.dataset else supernet.payload["dataset"]
     _within_limits(limits_.check_dataset, dataset=dataset_ref, limits=limits)
@@ -219,19 +216,17 @@ def submit_search(
     except ValueError as exc:
         raise Invalid(str(exc)) from None
     ev = req.evaluation
-    evaluator = {
-        "supernet": supernet.result["checkpoint"],  # type: ignore[index]
-        "data": None,  # resolved by the worker from "dataset"
-        "calib_images": ev.calib_images,
-        "val_images": ev.val_images,
-        "eval_size": list(ev.eval_size) if ev.eval_size else None,
-        "input_size": None,
-        "latency_table": None,
-        "latency_seconds": ev.latency_seconds,
-        "seed": req.seed,
-        "device": "cpu",
-        "threads": 1,
-    }
+    spec = EvaluatorSpec(
+        supernet=supernet.result["checkpoint"],  # type: ignore[index]
+        data="",  # the worker resolves "dataset" on its own disk
+        calib_images=ev.calib_images,
+        val_images=ev.val_images,
+        eval_size=tuple(ev.eval_size) if ev.eval_size else None,  # type: ignore[arg-type]
+        latency_seconds=ev.latency_seconds,
+        seed=req.seed,
+        threads=1,
+    )
+    evaluator = {**spec.to_dict(), "data": None}
     verify = None
     if req.verify_top_k:
         try:
