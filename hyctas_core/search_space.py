@@ -24,6 +24,9 @@ The paper's four constraints (checked by :func:`validate`, messages name the rul
 
 Interop: :meth:`Arch.from_official` / :meth:`Arch.to_official` read and write the official
 JSON (``ops``, ``paths``, ``downs``, ``widths``, ``lasts``) of MarvinYu1995/HyCTAS.
+
+One module on purpose (about 600 lines): the types, the four constraints, the encoding and the
+samplers are one concept, read together; splitting them would scatter the rules they share.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Panoptic segmentation: head, targets, loss, post-processing, PQ, retraining and the CLI."""
+"""Panoptic segmentation: head, targets, loss, post-processing, PQ, retraining and the CLI.
+
+One file on purpose (over 600 lines): the panoptic pipeline's pieces are tested against each other
+(targets against post-processing, the head against PQ) with shared fixtures.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ API keys.
 
 Where the interface leaves room, this suite fixes the project's choice: ``list_searches(owner=None)``
 lists every owner; ``finish_job`` only accepts a finished state; a requeued job loses its worker.
+
+One file on purpose (over 600 lines): one contract, one test per guarantee of the interface.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from services.storage.models import (
 )
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 _IN_CHUNK = 500  # bound on bind parameters per IN (...) clause
@@ -51,101 +53,39 @@ def latest_of(generations: Any) -> Any:
     return and_(generations.search_id == SearchRow.id, generations.index == SearchRow.generation)
 
 
+def _record(cls: type[T], row: Any, **overrides: Any) -> T:
+    """``cls`` built from the row's columns of the same names (the records mirror the tables).
+
+    ``overrides`` are not read from the row at all (a deferred column stays unloaded).
+    """
+    fields = [f.name for f in dataclasses.fields(cls) if f.name not in overrides]  # type: ignore[arg-type]
+    return cls(**{name: getattr(row, name) for name in fields}, **overrides)
+
+
 def search_record(row: SearchRow) -> SearchRecord:
-    return SearchRecord(
-        id=row.id,
-        name=row.name,
-        owner=row.owner,
-        config=row.config,
-        state=SearchState(row.state),
-        generation=row.generation,
-        reference_point=row.reference_point,
-        error=row.error,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        verification=row.verification,
-    )
+    return _record(SearchRecord, row, state=SearchState(row.state))
 
 
 def generation_record(row: GenerationRow, *, with_state: bool) -> GenerationRecord:
-    return GenerationRecord(
-        index=row.index,
-        hypervolume=row.hypervolume,
-        front=row.front,
-        n_evaluated=row.n_evaluated,
-        n_new=row.n_new,
-        algorithm_state=bytes(row.algorithm_state) if with_state else b"",
-        timings=row.timings,
-        created_at=row.created_at,
-    )
+    state = bytes(row.algorithm_state) if with_state else b""
+    return _record(GenerationRecord, row, algorithm_state=state)
 
 
 def individual_record(row: IndividualRow) -> IndividualRecord:
-    return IndividualRecord(
-        generation=row.generation,
-        arch_hash=row.arch_hash,
-        arch=row.arch,
-        num_branches=row.num_branches,
-        objectives=row.objectives,
-        status=row.status,
-    )
+    return _record(IndividualRecord, row)
 
 
 def job_record(row: JobRow) -> JobRecord:
-    return JobRecord(
-        id=row.id,
-        kind=row.kind,
-        owner=row.owner,
-        state=JobState(row.state),
-        payload=row.payload,
-        attempts=row.attempts,
-        worker=row.worker,
-        heartbeat_at=row.heartbeat_at,
-        result=row.result,
-        error=row.error,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        progress=row.progress,
-        failures=row.failures,
-        stream=row.stream,
-    )
+    return _record(JobRecord, row, state=JobState(row.state))
 
 
 def model_record(row: ModelRow) -> ModelRecord:
-    return ModelRecord(
-        id=row.id,
-        owner=row.owner,
-        job_id=row.job_id,
-        name=row.name,
-        arch=row.arch,
-        arch_hash=row.arch_hash,
-        task=row.task,
-        source=row.source,
-        state=JobState(row.state),
-        metrics=row.metrics,
-        checkpoint_uri=row.checkpoint_uri,
-        error=row.error,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return _record(ModelRecord, row, state=JobState(row.state))
 
 
 def deployment_record(row: DeploymentRow) -> DeploymentRecord:
-    return DeploymentRecord(
-        id=row.id,
-        owner=row.owner,
-        name=row.name,
-        model_id=row.model_id,
-        options=row.options,
-        state=row.state,
-        public=row.public,
-        error=row.error,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return _record(DeploymentRecord, row)
 
 
 def api_key_record(row: ApiKeyRow) -> ApiKeyRecord:
-    return ApiKeyRecord(
-        id=row.id, user=row.user, name=row.name, prefix=row.prefix, created_at=row.created_at, revoked_at=row.revoked_at
-    )
+    return _record(ApiKeyRecord, row)
