@@ -3,15 +3,18 @@
 Starts a Ray head, ``hyctas controller`` and one ``hyctas worker`` on loopback (PostgreSQL and
 Redis from ``HYCTAS_DATABASE_URL`` / ``HYCTAS_REDIS_URL``, default the local servers; a
 throw-away database is created and dropped), trains a tiny supernet, then runs the same search
-twice: alone, and with ``--clients`` threads reading ``/searches/{id}`` and ``/pareto`` in a
-loop. Prints one JSON object.
+twice: alone, and with ``--clients`` concurrent clients reading in a loop what a dashboard and
+scripts read during a search: the search list, the search, its front, its individuals and the
+job list. Prints one JSON object: throughput, p50 / p99 latency and errors of the reads, and the
+search's slowdown under them.
 
-    python benchmarks/service_load.py --clients 8 --generations 4
+    python benchmarks/service_load.py --clients 200 --generations 4
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -52,7 +55,8 @@ def _wait(fetch: Any, done: Any, timeout: float = 600) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--clients", type=int, default=200, help="concurrent readers (asyncio, one connection each)")
+    ap.add_argument("--controller-workers", type=int, default=1, help="uvicorn worker processes of the controller")
     ap.add_argument("--generations", type=int, default=4)
     ap.add_argument("--population", type=int, default=6)
     args = ap.parse_args()
@@ -82,7 +86,8 @@ def main() -> None:
         while not _listening(ray_port):
             time.sleep(0.5)
         time.sleep(2)
-        procs.append(subprocess.Popen([BIN / "hyctas", "controller", "--port", str(port), "--log-level", "warning"],
+        procs.append(subprocess.Popen([BIN / "hyctas", "controller", "--port", str(port), "--log-level", "warning",
+                                       "--workers", str(args.controller_workers)],
                                       env=env, stdout=log, stderr=log))  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         _wait(lambda: {"ok": _ready(base)}, lambda b: b["ok"], 60)
@@ -108,36 +113,41 @@ def main() -> None:
         def run_search(label: str, clients: int, supernet_id: int) -> dict[str, Any]:
             body = {"name": label, "supernet_id": supernet_id, **search}
             search_id = api.post("/searches", json=body).json()["id"]
+            paths = ["/searches", f"/searches/{search_id}", f"/searches/{search_id}/pareto",
+                     f"/searches/{search_id}/individuals?generation=0", "/jobs"]  # fmt: skip
             latencies: list[float] = []
             errors = 0
-            stop = threading.Event()
-            lock = threading.Lock()
+            stop = asyncio.Event()
 
-            def client() -> None:
+            async def client(c: httpx.AsyncClient, k: int) -> None:
                 nonlocal errors
-                with httpx.Client(base_url=base + "/api/v1", headers=headers, timeout=30) as c:
-                    i = 0
-                    while not stop.is_set():
-                        path = f"/searches/{search_id}" if i % 2 == 0 else f"/searches/{search_id}/pareto"
-                        t0 = time.perf_counter()
-                        try:
-                            ok = c.get(path).status_code == 200
-                        except httpx.HTTPError:
-                            ok = False
-                        with lock:
-                            latencies.append(time.perf_counter() - t0)
-                            errors += not ok
-                        i += 1
+                i = k
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    try:
+                        ok = (await c.get(paths[i % len(paths)])).status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    latencies.append(time.perf_counter() - t0)
+                    errors += not ok
+                    i += 1
 
-            threads = [threading.Thread(target=client) for _ in range(clients)]
+            async def load() -> dict[str, Any]:
+                limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+                async with httpx.AsyncClient(base_url=base + "/api/v1", headers=headers, timeout=60, limits=limits) as c:
+                    tasks = [asyncio.create_task(client(c, k)) for k in range(clients)]
+                    while True:
+                        body: dict[str, Any] = (await c.get(f"/searches/{search_id}")).json()
+                        if body["state"] == "succeeded":
+                            break
+                        await asyncio.sleep(0.5)
+                    stop.set()
+                    await asyncio.gather(*tasks)
+                    return body
+
             t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            done = _wait(lambda: api.get(f"/searches/{search_id}").json(), lambda b: b["state"] == "succeeded")
+            done = asyncio.run(load())
             wall = time.perf_counter() - t0
-            stop.set()
-            for t in threads:
-                t.join()
             out: dict[str, Any] = {
                 "search_s": round(wall, 2),
                 "mean_generation_s": done["timings"]["mean_generation_s"],

@@ -3,6 +3,7 @@ one transaction per call, and the row locks."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,20 +35,7 @@ from services.storage.sql.records import R
 
 
 class SQLCore(Storage):
-    """:class:`~hyctas_core.storage.Storage` over a SQL database (SQLite or PostgreSQL).
-
-    Thread-safe (one session per call over a connection pool); several processes may share
-    one database. Records are built from freshly loaded rows, so they are independent copies.
-
-    Args:
-        url: ``sqlite:///path.db`` or ``postgresql+psycopg://user:password@host/db``.
-        create: Bring the schema up to date first (:func:`~services.storage.migrate.upgrade_database`).
-        connect_timeout_s: How long to wait for a network database to accept a connection.
-        busy_timeout_s: How long a SQLite writer waits for another writer.
-
-    Raises:
-        StorageError: invalid URL, or (with ``create``) the migration failed.
-    """
+    """The engine, transactions and locks every part of :class:`~services.storage.sql.SQLStorage` uses."""
 
     def __init__(
         self, url: str, *, create: bool = False, connect_timeout_s: float = 5.0, busy_timeout_s: float = 30.0
@@ -166,6 +154,16 @@ class SQLCore(Storage):
             if row is None:
                 raise KeyError(f"unknown {what} id {key}")
             return record(row)
+
+    @staticmethod
+    def _filters(table: Any, states: type[enum.StrEnum], owner: str | None, state: str | None) -> list[Any]:
+        """WHERE conditions of a listing: one owner's rows (None: everyone's), of one state."""
+        conditions = []
+        if owner is not None:
+            conditions.append(table.owner == owner)
+        if state is not None:
+            conditions.append(table.state == states(state).value)
+        return conditions
 
     @staticmethod
     def _owner_is(column: Any, owner: str | None) -> Any:

@@ -68,11 +68,7 @@ class JobTables(SQLCore):
         limit: int = 100,
     ) -> tuple[list[JobRecord], int]:
         check_page(offset, limit)
-        conditions = []
-        if owner is not None:
-            conditions.append(JobRow.owner == owner)
-        if state is not None:
-            conditions.append(JobRow.state == JobState(state).value)
+        conditions = self._filters(JobRow, JobState, owner, state)
         if kind is not None:
             conditions.append(JobRow.kind == kind)
         return self._page(JobRow, conditions, offset, limit, job_record)

@@ -151,11 +151,7 @@ class SearchTables(SQLCore):
         self, *, owner: str | None = None, state: SearchState | None = None, offset: int = 0, limit: int = 100
     ) -> tuple[list[SearchRecord], int]:
         check_page(offset, limit)
-        conditions = []
-        if owner is not None:
-            conditions.append(SearchRow.owner == owner)
-        if state is not None:
-            conditions.append(SearchRow.state == SearchState(state).value)
+        conditions = self._filters(SearchRow, SearchState, owner, state)
         return self._page(SearchRow, conditions, offset, limit, search_record)
 
     def _insert_evaluations(self, session: Session, evaluations: list[EvaluationRecord], now: datetime) -> None:
@@ -275,11 +271,7 @@ class SearchTables(SQLCore):
         self, *, owner: str | None = None, state: SearchState | None = None, offset: int = 0, limit: int = 100
     ) -> tuple[list[SearchSummary], int]:
         check_page(offset, limit)
-        conditions = []
-        if owner is not None:
-            conditions.append(SearchRow.owner == owner)
-        if state is not None:
-            conditions.append(SearchRow.state == SearchState(state).value)
+        conditions = self._filters(SearchRow, SearchState, owner, state)
         with self._session_scope() as session:
             total = session.scalar(select(func.count()).select_from(SearchRow).where(*conditions)) or 0
             if total <= offset or limit == 0:
