@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -86,9 +85,9 @@ def main() -> None:
         while not _listening(ray_port):
             time.sleep(0.5)
         time.sleep(2)
+        workers = ["--workers", str(args.controller_workers)] if args.controller_workers != 1 else []
         procs.append(subprocess.Popen([BIN / "hyctas", "controller", "--port", str(port), "--log-level", "warning",
-                                       "--workers", str(args.controller_workers)],
-                                      env=env, stdout=log, stderr=log))  # fmt: skip
+                                       *workers], env=env, stdout=log, stderr=log))  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         _wait(lambda: {"ok": _ready(base)}, lambda b: b["ok"], 60)
         procs.append(subprocess.Popen([BIN / "hyctas", "worker", "--ray-address", f"127.0.0.1:{ray_port}",
@@ -133,8 +132,10 @@ def main() -> None:
                     i += 1
 
             async def load() -> dict[str, Any]:
-                limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-                async with httpx.AsyncClient(base_url=base + "/api/v1", headers=headers, timeout=60, limits=limits) as c:
+                limits = httpx.Limits(max_connections=clients + 1, max_keepalive_connections=clients + 1)
+                async with httpx.AsyncClient(
+                    base_url=base + "/api/v1", headers=headers, timeout=60, limits=limits
+                ) as c:
                     tasks = [asyncio.create_task(client(c, k)) for k in range(clients)]
                     while True:
                         body: dict[str, Any] = (await c.get(f"/searches/{search_id}")).json()

@@ -44,15 +44,57 @@ def controller(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     db: DbOpt = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="processes serving requests (default: HYCTAS_CONTROLLER_WORKERS, 1)"),
+    ] = None,
 ) -> None:
     """Run the REST controller (migrates the database to the current schema first)."""
     import uvicorn
 
-    from services.controller.main import create_app
+    settings = _settings(database_url=db, controller_workers=workers)
+    if settings.controller_workers == 1:
+        from services.controller.main import create_app
 
-    settings = _settings(database_url=db)
-    app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+        return
+    _serve_processes(settings, host, port, log_level)
+
+
+def _serve_processes(settings: Any, host: str, port: int, log_level: str) -> None:
+    """Several uvicorn worker processes, each building its app from the environment.
+
+    The schema is migrated once here, before any of them opens the database; their HTTP metrics
+    are summed across processes through prometheus_client's multiprocess mode (a private
+    directory, removed at exit), and the state gauges come from the database.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    from hyctas_core.storage import StorageError
+    from services.storage.migrate import upgrade_database
+
+    try:
+        upgrade_database(settings.database_url)
+    except StorageError as exc:
+        fail(str(exc))
+    metrics_dir = tempfile.mkdtemp(prefix="hyctas-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ["HYCTAS_DATABASE_URL"] = settings.database_url
+    try:
+        uvicorn.run(
+            "services.controller.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            log_level=log_level,
+            workers=settings.controller_workers,
+        )
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def worker(

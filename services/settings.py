@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     serve_port: int = Field(8001, ge=1, le=65535, description="Ray Serve HTTP port: POST /segment/{name}")
     serve_max_bytes: int = Field(16_000_000, ge=1024, description="larger images get 413 at /segment")
     serve_max_pixels: int = Field(4_200_000, ge=1024, description="images with more pixels get 413 at /segment")
+    # processes serving the REST API (`hyctas controller --workers`); about one per core
+    controller_workers: int = Field(1, ge=1, le=64)
     # what one search may ask for (422 beyond)
     max_population: int = Field(512, ge=MIN_POPULATION, le=MAX_POPULATION)
     max_generations: int = Field(500, ge=1, le=MAX_GENERATIONS)

@@ -8,6 +8,7 @@ is down is a 503, never a 500.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
 from hyctas_core.storage import DuplicateName, IllegalTransition, StorageError, StorageUnavailable
 from services.controller.api.main import api_router
@@ -166,6 +167,7 @@ def create_app(
             app.state.events = RedisEventBus(settings.redis_url, channel=settings.events_channel)
             opened.append(app.state.events)
         collector = StateCollector(app.state.storage, app.state.queue)
+        app.state.collector = collector
         try:
             REGISTRY.register(collector)
             registered = True
@@ -262,7 +264,16 @@ def create_app(
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def metrics() -> Response:
-        """Prometheus metrics (text exposition format)."""
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        """Prometheus metrics (text exposition format).
+
+        With several worker processes (``PROMETHEUS_MULTIPROC_DIR`` set) the counters and
+        histograms are summed over all of them; the state gauges come from the database.
+        """
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(app.state.collector)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
