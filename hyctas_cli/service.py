@@ -65,12 +65,14 @@ def _serve_processes(settings: Any, host: str, port: int, log_level: str) -> Non
     """Several uvicorn worker processes, each building its app from the environment.
 
     The schema is migrated once here, before any of them opens the database; their HTTP metrics
-    are summed across processes through prometheus_client's multiprocess mode (a private
-    directory, removed at exit), and the state gauges come from the database.
+    are summed across processes through prometheus_client's multiprocess mode, in
+    ``PROMETHEUS_MULTIPROC_DIR`` if set (emptied of old metric files first) or else a private
+    directory removed at exit; the state gauges come from the database.
     """
     import os
     import shutil
     import tempfile
+    from pathlib import Path
 
     import uvicorn
 
@@ -81,8 +83,12 @@ def _serve_processes(settings: Any, host: str, port: int, log_level: str) -> Non
         upgrade_database(settings.database_url)
     except StorageError as exc:
         fail(str(exc))
-    metrics_dir = tempfile.mkdtemp(prefix="hyctas-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    metrics_dir = Path(given) if given else Path(tempfile.mkdtemp(prefix="hyctas-metrics-"))
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):  # counts of a previous run must not add to this one
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     os.environ["HYCTAS_DATABASE_URL"] = settings.database_url
     try:
         uvicorn.run(
@@ -94,7 +100,8 @@ def _serve_processes(settings: Any, host: str, port: int, log_level: str) -> Non
             workers=settings.controller_workers,
         )
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        if not given:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def worker(
