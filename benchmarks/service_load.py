@@ -113,9 +113,10 @@ def main() -> None:
             body = {"name": label, "supernet_id": supernet_id, **search}
             search_id = api.post("/searches", json=body).json()["id"]
             paths = ["/searches", f"/searches/{search_id}", f"/searches/{search_id}/pareto",
-                     f"/searches/{search_id}/individuals?generation=0", "/jobs"]  # fmt: skip
+                     f"/searches/{search_id}/individuals", "/jobs"]  # fmt: skip
             latencies: list[float] = []
             errors = 0
+            error_kinds: dict[str, int] = {}
             stop = asyncio.Event()
 
             async def client(c: httpx.AsyncClient, k: int) -> None:
@@ -124,11 +125,14 @@ def main() -> None:
                 while not stop.is_set():
                     t0 = time.perf_counter()
                     try:
-                        ok = (await c.get(paths[i % len(paths)])).status_code == 200
-                    except httpx.HTTPError:
-                        ok = False
+                        status = (await c.get(paths[i % len(paths)])).status_code
+                        kind = "" if status == 200 else f"HTTP {status}"
+                    except httpx.HTTPError as exc:
+                        kind = type(exc).__name__
                     latencies.append(time.perf_counter() - t0)
-                    errors += not ok
+                    if kind:
+                        errors += 1
+                        error_kinds[kind] = error_kinds.get(kind, 0) + 1
                     i += 1
 
             async def load() -> dict[str, Any]:
@@ -156,7 +160,8 @@ def main() -> None:
             if latencies:
                 q = statistics.quantiles(latencies, n=100)
                 out.update(requests=len(latencies), throughput_rps=round(len(latencies) / wall, 1),
-                           p50_ms=round(1000 * q[49], 2), p99_ms=round(1000 * q[98], 2), errors=errors)  # fmt: skip
+                           p50_ms=round(1000 * q[49], 2), p99_ms=round(1000 * q[98], 2), errors=errors,
+                           error_kinds=error_kinds)  # fmt: skip
             return out
 
         alone = run_search("alone", 0, supernets[0])
