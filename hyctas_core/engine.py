@@ -22,46 +22,62 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sized
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from hyctas_core.config import ModelConfig
 from hyctas_core.configbase import ConfigBase
 
-__all__ = ["EpochTrainer", "TrainerConfig", "atomic_save", "epoch_batches", "epoch_order", "steps_per_epoch"]
+__all__ = ["LOSSES", "EpochTrainer", "TrainingConfig", "atomic_save", "epoch_batches", "epoch_order", "steps_per_epoch"]
 
 P = TypeVar("P")  # the progress report of one step
-C = TypeVar("C", bound="TrainerConfig")
+C = TypeVar("C", bound="TrainingConfig")
 
 
-class TrainerConfig(Protocol):
-    """The fields every training config has (the engine reads only these)."""
+LOSSES: tuple[str, ...] = ("topk", "ohem", "ce")
 
-    @property
-    def epochs(self) -> int: ...
 
-    @property
-    def batch_size(self) -> int: ...
+@dataclass(frozen=True)
+class TrainingConfig(ConfigBase):
+    """What every training run shares (supernet training and retraining extend it)."""
 
-    @property
-    def seed(self) -> int: ...
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    loss: str = "ce"  # "ce", "topk" (the official DeepLabCE, top ``top_k``) or "ohem"
+    top_k: float = 0.2
+    aux_weight: float = 0.2  # weight of the auxiliary head's loss
+    crop_size: tuple[int, int] = (256, 512)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    # Resize every image to this size first (e.g. half resolution); None keeps them.
+    base_size: tuple[int, int] | None = None
+    seed: int = 0
+    num_workers: int = 0
+    grad_clip: float | None = None  # global gradient-norm clipping
+    steps_per_epoch: int | None = None  # cap; None = one pass over the training set
+    checkpoint_every: int = 50  # steps
+    log_every: int = 10  # steps
 
-    @property
-    def num_workers(self) -> int: ...
-
-    @property
-    def steps_per_epoch(self) -> int | None: ...
-
-    @property
-    def checkpoint_every(self) -> int: ...
-
-    @property
-    def log_every(self) -> int: ...
-
-    def to_dict(self) -> dict[str, Any]: ...
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be topk, ohem or ce, got {self.loss!r}")
+        if self.aux_weight < 0:
+            raise ValueError(f"aux_weight must be >= 0, got {self.aux_weight}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1 or null, got {self.steps_per_epoch}")
 
 
 def atomic_save(obj: Any, path: Path) -> None:

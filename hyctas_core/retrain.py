@@ -41,9 +41,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from hyctas_core.config import ModelConfig, PanopticConfig
-from hyctas_core.configbase import ConfigBase
-from hyctas_core.engine import EpochTrainer, atomic_save
+from hyctas_core.config import PanopticConfig
+from hyctas_core.engine import EpochTrainer, TrainingConfig, atomic_save
 from hyctas_core.evaluate import evaluate_miou, subset_indices
 from hyctas_core.losses import build_loss
 from hyctas_core.network import HyCTASNet
@@ -100,58 +99,39 @@ def drop_path_at(epoch: int, epochs: int, max_p: float) -> float:
 
 
 @dataclass(frozen=True)
-class RetrainConfig(ConfigBase):
+class RetrainConfig(TrainingConfig):
     """Everything a retraining run depends on (stored in every checkpoint)."""
 
     config_name: ClassVar[str] = "retraining config"
 
-    model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 300
-    batch_size: int = 16
     lr: float = 0.01  # paper 0.005, official code 0.05
-    lr_power: float = 0.9  # poly schedule, per iteration
-    warmup_iters: int = 0  # linear LR warm-up iterations
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    loss: str = "topk"  # "topk" (official DeepLabCE, top 20 %), "ohem" or "ce"
-    top_k: float = 0.2
+    loss: str = "topk"  # the official DeepLabCE, top 20 %
     aux_weight: float = 0.4  # 0 builds no auxiliary head
     crop_size: tuple[int, int] = (512, 1024)
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    # Resize every image (training and validation) to this size first; None keeps them.
-    base_size: tuple[int, int] | None = None
+    # grad_clip None: off for semantic runs, 1.0 (official) for panoptic ones, whose centre loss
+    # (x 200) diverges under SGD without it; 0: off.
+    checkpoint_every: int = 100  # steps
+    lr_power: float = 0.9  # poly schedule, per iteration
+    warmup_iters: int = 0  # linear LR warm-up iterations
     drop_path_max: float = 0.2  # reached in the last epoch, linearly from 0
     eval_every: int = 1  # epochs between validations (the last epoch is always validated)
     val_images: int | None = None  # a fixed, seeded subset of the validation set; None = all
-    seed: int = 0
-    num_workers: int = 0
-    # Global gradient-norm clipping; None: off for semantic runs, 1.0 (official) for panoptic
-    # ones, whose centre loss (x 200) diverges under SGD without it; 0: off.
-    grad_clip: float | None = None
-    steps_per_epoch: int | None = None  # cap; None = one pass over the training set
-    checkpoint_every: int = 100  # steps
-    log_every: int = 10  # steps
     task: str = "semantic"  # or "panoptic": adds the centre / offset heads, targets, loss and PQ
     panoptic: PanopticConfig = field(default_factory=PanopticConfig)  # used when task is panoptic
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_every", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.lr_power < 0:
-            raise ValueError(f"lr > 0 and lr_power >= 0 required, got {self.lr}, {self.lr_power}")
+        super().__post_init__()
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
+        if self.lr_power < 0:
+            raise ValueError(f"lr_power must be >= 0, got {self.lr_power}")
         if self.warmup_iters < 0:
             raise ValueError(f"warmup_iters must be >= 0, got {self.warmup_iters}")
-        if self.loss not in ("topk", "ohem", "ce"):
-            raise ValueError(f"loss must be topk, ohem or ce, got {self.loss!r}")
-        if self.aux_weight < 0:
-            raise ValueError(f"aux_weight must be >= 0, got {self.aux_weight}")
         if not 0.0 <= self.drop_path_max <= 1.0:
             raise ValueError(f"drop_path_max must be in [0, 1], got {self.drop_path_max}")
-        for name in ("val_images", "steps_per_epoch"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or null, got {value}")
+        if self.val_images is not None and self.val_images < 1:
+            raise ValueError(f"val_images must be >= 1 or null, got {self.val_images}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.task == "panoptic":

@@ -29,7 +29,7 @@ ends with bit-identical weights on CPU (``tests/core/test_train.py``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
@@ -39,9 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from hyctas_core.config import ModelConfig
-from hyctas_core.configbase import ConfigBase
-from hyctas_core.engine import EpochTrainer, atomic_save
+from hyctas_core.engine import EpochTrainer, TrainingConfig, atomic_save
 from hyctas_core.losses import build_loss
 from hyctas_core.search_space import BRANCH_PRIOR, Arch, sample_arch, sample_largest, sample_smallest
 from hyctas_core.supernet import Supernet
@@ -62,27 +60,14 @@ SAMPLINGS: tuple[Sampling, ...] = get_args(Sampling)
 
 
 @dataclass(frozen=True)
-class SupernetTrainConfig(ConfigBase):
+class SupernetTrainConfig(TrainingConfig):
     """Everything a supernet training run depends on (stored in every checkpoint)."""
 
     config_name: ClassVar[str] = "training config"
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 0.02
     lr_decay: float = 0.992  # ExponentialLR gamma, per epoch (paper)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    # "ce" ranks sub-networks best in benchmarks/supernet_ranking.py (Kendall tau 0.55 and 0.52 on
-    # seeds 0 and 1, against 0.30 and 0.12 for "topk", the official DeepLabCE, top 20 %); "ohem" (FasterSeg).
-    loss: str = "ce"
-    top_k: float = 0.2
-    aux_weight: float = 0.2  # official lamb for each auxiliary head
-    crop_size: tuple[int, int] = (256, 512)
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    # Resize images to this size before augmenting (e.g. half resolution); None keeps them.
-    base_size: tuple[int, int] | None = None
+    # loss "ce" (the default) ranks sub-networks best in benchmarks/supernet_ranking.py (Kendall tau
+    # 0.55 and 0.52 on seeds 0 and 1, against 0.30 and 0.12 for "topk"); "ohem" as in FasterSeg.
     branch_prior: tuple[float, float, float] = BRANCH_PRIOR
     # "prior": one sub-network per step (paper); "sandwich": largest + smallest + sandwich_random.
     sampling: Sampling = "prior"
@@ -90,23 +75,11 @@ class SupernetTrainConfig(ConfigBase):
     distill: bool = False  # in-place distillation from the largest sub-network
     distill_temperature: float = 1.0
     warmup_steps: int = 0  # largest sub-networks only, LR ramped linearly from 0
-    seed: int = 0
-    num_workers: int = 0
-    grad_clip: float | None = None
-    steps_per_epoch: int | None = None  # cap; None = one pass over the training set
-    checkpoint_every: int = 50  # steps
-    log_every: int = 10  # steps
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or not 0 < self.lr_decay <= 1:
-            raise ValueError(f"lr > 0 and 0 < lr_decay <= 1 required, got {self.lr}, {self.lr_decay}")
-        if self.loss not in ("topk", "ohem", "ce"):
-            raise ValueError(f"loss must be topk, ohem or ce, got {self.loss!r}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        super().__post_init__()
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"0 < lr_decay <= 1 required, got {self.lr_decay}")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
         if self.sandwich_random < 0:
