@@ -33,7 +33,16 @@ from torch.utils.data import DataLoader, Dataset
 from hyctas_core.config import ModelConfig
 from hyctas_core.configbase import ConfigBase
 
-__all__ = ["LOSSES", "EpochTrainer", "TrainingConfig", "atomic_save", "epoch_batches", "epoch_order", "steps_per_epoch"]
+__all__ = [
+    "LOSSES",
+    "EpochTrainer",
+    "TrainingConfig",
+    "read_checkpoint_file",
+    "atomic_save",
+    "epoch_batches",
+    "epoch_order",
+    "steps_per_epoch",
+]
 
 P = TypeVar("P")  # the progress report of one step
 C = TypeVar("C", bound="TrainingConfig")
@@ -78,6 +87,25 @@ class TrainingConfig(ConfigBase):
             raise ValueError(f"aux_weight must be >= 0, got {self.aux_weight}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1 or null, got {self.steps_per_epoch}")
+
+
+def read_checkpoint_file(path: Path, fmt: str, what: str, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint dict of format ``fmt``, loaded on ``device``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a checkpoint, or one of another format (``what`` names the kind).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # any unpickling failure means "not a checkpoint"
+        raise ValueError(f"{path}: cannot be read as a checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise ValueError(f"{path}: not a HyCTAS {what} checkpoint")
+    return ckpt
 
 
 def atomic_save(obj: Any, path: Path) -> None:

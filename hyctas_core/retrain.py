@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from hyctas_core.config import PanopticConfig
-from hyctas_core.engine import EpochTrainer, TrainingConfig, atomic_save
+from hyctas_core.engine import EpochTrainer, TrainingConfig, atomic_save, read_checkpoint_file
 from hyctas_core.evaluate import evaluate_miou, subset_indices
 from hyctas_core.losses import build_loss
 from hyctas_core.network import HyCTASNet
@@ -434,15 +434,7 @@ class Retrainer(EpochTrainer[RetrainConfig, RetrainProgress]):
 
 
 def _read(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # any unpickling failure means "not a checkpoint"
-        raise ValueError(f"{path}: cannot be read as a checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a HyCTAS retraining checkpoint")
-    return ckpt
+    return read_checkpoint_file(path, CHECKPOINT_FORMAT, "retraining", device)
 
 
 def read_checkpoint(path: Path) -> tuple[RetrainConfig, Arch, dict[str, Any]]:

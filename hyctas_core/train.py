@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from hyctas_core.engine import EpochTrainer, TrainingConfig, atomic_save
+from hyctas_core.engine import EpochTrainer, TrainingConfig, atomic_save, read_checkpoint_file
 from hyctas_core.losses import build_loss
 from hyctas_core.search_space import BRANCH_PRIOR, Arch, sample_arch, sample_largest, sample_smallest
 from hyctas_core.supernet import Supernet
@@ -249,15 +249,7 @@ def load_supernet(path: Path, *, device: str = "cpu") -> Supernet:
         FileNotFoundError: no such file.
         ValueError: the file is not a HyCTAS supernet checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"supernet checkpoint {str(path)!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # any unpickling failure means "not a checkpoint"
-        raise ValueError(f"{path}: cannot be read as a checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a HyCTAS supernet checkpoint")
+    ckpt = read_checkpoint_file(path, CHECKPOINT_FORMAT, "supernet", device)
     cfg = SupernetTrainConfig.from_dict(ckpt["config"])
     supernet = Supernet(cfg.model).to(device)
     supernet.load_state_dict(ckpt["model"])
