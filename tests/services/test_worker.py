@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,8 +33,9 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-def backends() -> tuple[SQLStorage, InMemoryQueue, InMemoryEventBus]:
-    return sqlite_storage(), InMemoryQueue(lease_s=LEASE_S), InMemoryEventBus()
+def backends(tmp_path: Path) -> Iterator[tuple[SQLStorage, InMemoryQueue, InMemoryEventBus]]:
+    with sqlite_storage(tmp_path) as storage:
+        yield storage, InMemoryQueue(lease_s=LEASE_S), InMemoryEventBus()
 
 
 def _submit(storage: SQLStorage, queue: InMemoryQueue, kind: str = "fake", payload: Any = None) -> int:

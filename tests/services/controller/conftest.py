@@ -51,12 +51,12 @@ SUPERNET = {
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
-    storage = sqlite_storage()
+    storage = sqlite_storage(tmp_path)
     queue = InMemoryQueue()
     events = InMemoryEventBus()
     settings = Settings(artifact_dir=tmp_path, data_dir=tmp_path, max_body_bytes=64_000)
     alice = {"Authorization": "Bearer " + issue_api_key(storage, "alice")}
     bob = {"Authorization": "Bearer " + issue_api_key(storage, "bob")}
     app = create_app(settings, storage=storage, queue=queue, events=events)
-    with TestClient(app) as client:
+    with storage, TestClient(app) as client:
         yield Api(client, storage, queue, events, alice, bob)
