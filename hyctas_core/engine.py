@@ -32,9 +32,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from hyctas_core.config import ModelConfig
 from hyctas_core.configbase import ConfigBase
+from hyctas_core.losses import LOSSES
 
 __all__ = [
-    "LOSSES",
     "EpochTrainer",
     "TrainingConfig",
     "read_checkpoint_file",
@@ -46,9 +46,6 @@ __all__ = [
 
 P = TypeVar("P")  # the progress report of one step
 C = TypeVar("C", bound="TrainingConfig")
-
-
-LOSSES: tuple[str, ...] = ("topk", "ohem", "ce")
 
 
 @dataclass(frozen=True)
@@ -89,6 +86,14 @@ class TrainingConfig(ConfigBase):
             raise ValueError(f"steps_per_epoch must be >= 1 or null, got {self.steps_per_epoch}")
 
 
+def _torch_load(path: Path, device: torch.device | str) -> Any:
+    """``torch.load`` of a checkpoint; any unpickling failure is a ValueError naming the file."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # any unpickling failure means "not a checkpoint"
+        raise ValueError(f"{path}: cannot be read as a checkpoint ({type(e).__name__})") from None
+
+
 def read_checkpoint_file(path: Path, fmt: str, what: str, device: torch.device | str = "cpu") -> dict[str, Any]:
     """A checkpoint dict of format ``fmt``, loaded on ``device``.
 
@@ -99,10 +104,7 @@ def read_checkpoint_file(path: Path, fmt: str, what: str, device: torch.device |
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} checkpoint {str(path)!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # any unpickling failure means "not a checkpoint"
-        raise ValueError(f"{path}: cannot be read as a checkpoint ({type(e).__name__})") from None
+    ckpt = _torch_load(path, device)
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
         raise ValueError(f"{path}: not a HyCTAS {what} checkpoint")
     return ckpt
@@ -261,10 +263,7 @@ class EpochTrainer(abc.ABC, Generic[C, P]):
             ValueError: not a checkpoint of this kind of run, or one of another config.
         """
         path = Path(path)
-        try:
-            ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as exc:  # any unpickling failure means "not a checkpoint"
-            raise ValueError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__})") from None
+        ckpt = _torch_load(path, self.device)
         if not isinstance(ckpt, dict):
             raise ValueError(f"{path}: not a {self.checkpoint_format} checkpoint")
         self.check_checkpoint(ckpt, path)

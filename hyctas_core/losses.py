@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["OhemCrossEntropy", "TopKCrossEntropy", "build_loss"]
+__all__ = ["LOSSES", "OhemCrossEntropy", "TopKCrossEntropy", "build_loss"]
 
 
 class TopKCrossEntropy(nn.Module):
@@ -60,6 +60,10 @@ class OhemCrossEntropy(nn.Module):
         return pixel[valid][keep].mean()
 
 
+# The losses build_loss knows (training configs check their ``loss`` against this).
+LOSSES: tuple[str, ...] = ("topk", "ohem", "ce")
+
+
 def build_loss(name: str, *, ignore_index: int = 255, top_k: float = 0.2, ohem_thresh: float = 0.7) -> nn.Module:
     """``"topk"``, ``"ohem"`` or ``"ce"`` (plain cross-entropy)."""
     if name == "topk":
@@ -68,4 +72,4 @@ def build_loss(name: str, *, ignore_index: int = 255, top_k: float = 0.2, ohem_t
         return OhemCrossEntropy(ohem_thresh, ignore_index=ignore_index)
     if name == "ce":
         return nn.CrossEntropyLoss(ignore_index=ignore_index)
-    raise ValueError(f"unknown loss {name!r}; choose topk, ohem or ce")
+    raise ValueError(f"unknown loss {name!r}; choose {', '.join(LOSSES)}")

@@ -12,6 +12,7 @@ from sqlalchemy.exc import (
 from hyctas_core.storage import (
     DuplicateName,
     IllegalTransition,
+    utcnow,
 )
 from services.storage.base import (
     MODEL_TRANSITIONS,
@@ -29,11 +30,11 @@ from services.storage.models import (
     ModelRow,
 )
 from services.storage.sql.core import SQLCore
-from services.storage.sql.records import _now, api_key_record, deployment_record, model_record
+from services.storage.sql.records import api_key_record, deployment_record, model_record
 
 
 class CatalogTables(SQLCore):
-    """Models, deployments and API keys.."""
+    """Models, deployments and API keys."""
 
     def create_model(
         self,
@@ -49,7 +50,7 @@ class CatalogTables(SQLCore):
         with self._session_scope(write=True) as session:
             if job_id is not None and session.get(JobRow, job_id) is None:
                 raise KeyError(f"unknown job id {job_id}")
-            now = _now()
+            now = utcnow()
             row = ModelRow(
                 owner=owner,
                 job_id=job_id,
@@ -76,9 +77,7 @@ class CatalogTables(SQLCore):
         self, *, owner: str | None = None, job_id: int | None = None, offset: int = 0, limit: int = 100
     ) -> tuple[list[ModelRecord], int]:
         check_page(offset, limit)
-        conditions = []
-        if owner is not None:
-            conditions.append(ModelRow.owner == owner)
+        conditions = self._filters(ModelRow, JobState, owner, None)
         if job_id is not None:
             conditions.append(ModelRow.job_id == job_id)
         return self._page(ModelRow, conditions, offset, limit, model_record)
@@ -107,7 +106,7 @@ class CatalogTables(SQLCore):
                 row.checkpoint_uri = checkpoint_uri
             if error is not None:
                 row.error = error
-            row.updated_at = _now()
+            row.updated_at = utcnow()
 
     def create_deployment(
         self, name: str, model_id: int, options: dict[str, Any], *, owner: str | None = None, public: bool = False
@@ -118,7 +117,7 @@ class CatalogTables(SQLCore):
             live = select(DeploymentRow.id).where(DeploymentRow.name == name, DeploymentRow.state != "deleted")
             if session.scalar(live) is not None:
                 raise DuplicateName(f"a deployment named {name!r} exists")
-            now = _now()
+            now = utcnow()
             row = DeploymentRow(
                 owner=owner, name=name, model_id=model_id, options=options, state="deploying", public=public,
                 error=None, created_at=now, updated_at=now,
@@ -179,11 +178,11 @@ class CatalogTables(SQLCore):
                 row.public = public
             if error is not None:
                 row.error = error or None
-            row.updated_at = _now()
+            row.updated_at = utcnow()
 
     def create_api_key(self, user: str, key_hash: str, *, name: str = "", prefix: str = "") -> int:
         with self._session_scope(write=True) as session:
-            row = ApiKeyRow(user=user, key_hash=key_hash, name=name, prefix=prefix, created_at=_now())
+            row = ApiKeyRow(user=user, key_hash=key_hash, name=name, prefix=prefix, created_at=utcnow())
             session.add(row)
             try:
                 session.flush()
@@ -208,4 +207,4 @@ class CatalogTables(SQLCore):
             if row is None:
                 raise KeyError(f"unknown API key id {key_id}")
             if row.revoked_at is None:
-                row.revoked_at = _now()
+                row.revoked_at = utcnow()

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from hyctas_core.storage import (
     IllegalTransition,
+    utcnow,
 )
 from services.storage.base import (
     JOB_TRANSITIONS,
@@ -20,7 +21,7 @@ from services.storage.models import (
     JobRow,
 )
 from services.storage.sql.core import SQLCore
-from services.storage.sql.records import _now, job_record
+from services.storage.sql.records import job_record
 
 
 class JobTables(SQLCore):
@@ -35,7 +36,7 @@ class JobTables(SQLCore):
         self, kind: str, payload: dict[str, Any], *, owner: str | None = None, stream: str | None = None
     ) -> int:
         with self._session_scope(write=True) as session:
-            now = _now()
+            now = utcnow()
             row = JobRow(
                 kind=kind,
                 owner=owner,
@@ -76,7 +77,7 @@ class JobTables(SQLCore):
     def start_job(self, job_id: int, worker: str, *, stale_after_s: float | None = None) -> JobRecord:
         with self._session_scope(write=True) as session:
             row = self._locked_job(session, job_id)
-            now = _now()
+            now = utcnow()
             stale = (
                 stale_after_s is not None
                 and row.state == JobState.RUNNING.value
@@ -95,7 +96,7 @@ class JobTables(SQLCore):
     def heartbeat_job(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None) -> None:
         with self._session_scope(write=True) as session:
             row = self._locked_running_job(session, job_id, worker)
-            now = _now()
+            now = utcnow()
             if progress is not None:
                 row.progress = progress
             row.heartbeat_at = now
@@ -107,7 +108,7 @@ class JobTables(SQLCore):
             row.state = JobState.QUEUED.value
             row.worker = None
             row.heartbeat_at = None
-            row.updated_at = _now()
+            row.updated_at = utcnow()
 
     def record_job_failure(self, job_id: int, worker: str, *, progress: dict[str, Any] | None = None) -> JobRecord:
         with self._session_scope(write=True) as session:
@@ -115,7 +116,7 @@ class JobTables(SQLCore):
             row.failures += 1
             if progress is not None:
                 row.progress = progress
-            row.updated_at = _now()
+            row.updated_at = utcnow()
             session.flush()
             return job_record(row)
 
@@ -131,11 +132,11 @@ class JobTables(SQLCore):
             row.state = state.value
             row.result = result
             row.error = error
-            row.updated_at = _now()
+            row.updated_at = utcnow()
 
     def requeue_stale_jobs(self, older_than_s: float) -> list[int]:
         with self._session_scope(write=True) as session:
-            now = _now()
+            now = utcnow()
             cutoff = now - timedelta(seconds=older_than_s)
             rows = session.scalars(
                 select(JobRow)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import and_
@@ -37,10 +36,6 @@ T = TypeVar("T")
 
 
 _IN_CHUNK = 500  # bound on bind parameters per IN (...) clause
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
