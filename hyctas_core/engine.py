@@ -12,6 +12,13 @@ epoch and whatever state the subclass draws from, so a run stopped and resumed e
 bit-identical weights on CPU. ``last.pt`` is written atomically every ``checkpoint_every``
 steps, at each epoch end and when stopping early; log lines written after it are dropped on
 resume (they will be written again).
+
+Data parallel: when a ``torch.distributed`` process group is initialised (Ray Train's
+``TorchTrainer`` does it; see :mod:`hyctas_core.parallel`) every rank runs this same loop on its
+slice of each global batch, gradients are averaged over the ranks before the optimiser step,
+and BatchNorm layers use the global batch's statistics, so N ranks train like one process with
+the configured ``batch_size``. Rank 0 alone writes ``last.pt`` and the log; each rank's RNG
+state goes into the checkpoint, so that resume stays exact.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from hyctas_core.config import ModelConfig
 from hyctas_core.configbase import ConfigBase
 from hyctas_core.losses import LOSSES
+from hyctas_core.parallel import DataParallel, convert_sync_batchnorm
 
 __all__ = [
     "EpochTrainer",
@@ -46,6 +54,7 @@ __all__ = [
 
 P = TypeVar("P")  # the progress report of one step
 C = TypeVar("C", bound="TrainingConfig")
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 @dataclass(frozen=True)
@@ -144,13 +153,19 @@ def epoch_batches(
     steps: int,
     batch_size: int,
     num_workers: int = 0,
+    parallel: DataParallel | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Batches ``first_step .. steps - 1`` of ``epoch`` (calls ``dataset.set_epoch`` if it has one)."""
+    """Batches ``first_step .. steps - 1`` of ``epoch`` (calls ``dataset.set_epoch`` if it has one).
+
+    With ``parallel``, this rank's slice of each global batch of ``batch_size``.
+    """
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
     order = epoch_order(len(dataset), seed, epoch)  # type: ignore[arg-type]
-    indices = order[first_step * batch_size : steps * batch_size].tolist()
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=indices, drop_last=True, num_workers=num_workers)
+    parallel = parallel or DataParallel()
+    indices = parallel.shard(order.tolist(), first_step, steps, batch_size)
+    local = parallel.local_batch(batch_size)
+    loader = DataLoader(dataset, batch_size=local, sampler=indices, drop_last=True, num_workers=num_workers)
     yield from loader
 
 
@@ -163,21 +178,35 @@ class EpochTrainer(abc.ABC, Generic[C, P]):
             ``set_epoch(e)`` is called if present.
         run_dir: ``last.pt`` and ``train_log.jsonl`` go here (and whatever the subclass writes).
         device: ``"cpu"`` or a CUDA device.
+        parallel: this process's rank in a data-parallel run; by default the initialised
+            process group's, or a single process.
     """
 
     checkpoint_format: ClassVar[str]
     config_type: ClassVar[type[ConfigBase]]
 
-    def __init__(self, cfg: C, train_set: Dataset[dict[str, Any]], run_dir: Path, *, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        cfg: C,
+        train_set: Dataset[dict[str, Any]],
+        run_dir: Path,
+        *,
+        device: str = "cpu",
+        parallel: DataParallel | None = None,
+    ) -> None:
         self.cfg = cfg
         self.train_set = train_set
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
+        self.parallel = parallel if parallel is not None else DataParallel.from_process_group()
+        self.parallel.local_batch(cfg.batch_size)  # raises unless the batch splits over the ranks
         self.steps_per_epoch = steps_per_epoch(train_set, cfg.batch_size, cfg.steps_per_epoch)  # type: ignore[arg-type]
         self.epoch = 0
         self.step_in_epoch = 0
         self.step = 0
         self._log_lines = 0
+        # Called on every rank after each checkpoint, with the path rank 0 wrote (None elsewhere).
+        self.checkpoint_callbacks: list[Callable[[Path | None], None]] = []
 
     @property
     def total_steps(self) -> int:
@@ -236,24 +265,60 @@ class EpochTrainer(abc.ABC, Generic[C, P]):
         """What :meth:`fit`'s summary adds to the engine's own keys."""
         return {}
 
+    def rank_state(self) -> dict[str, Any]:
+        """What differs between the ranks of a data-parallel run (RNG states); each rank's is kept."""
+        return {"torch_rng": torch.get_rng_state()}
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch_rng"])
+
+    # -- data parallel --------------------------------------------------------------------
+    def prepare_model(self, model: M) -> M:
+        """Make ``model`` ready for this run's ranks: BatchNorm over the global batch and rank 0's
+        weights on every rank (nothing changes in a single process)."""
+        if self.parallel.active:
+            convert_sync_batchnorm(model)
+            self.parallel.broadcast_module(model)
+        return model
+
+    def loss_weight(self, labels: torch.Tensor) -> float:
+        """Scale this rank's mean loss by its share of the global batch's labelled pixels."""
+        return self.parallel.loss_weight(labels)
+
+    def sync_gradients(self, parameters: Any, loss: float) -> float:
+        """Average the gradients over the ranks (after backward, before clipping); the global loss."""
+        return self.parallel.all_reduce_grads(parameters, loss, self.step)
+
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The checkpoint (on every rank: gathering the ranks' states is collective)."""
+        ranks = self.parallel.gather(self.rank_state())
         return {
             "format": self.checkpoint_format,
             "config": self.cfg.to_dict(),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "step": self.step,
-            "torch_rng": torch.get_rng_state(),
             "log_lines": self._log_lines,
+            **ranks[0],
+            "rank_states": ranks if self.parallel.active else None,
             **self.run_state(),
         }
 
     def save(self) -> Path:
-        """Write ``last.pt`` atomically (a crash mid-write leaves the previous one intact)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        """Write ``last.pt`` atomically (a crash mid-write leaves the previous one intact).
+
+        In a data-parallel run every rank calls it and rank 0 writes; then the
+        :attr:`checkpoint_callbacks` run on every rank.
+        """
         path = self.run_dir / "last.pt"
-        atomic_save(self.state_dict(), path)
+        state = self.state_dict()
+        if self.parallel.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_save(state, path)
+        self.parallel.barrier()
+        for callback in self.checkpoint_callbacks:
+            callback(path if self.parallel.is_main else None)
         return path
 
     def load(self, path: Path) -> None:
@@ -268,7 +333,9 @@ class EpochTrainer(abc.ABC, Generic[C, P]):
             raise ValueError(f"{path}: not a {self.checkpoint_format} checkpoint")
         self.check_checkpoint(ckpt, path)
         self.load_run_state(ckpt, path)
-        torch.set_rng_state(ckpt["torch_rng"])
+        ranks = ckpt.get("rank_states") or []
+        same_ranks = len(ranks) == self.parallel.world_size
+        self.load_rank_state(ranks[self.parallel.rank] if same_ranks else ckpt)
         self.epoch, self.step_in_epoch, self.step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["step"]
         lines = ckpt.get("log_lines")
         self._log_lines = int(lines) if lines is not None else self._lines_up_to_step()
@@ -288,7 +355,7 @@ class EpochTrainer(abc.ABC, Generic[C, P]):
         return epoch_order(len(self.train_set), self.cfg.seed, epoch)  # type: ignore[arg-type]
 
     def batches(self) -> Iterator[dict[str, Any]]:
-        """The rest of the current epoch's batches."""
+        """The rest of the current epoch's batches (this rank's slice of each, in a parallel run)."""
         return epoch_batches(
             self.train_set,
             seed=self.cfg.seed,
@@ -297,15 +364,25 @@ class EpochTrainer(abc.ABC, Generic[C, P]):
             steps=self.steps_per_epoch,
             batch_size=self.cfg.batch_size,
             num_workers=self.cfg.num_workers,
+            parallel=self.parallel,
         )
 
-    def fit(self, *, max_steps: int | None = None, progress: Callable[[P], None] | None = None) -> dict[str, Any]:
+    def fit(
+        self,
+        *,
+        max_steps: int | None = None,
+        progress: Callable[[P], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
         """Train until the configured epochs are done (or ``max_steps`` global steps); a summary.
 
         Checkpoints every ``checkpoint_every`` steps, at each epoch end and when stopping.
+        ``stop`` is asked after every step (on every rank; the ranks stop together when any
+        says so): a true answer checkpoints and returns with ``stopped`` set.
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._truncate_log()  # a fresh run starts a fresh log; a resumed one is already cut
+        if self.parallel.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._truncate_log()  # a fresh run starts a fresh log; a resumed one is already cut
         t_start, images_seen = time.perf_counter(), 0
         info: P | None = None
         while not self.finished:
@@ -321,10 +398,12 @@ class EpochTrainer(abc.ABC, Generic[C, P]):
                     progress(info)
                 if self.step % self.cfg.log_every == 0:
                     self.log({"event": "step", **self.step_record(info)})
-                stop = max_steps is not None and self.step >= max_steps
-                if self.step % self.cfg.checkpoint_every == 0 or stop:
+                halt = max_steps is not None and self.step >= max_steps
+                if stop is not None:
+                    halt = self.parallel.any(halt or stop())
+                if self.step % self.cfg.checkpoint_every == 0 or halt:
                     self.save()
-                if stop:
+                if halt:
                     return self._summary(t_start, images_seen, stopped=True)
                 if self.step_in_epoch >= self.steps_per_epoch:
                     break
@@ -352,10 +431,12 @@ class EpochTrainer(abc.ABC, Generic[C, P]):
         return self.run_dir / "train_log.jsonl"
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one JSON line (with the wall time) to ``train_log.jsonl``."""
+        """Append one JSON line (with the wall time) to ``train_log.jsonl`` (rank 0 only)."""
+        self._log_lines += 1
+        if not self.parallel.is_main:
+            return
         with self.log_path.open("a") as f:
             f.write(json.dumps({"time": time.time(), **record}) + "\n")
-        self._log_lines += 1
 
     def _lines_up_to_step(self) -> int:
         """For checkpoints that predate ``log_lines``: the lines logged at or before this step."""
@@ -366,7 +447,7 @@ class EpochTrainer(abc.ABC, Generic[C, P]):
 
     def _truncate_log(self) -> None:
         """Keep the log lines the current state has written (later ones will be redone)."""
-        if not self.log_path.exists():
+        if not self.parallel.is_main or not self.log_path.exists():
             return
         lines = self.log_path.read_text().splitlines(keepends=True)
         if len(lines) != self._log_lines:

@@ -53,6 +53,7 @@ from hyctas_core.panoptic import (
     PanopticTargetDataset,
     evaluate_panoptic,
 )
+from hyctas_core.parallel import DataParallel
 from hyctas_core.search_space import Arch, ArchError
 
 __all__ = [
@@ -200,6 +201,7 @@ class Retrainer(EpochTrainer[RetrainConfig, RetrainProgress]):
         run_dir: Path,
         *,
         device: str = "cpu",
+        parallel: DataParallel | None = None,
     ) -> None:
         self.arch = arch.canonical()
         self.panoptic = cfg.task == "panoptic"
@@ -211,12 +213,15 @@ class Retrainer(EpochTrainer[RetrainConfig, RetrainProgress]):
                     )
             if not isinstance(train_set, PanopticTargetDataset):
                 train_set = PanopticTargetDataset(train_set, cfg.panoptic)
-        super().__init__(cfg, train_set, run_dir, device=device)
+        super().__init__(cfg, train_set, run_dir, device=device, parallel=parallel)
         self.val_set = val_set
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left alone
             torch.manual_seed(cfg.seed)
-            self.model = HyCTASNet(self.arch, cfg.model, aux=cfg.aux_weight > 0, panoptic=self.panoptic).to(self.device)
-        drop_seed = int(np.random.default_rng([cfg.seed, 6]).integers(2**62))
+            model = HyCTASNet(self.arch, cfg.model, aux=cfg.aux_weight > 0, panoptic=self.panoptic).to(self.device)
+        self.model = self.prepare_model(model)
+        # Drop path draws per sample: each rank of a parallel run draws for its own samples.
+        rank_stream = [6] if not self.parallel.active else [6, self.parallel.rank]
+        drop_seed = int(np.random.default_rng([cfg.seed, *rank_stream]).integers(2**62))
         self.drop_rng = torch.Generator().manual_seed(drop_seed)
         self.model.set_drop_path(0.0, generator=self.drop_rng)
         self.optimizer = torch.optim.SGD(
@@ -263,17 +268,25 @@ class Retrainer(EpochTrainer[RetrainConfig, RetrainProgress]):
             "arch": self.arch.to_official(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "drop_rng": self.drop_rng.get_state(),
             "best_miou": self.best_miou,
             "last_miou": self.last_miou,
             "best_pq": self.best_pq,
             "last_pq": self.last_pq,
         }
 
+    def rank_state(self) -> dict[str, Any]:
+        return {**super().rank_state(), "drop_rng": self.drop_rng.get_state()}
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        super().load_rank_state(state)
+        self.drop_rng.set_state(state["drop_rng"])
+
     def _save_best(self, miou: float | None, pq: float | None = None) -> Path:
+        """Write ``best.pt`` (rank 0; every rank validates the same weights and agrees on the best)."""
         path = self.run_dir / "best.pt"
         extra: dict[str, Any] = {"miou": miou} if pq is None else {"miou": miou, "pq": pq}
-        atomic_save({**self._header("best"), **extra}, path)
+        if self.parallel.is_main:
+            atomic_save({**self._header("best"), **extra}, path)
         return path
 
     def check_checkpoint(self, ckpt: dict[str, Any], path: Path) -> None:
@@ -286,7 +299,6 @@ class Retrainer(EpochTrainer[RetrainConfig, RetrainProgress]):
     def load_run_state(self, ckpt: dict[str, Any], path: Path) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.drop_rng.set_state(ckpt["drop_rng"])
         self.best_miou, self.last_miou = ckpt["best_miou"], ckpt["last_miou"]
         self.best_pq, self.last_pq = ckpt.get("best_pq"), ckpt.get("last_pq")
 
@@ -299,6 +311,7 @@ class Retrainer(EpochTrainer[RetrainConfig, RetrainProgress]):
         self.model.train()
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
+        weight = self.loss_weight(labels)  # this rank's share of the global batch (1 alone)
         out = self.model(images)
         if self.panoptic_loss is not None:
             targets = {k: batch[k].to(self.device, non_blocking=True) for k in ("label", *TARGET_KEYS)}
@@ -312,12 +325,13 @@ class Retrainer(EpochTrainer[RetrainConfig, RetrainProgress]):
             if "aux" in out and self.cfg.aux_weight > 0:
                 loss = loss + self.cfg.aux_weight * self.criterion(out["aux"], labels)
         self.optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(loss)  # the same as loss.backward(), which torch leaves untyped
+        torch.autograd.backward(loss * weight)  # the same as loss.backward(), which torch leaves untyped
+        mean_loss = self.sync_gradients(self.model.parameters(), float(loss.detach()) * weight)
         clip = self.cfg.effective_grad_clip
         if clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.optimizer.step()
-        return float(loss.detach()), lr
+        return mean_loss, lr
 
     def validate(self) -> float | None:
         """mIoU (0-1) of the current weights on the validation subset; None without one."""

@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 
 from hyctas_core.engine import EpochTrainer, TrainingConfig, atomic_save, read_checkpoint_file
 from hyctas_core.losses import build_loss
+from hyctas_core.parallel import DataParallel
 from hyctas_core.search_space import BRANCH_PRIOR, Arch, sample_arch, sample_largest, sample_smallest
 from hyctas_core.supernet import Supernet
 
@@ -114,17 +115,26 @@ class SupernetTrainer(EpochTrainer[SupernetTrainConfig, TrainProgress]):
             255 = ignore), all of one size (random crops); ``set_epoch(e)`` is called if present.
         run_dir: checkpoints (``last.pt``, ``supernet.pt``) and ``train_log.jsonl`` go here.
         device: ``"cpu"`` or a CUDA device.
+        parallel: the rank in a data-parallel run (default: the process group's, if any). Every
+            rank draws the same sub-networks (``arch_rng`` is seeded alike) and trains them on
+            its slice of the batch; see :mod:`hyctas_core.parallel`.
     """
 
     checkpoint_format = CHECKPOINT_FORMAT
     config_type = SupernetTrainConfig
 
     def __init__(
-        self, cfg: SupernetTrainConfig, dataset: Dataset[dict[str, Any]], run_dir: Path, *, device: str = "cpu"
+        self,
+        cfg: SupernetTrainConfig,
+        dataset: Dataset[dict[str, Any]],
+        run_dir: Path,
+        *,
+        device: str = "cpu",
+        parallel: DataParallel | None = None,
     ) -> None:
-        super().__init__(cfg, dataset, run_dir, device=device)
+        super().__init__(cfg, dataset, run_dir, device=device, parallel=parallel)
         torch.manual_seed(cfg.seed)
-        self.supernet = Supernet(cfg.model).to(self.device)
+        self.supernet = self.prepare_model(Supernet(cfg.model).to(self.device))
         self.optimizer = torch.optim.SGD(
             self.supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
@@ -203,6 +213,7 @@ class SupernetTrainer(EpochTrainer[SupernetTrainConfig, TrainProgress]):
         self.supernet.train()
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
+        weight = self.loss_weight(labels)  # this rank's share of the global batch (1 alone)
         self.optimizer.zero_grad(set_to_none=True)
         teacher: torch.Tensor | None = None  # set by the step's first (largest) sub-network
         losses = []
@@ -215,8 +226,9 @@ class SupernetTrainer(EpochTrainer[SupernetTrainConfig, TrainProgress]):
                 loss = self._seg_loss(out, labels)
                 if arch is teacher_arch:  # the sandwich's largest teaches the rest of this step
                     teacher = out["out"].detach()
-            torch.autograd.backward(loss)  # loss.backward(), which torch leaves untyped
-            losses.append(float(loss.detach()))
+            torch.autograd.backward(loss * weight)  # loss.backward(), which torch leaves untyped
+            losses.append(float(loss.detach()) * weight)
+        mean_loss = self.sync_gradients(self.supernet.parameters(), sum(losses) / len(losses))
         if self.cfg.grad_clip:
             nn.utils.clip_grad_norm_(self.supernet.parameters(), self.cfg.grad_clip)
         factor = self.lr_factor()
@@ -226,7 +238,7 @@ class SupernetTrainer(EpochTrainer[SupernetTrainConfig, TrainProgress]):
         self.optimizer.step()
         for group, lr in zip(self.optimizer.param_groups, scheduled, strict=True):
             group["lr"] = lr  # ExponentialLR chains on the group's LR: give it back unscaled
-        return sum(losses) / len(losses), archs[-1].num_branches
+        return mean_loss, archs[-1].num_branches
 
     def progress_of(self, loss: float, extra: Any, images_per_s: float) -> TrainProgress:
         lr = float(self.scheduler.get_last_lr()[0])
@@ -238,6 +250,8 @@ class SupernetTrainer(EpochTrainer[SupernetTrainConfig, TrainProgress]):
         self.save()
 
     def finish(self) -> None:
+        if not self.parallel.is_main:
+            return
         final = {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "model": self.supernet.state_dict()}
         atomic_save({**final, "step": self.step}, self.run_dir / "supernet.pt")
 
