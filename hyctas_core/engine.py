@@ -46,7 +46,9 @@ __all__ = [
     "EpochTrainer",
     "TrainingConfig",
     "read_checkpoint_file",
+    "read_checkpoint_step",
     "atomic_save",
+    "atomic_write_text",
     "epoch_batches",
     "epoch_order",
     "steps_per_epoch",
@@ -117,6 +119,25 @@ def read_checkpoint_file(path: Path, fmt: str, what: str, device: torch.device |
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
         raise ValueError(f"{path}: not a HyCTAS {what} checkpoint")
     return ckpt
+
+
+def read_checkpoint_step(path: Path) -> int:
+    """The global step a ``last.pt`` (of any run kind) was written at.
+
+    Raises:
+        ValueError: the file is not a checkpoint.
+    """
+    ckpt = _torch_load(Path(path), "cpu")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("step"), int):
+        raise ValueError(f"{path}: not a HyCTAS training checkpoint")
+    return int(ckpt["step"])
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file through a temporary file and a rename (readers never see half of it)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def atomic_save(obj: Any, path: Path) -> None:

@@ -196,7 +196,7 @@ class SyncBatchNorm2d(SlimBatchNorm2d):
         n = torch.full((1,), float(n_local), dtype=torch.float64, device=x.device)
         ml = mean_local.double()
         stats = torch.cat([n, n * ml, m2_local.double() + n * ml * ml])
-        stats = _AllReduceSum.apply(stats)
+        stats = _AllReduceSum.apply(stats)  # type: ignore[no-untyped-call]
         total = stats[0]
         mean = stats[1 : 1 + c] / total
         var = (stats[1 + c :] / total - mean * mean).clamp_min(0)
