@@ -80,3 +80,4 @@ class Settings(BaseSettings):
         5_000, gt=0, description="a synthetic dataset to render: (train + val) x pixels, in MP"
     )
     max_active_jobs_per_user: int = Field(20, ge=1, description="queued plus running jobs of one user")
+    max_train_workers: int = Field(8, ge=1, le=64, description="data-parallel workers of one training run")

@@ -10,7 +10,8 @@ The defaults fit one GPU node for about a day:
   and evaluations x (calibration + validation images) x image pixels, ``max_search_megapixels``;
 - a synthetic dataset: (train + val) x pixels, ``max_dataset_megapixels``, since it is rendered
   on first use;
-- a user: queued plus running jobs, ``max_active_jobs_per_user``.
+- a user: queued plus running jobs, ``max_active_jobs_per_user``;
+- data-parallel training: workers of one run, ``max_train_workers``.
 
 A dataset given by path is assumed to hold the Cityscapes train split (2975 images of 1024x2048)
 unless ``steps_per_epoch`` bounds the epoch.
@@ -67,9 +68,12 @@ def check_dataset(dataset: dict[str, Any] | None, limits: Any) -> None:
 
 def check_training(
     *, epochs: int, batch_size: int, crop_size: tuple[int, int], steps_per_epoch: int | None,
-    dataset: dict[str, Any] | None, limits: Any, models: int = 1,
+    dataset: dict[str, Any] | None, limits: Any, models: int = 1, workers: int = 1,
 ) -> None:  # fmt: skip
-    """Steps x batch x crop pixels (x models) within ``max_train_megapixels``."""
+    """Steps x batch x crop pixels (x models) within ``max_train_megapixels``; workers within
+    ``max_train_workers``."""
+    if workers > limits.max_train_workers:
+        raise LimitExceeded(f"workers: at most {limits.max_train_workers} (HYCTAS_MAX_TRAIN_WORKERS), got {workers}")
     images, _ = _images_and_size(dataset)
     steps = epochs * (steps_per_epoch or math.ceil(images / batch_size))
     megapixels = models * steps * batch_size * crop_size[0] * crop_size[1] / 1e6

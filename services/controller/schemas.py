@@ -109,7 +109,34 @@ class JobsPublic(BaseModel):
 
 
 # -- supernets -------------------------------------------------------------------------------
-class SupernetCreate(Strict):
+Resource = Annotated[float, Field(ge=0, le=1e6, strict=True)]
+
+
+class DataParallelFields(Strict):
+    """Data-parallel training on Ray Train (1 worker: the single-process fast path)."""
+
+    workers: int = Field(1, ge=1, le=64, description="data-parallel workers; batch_size must split evenly over them")
+    use_gpu: bool | None = Field(None, description="one GPU per worker; default: when the device resolves to cuda")
+    resources_per_worker: dict[Annotated[str, Field(min_length=1, max_length=100)], Resource] | None = Field(
+        None, max_length=16, description='Ray resources per worker, e.g. {"CPU": 4, "GPU": 1}; default 1 CPU (+1 GPU)'
+    )
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> DataParallelFields:
+        batch = getattr(self, "batch_size", None)
+        if batch is not None and batch % self.workers:
+            raise ValueError(f"batch_size {batch} does not split evenly over {self.workers} workers")
+        if self.use_gpu and getattr(self, "device", None) == "cpu":
+            raise ValueError("use_gpu contradicts device cpu")
+        return self
+
+    def parallel(self) -> dict[str, Any]:
+        """The job payload's ``parallel`` entry (``ParallelSpec`` of the worker)."""
+        use_gpu = self.use_gpu if self.use_gpu is not None else getattr(self, "device", "auto") == "cuda"
+        return {"workers": self.workers, "use_gpu": use_gpu, "resources_per_worker": self.resources_per_worker}
+
+
+class SupernetCreate(DataParallelFields):
     """A supernet-training job (the paper's recipe; sizes here for what the cluster can afford)."""
 
     name: Name
@@ -164,6 +191,12 @@ class SupernetPublic(Record):
     def checkpoint(self) -> str | None:
         value = (self.result or {}).get("checkpoint")
         return None if value is None else str(value)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def parallel(self) -> dict[str, Any]:
+        """Data-parallel workers (jobs from before the option existed: one)."""
+        return dict(self.payload.get("parallel") or {"workers": 1, "use_gpu": False, "resources_per_worker": None})
 
 
 class SupernetsPublic(BaseModel):
@@ -367,8 +400,9 @@ class ArchChoice(Strict):
         return self
 
 
-class ModelsCreate(Strict):
-    """Retrain chosen architectures from scratch: one Ray Tune trial each."""
+class ModelsCreate(DataParallelFields):
+    """Retrain chosen architectures from scratch: one Ray Tune trial each (with ``workers > 1``, one
+    data-parallel Ray Train run each, in turn)."""
 
     archs: list[ArchChoice] = Field(min_length=1, max_length=16)
     supernet_id: int | None = Field(None, ge=1, le=2**31 - 1, description="take the dataset and widths from it")

@@ -91,7 +91,7 @@ def submit_supernet(
     _within_limits(limits_.check_dataset, dataset=dataset_ref, limits=limits)
     _within_limits(
         limits_.check_training, epochs=req.epochs, batch_size=req.batch_size, crop_size=tuple(req.crop_size),
-        steps_per_epoch=req.steps_per_epoch, dataset=dataset_ref, limits=limits,
+        steps_per_epoch=req.steps_per_epoch, dataset=dataset_ref, limits=limits, workers=req.workers,
     )  # fmt: skip
     _within_limits(limits_.check_active_jobs, storage=storage, owner=owner, limits=limits)
     try:
@@ -116,6 +116,7 @@ def submit_supernet(
         "dataset": req.dataset.model_dump(mode="json"),
         "train": train.to_dict(),
         "device": _device(req.device),
+        "parallel": req.parallel(),
     }
     job_id = storage.create_job("train_supernet", payload, owner=owner, stream=queue.stream)
     _enqueue(storage, queue, job_id, "train_supernet")
@@ -295,6 +296,7 @@ def submit_models(
     _within_limits(
         limits_.check_training, epochs=req.epochs, batch_size=req.batch_size, crop_size=tuple(req.crop_size),
         steps_per_epoch=req.steps_per_epoch, dataset=dataset_ref, limits=limits, models=len(req.archs),
+        workers=req.workers,
     )  # fmt: skip
     _within_limits(limits_.check_active_jobs, storage=storage, owner=owner, limits=limits)
     model_cfg = dict(supernet.payload["train"]["model"]) if supernet is not None else {}
@@ -320,7 +322,15 @@ def submit_models(
     except (ValueError, TypeError) as exc:
         raise Invalid(str(exc).splitlines()[0]) from None
     dataset = req.dataset.model_dump(mode="json") if req.dataset else supernet.payload["dataset"]  # type: ignore[union-attr]
-    payload = {"dataset": dataset, "retrain": config.to_dict(), "asha": req.asha, "device": _device(req.device)}
+    if req.asha and req.workers > 1:
+        raise Invalid("asha runs the models as competing Ray Tune trials: use it with workers 1")
+    payload = {
+        "dataset": dataset,
+        "retrain": config.to_dict(),
+        "asha": req.asha,
+        "device": _device(req.device),
+        "parallel": req.parallel(),
+    }
     job_id = storage.create_job("retrain", payload, owner=owner, stream=queue.stream)
     model_ids = [
         storage.create_model(c.name, arch_json, arch_hash, owner=owner, job_id=job_id, source=source)

@@ -39,7 +39,15 @@ from typing import Any, Literal
 
 from hyctas_core.engine import EpochTrainer, atomic_write_text, read_checkpoint_step
 
-__all__ = ["ParallelSpec", "fit_data_parallel", "build_trainer", "STOP_FILE", "PROGRESS_FILE", "KILL_ONCE_ENV"]
+__all__ = [
+    "ParallelSpec",
+    "fit_data_parallel",
+    "build_trainer",
+    "retrain_datasets",
+    "STOP_FILE",
+    "PROGRESS_FILE",
+    "KILL_ONCE_ENV",
+]
 
 STOP_FILE = "STOP"
 PROGRESS_FILE = "progress.json"
@@ -104,13 +112,30 @@ class ParallelSpec:
 
 
 # -- worker side -----------------------------------------------------------------------------
-def build_trainer(kind: Kind, job: dict[str, Any], run_dir: Path, device: str) -> EpochTrainer[Any, Any]:
-    """The trainer of ``job`` (``config``, ``data_dir``; ``arch`` for retraining) on this rank."""
+def retrain_datasets(data_dir: Path, cfg: Any) -> tuple[Any, Any]:
+    """Training and validation sets of a retraining run (``hyctas retrain``'s transforms; instance
+    maps for a panoptic run).
+
+    Raises:
+        DatasetError: a split is missing or malformed.
+    """
     from hyctas_core.data.cityscapes import CityscapesDataset
     from hyctas_core.data.transforms import SegTransform
 
+    train_tf = SegTransform(crop_size=cfg.crop_size, scale_range=cfg.scale_range, base_size=cfg.base_size)
+    val_tf = SegTransform(crop_size=None, train=False, base_size=cfg.base_size)
+    instances = cfg.task == "panoptic"
+    train_set = CityscapesDataset(data_dir, "train", transform=train_tf, return_instances=instances, seed=cfg.seed)
+    val_set = CityscapesDataset(data_dir, "val", transform=val_tf, return_instances=instances, seed=cfg.seed)
+    return train_set, val_set
+
+
+def build_trainer(kind: Kind, job: dict[str, Any], run_dir: Path, device: str) -> EpochTrainer[Any, Any]:
+    """The trainer of ``job`` (``config``, ``data_dir``; ``arch`` for retraining) on this rank."""
     data_dir = Path(job["data_dir"])
     if kind == "supernet":
+        from hyctas_core.data.cityscapes import CityscapesDataset
+        from hyctas_core.data.transforms import SegTransform
         from hyctas_core.train import SupernetTrainConfig, SupernetTrainer
 
         cfg = SupernetTrainConfig.from_dict(job["config"])
@@ -121,14 +146,8 @@ def build_trainer(kind: Kind, job: dict[str, Any], run_dir: Path, device: str) -
     from hyctas_core.search_space import Arch
 
     rcfg = RetrainConfig.from_dict(job["config"])
-    train_tf = SegTransform(crop_size=rcfg.crop_size, scale_range=rcfg.scale_range, base_size=rcfg.base_size)
-    val_tf = SegTransform(crop_size=None, train=False, base_size=rcfg.base_size)
-    task_kwargs = {"return_instances": True} if rcfg.task == "panoptic" else {}
-    train_set = CityscapesDataset(data_dir, "train", transform=train_tf, seed=rcfg.seed, **task_kwargs)
-    has_val = (data_dir / "leftImg8bit" / "val").is_dir()
-    val_set = CityscapesDataset(data_dir, "val", transform=val_tf, seed=rcfg.seed, **task_kwargs) if has_val else None
-    arch = Arch.from_official(job["arch"])
-    return Retrainer(rcfg, arch, train_set, val_set, run_dir, device=device)
+    train_set, val_set = retrain_datasets(data_dir, rcfg)
+    return Retrainer(rcfg, Arch.from_official(job["arch"]), train_set, val_set, run_dir, device=device)
 
 
 def _step_of(path: Path) -> int:

@@ -26,6 +26,7 @@ from services.datasets import resolve_dataset
 from services.metrics import EVALUATION_SECONDS, EVALUATIONS, GENERATION_SECONDS
 from services.queue import QueueError
 from services.worker.context import Handler, JobContext, JobStopped
+from services.worker.data_parallel import ParallelSpec, fit_data_parallel
 from services.worker.ray_init import init_ray
 
 __all__ = [
@@ -97,12 +98,35 @@ class SupernetTrainerActor:
 
 
 def run_train_supernet(ctx: JobContext) -> dict[str, Any]:
-    """Train a supernet with the paper's sampling prior; resumable from ``last.pt``."""
+    """Train a supernet with the paper's sampling prior; resumable from ``last.pt``.
+
+    One worker (the default) trains in one Ray actor; ``parallel.workers > 1`` trains data-parallel
+    on Ray Train (:mod:`services.worker.data_parallel`) with the configured global batch.
+    """
     _ensure_ray(ctx)
     payload = ctx.job.payload
     data = _data_dir(ctx, payload["dataset"])
     run_dir = ctx.artifact_dir / "supernets" / f"job-{ctx.job.id}"
     device = pick_device(payload.get("device", "auto"))
+    spec = ParallelSpec.from_mapping(payload.get("parallel"))
+    t0 = time.perf_counter()
+    if spec.workers > 1:
+        step = _train_supernet_parallel(ctx, payload, data, run_dir, spec, device)
+    else:
+        step = _train_supernet_actor(ctx, payload, data, run_dir, device)
+    return {
+        "checkpoint": str(run_dir / "supernet.pt"),
+        "run_dir": str(run_dir),
+        "data_dir": str(data),
+        "steps": step,
+        "device": device,
+        "workers": spec.workers,
+        "train_s": time.perf_counter() - t0,
+    }
+
+
+def _train_supernet_actor(ctx: JobContext, payload: dict[str, Any], data: Path, run_dir: Path, device: str) -> int:
+    """The single-worker path: one actor trains in chunks of ``checkpoint_every`` steps; the last step."""
     chunk = int(payload["train"].get("checkpoint_every", 20))
     actor_cls: Any = SupernetTrainerActor
     actor = actor_cls.options(num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0).remote(
@@ -113,7 +137,6 @@ def run_train_supernet(ctx: JobContext) -> dict[str, Any]:
         if state["resumed"]:
             log.info("job %s: supernet training resumed at step %d", ctx.job.id, state["step"])
         ctx.report(force=True, phase="train_supernet", **state)
-        t0 = time.perf_counter()
         while True:
             ctx.check()
             ref = actor.train.remote(chunk)
@@ -126,17 +149,36 @@ def run_train_supernet(ctx: JobContext) -> dict[str, Any]:
             state = ray.get(ref)
             ctx.report(force=True, **{k: v for k, v in state.items() if k != "summary"})
             if state["finished"]:
-                break
+                return int(state["step"])
     finally:
         ray.kill(actor)
-    return {
-        "checkpoint": str(run_dir / "supernet.pt"),
-        "run_dir": str(run_dir),
-        "data_dir": str(data),
-        "steps": state["step"],
-        "device": device,
-        "train_s": time.perf_counter() - t0,
-    }
+
+
+def _train_supernet_parallel(
+    ctx: JobContext, payload: dict[str, Any], data: Path, run_dir: Path, spec: ParallelSpec, device: str
+) -> int:
+    """The data-parallel path: Ray Train workers; progress from rank 0; a cancel stops every rank."""
+    if device.startswith("cuda") and not spec.use_gpu:
+        spec = dataclasses.replace(spec, use_gpu=True)
+    ctx.report(force=True, phase="train_supernet", workers=spec.workers)
+    keys = ("step", "total_steps", "epoch", "loss", "lr", "images_per_s", "workers")
+
+    def progress(record: dict[str, Any]) -> None:
+        ctx.report(**{k: record[k] for k in keys if k in record})
+
+    summary = fit_data_parallel(
+        "supernet",
+        {"config": payload["train"], "data_dir": str(data)},
+        run_dir,
+        spec,
+        storage_path=ctx.artifact_dir / "ray_train",
+        on_progress=progress,
+        should_stop=ctx.should_stop,
+    )
+    if summary["stopped"]:
+        raise JobStopped(ctx.reason or "stopped")
+    ctx.report(force=True, step=summary["step"], finished=True, workers=spec.workers)
+    return int(summary["step"])
 
 
 # -- search --------------------------------------------------------------------------------------
@@ -337,6 +379,7 @@ def run_retrain(ctx: JobContext) -> dict[str, Any]:
             device=pick_device(payload.get("device", "auto")),
             should_stop=ctx.should_stop,
             on_progress=lambda p: ctx.report(models={**ctx.progress.get("models", {}), str(p.get("model_id")): p}),
+            parallel=ParallelSpec.from_mapping(payload.get("parallel")),
         )
     except RetrainCancelled:
         raise JobStopped(ctx.reason or "cancelled") from None

@@ -59,6 +59,7 @@ working directory, so every path handed to them is absolute. On a multi-node clu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -75,14 +76,13 @@ from ray.tune.schedulers import ASHAScheduler
 from torch import nn
 
 from hyctas_core.data.base import DatasetError
-from hyctas_core.data.cityscapes import CityscapesDataset
-from hyctas_core.data.transforms import SegTransform
 from hyctas_core.network import plan_network
 from hyctas_core.profile import count_macs, count_params, measure_latency
-from hyctas_core.retrain import RetrainConfig, Retrainer, RetrainProgress, read_checkpoint
+from hyctas_core.retrain import RetrainConfig, Retrainer, RetrainProgress, load_model, read_checkpoint
 from hyctas_core.search_space import Arch, ArchError
 from hyctas_core.storage import IllegalTransition
 from services.storage.base import JobState, ModelRecord, Storage
+from services.worker.data_parallel import ParallelSpec, fit_data_parallel, retrain_datasets
 from services.worker.ray_init import init_ray
 
 __all__ = ["FAIL_ONCE_ENV", "RetrainCancelled", "run_retrain_job"]
@@ -109,16 +109,6 @@ class RetrainCancelled(RuntimeError):
 
 
 # -- trial side (a Ray worker; no storage) -------------------------------------------------
-def _datasets(data_dir: Path, cfg: RetrainConfig) -> tuple[CityscapesDataset, CityscapesDataset]:
-    """Training and validation sets with the transforms ``hyctas retrain`` uses."""
-    train_tf = SegTransform(crop_size=cfg.crop_size, scale_range=cfg.scale_range, base_size=cfg.base_size)
-    val_tf = SegTransform(crop_size=None, train=False, base_size=cfg.base_size)
-    return (
-        CityscapesDataset(data_dir, "train", transform=train_tf, seed=cfg.seed),
-        CityscapesDataset(data_dir, "val", transform=val_tf, seed=cfg.seed),
-    )
-
-
 def _profile(model: nn.Module, input_size: tuple[int, int], device: str) -> dict[str, float]:
     """Params (M, without the auxiliary head), GMACs and batch-1 FPS of the network."""
     params = count_params(model)  # the inference network: without the auxiliary head
@@ -189,7 +179,7 @@ def _train_trial(config: dict[str, Any]) -> None:
     if device == "cpu":
         torch.set_num_threads(1)  # the trial holds one CPU
     run_dir = Path(config["run_root"]) / f"model-{model_id}"
-    train_set, val_set = _datasets(Path(config["data_dir"]), cfg)
+    train_set, val_set = retrain_datasets(Path(config["data_dir"]), cfg)
     arch = Arch.from_official(config["archs"][str(model_id)])
     trainer = Retrainer(cfg, arch, train_set, val_set, run_dir, device=device)
     restored_from = _restore(trainer, tune.get_checkpoint())
@@ -379,7 +369,7 @@ def _data_error(data_dir: Path, cfg: RetrainConfig) -> str | None:
     if not data_dir.is_dir():
         return f"data directory {str(data_dir)!r} does not exist"
     try:
-        train_set, _ = _datasets(data_dir, cfg)
+        train_set, _ = retrain_datasets(data_dir, cfg)
     except DatasetError as e:
         return str(e).splitlines()[0]
     if cfg.model.num_classes != train_set.num_classes:
@@ -432,6 +422,76 @@ def _cancel(storage: Storage, job_id: int, model_ids: list[int], run_root: Path)
     return RetrainCancelled(f"retrain job {job_id} cancelled; model(s) {left} set CANCELLED", _summary(storage, job_id))
 
 
+class _Stopped(Exception):
+    """``should_stop()`` turned true during a data-parallel run."""
+
+
+def _retrain_data_parallel(
+    storage: Storage,
+    model: ModelRecord,
+    data_dir: Path,
+    run_root: Path,
+    config: RetrainConfig,
+    spec: ParallelSpec,
+    should_stop: Callable[[], bool] | None,
+    on_progress: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Retrain one model on ``spec.workers`` Ray Train workers; the storage follows each validated epoch."""
+    run_dir = run_root / f"model-{model.id}"
+    storage.update_model(model.id, state=JobState.RUNNING)
+    seen_epoch = -1
+
+    def emit(state: JobState, metrics: dict[str, Any], **extra: Any) -> None:
+        if on_progress is not None:
+            event = {k: _finite(metrics.get(k)) for k in _RESULT_KEYS}
+            on_progress({**event, "model_id": model.id, "state": state.value, "epochs": config.epochs, **extra})
+
+    def progress(record: dict[str, Any]) -> None:
+        nonlocal seen_epoch
+        if record.get("epoch", -1) == seen_epoch:
+            return
+        seen_epoch = record["epoch"]
+        metrics = {k: _finite(record.get(k)) for k in ("epoch", "step", "miou", "best_miou")}
+        storage.update_model(model.id, metrics={**metrics, "workers": spec.workers})
+        emit(JobState.RUNNING, metrics, workers=spec.workers)
+
+    try:
+        summary = fit_data_parallel(
+            "retrain",
+            {"config": config.to_dict(), "data_dir": str(data_dir), "arch": model.arch},
+            run_dir,
+            spec,
+            storage_path=run_root / "ray_train",
+            on_progress=progress,
+            should_stop=should_stop,
+        )
+    except RuntimeError as e:
+        error = str(e).splitlines()[0]
+        storage.update_model(model.id, state=JobState.FAILED, error=error)
+        log.warning("retrain: model %d failed: %s", model.id, error)
+        emit(JobState.FAILED, {}, error=error)
+        return
+    if summary["stopped"]:
+        raise _Stopped
+    best = run_dir / "best.pt"
+    checkpoint = best if best.exists() else run_dir / "last.pt"
+    net, _, _ = load_model(checkpoint)
+    metrics = {
+        "epoch": summary["epoch"],
+        "step": summary["step"],
+        "miou": summary.get("last_miou"),
+        "best_miou": summary.get("best_miou"),
+        **_profile(net.eval(), config.crop_size, "cpu"),
+        "early_stopped": False,
+        "retries": 0,
+        "workers": spec.workers,
+    }
+    uri = checkpoint.as_uri()
+    storage.update_model(model.id, state=JobState.SUCCEEDED, metrics=metrics, checkpoint_uri=uri)
+    log.info("retrain: model %d done on %d workers (%s)", model.id, spec.workers, uri)
+    emit(JobState.SUCCEEDED, metrics, checkpoint_uri=uri, workers=spec.workers)
+
+
 def run_retrain_job(
     storage: Storage,
     job_id: int,
@@ -444,8 +504,10 @@ def run_retrain_job(
     device: str = "cpu",
     should_stop: Callable[[], bool] | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    parallel: ParallelSpec | None = None,
 ) -> dict[str, Any]:
-    """Retrain every model of job ``job_id`` that is not finished yet, one Ray Tune trial each.
+    """Retrain every model of job ``job_id`` that is not finished yet, one Ray Tune trial each
+    (with ``parallel.workers > 1``: one data-parallel Ray Train run each, in turn).
 
     Finished models (SUCCEEDED, and FAILED / CANCELLED ones, which the storage's state machine
     keeps final) are skipped; QUEUED and RUNNING ones (left by a crashed worker) are trained,
@@ -467,6 +529,9 @@ def run_retrain_job(
         on_progress: called in the driver after every trial result, completion and final
             failure with ``{"model_id", "state", "epoch", "epochs", "step", "miou",
             "best_miou", "params_m", "gmacs", "fps", "retries", ...}`` (``miou`` 0-1 or None).
+        parallel: data-parallel workers per model (:mod:`services.worker.data_parallel`); with
+            more than one, the models train one after another, each on all the workers, and
+            ``asha`` is not available (the trials no longer compete).
 
     Returns:
         ``{"models": {model_id: {**metrics, "state": "succeeded" | ...}}, "best_model_id": id}``
@@ -505,6 +570,19 @@ def run_retrain_job(
         if started_ray:
             ray.shutdown()
         raise ValueError(f"retrain job {job_id}: device {device!r} asked, but the Ray cluster has no GPU")
+    if parallel is not None and parallel.workers > 1:
+        if asha:
+            raise ValueError(f"retrain job {job_id}: asha needs one worker per model (Tune trials)")
+        spec = dataclasses.replace(parallel, use_gpu=parallel.use_gpu or use_gpu)
+        try:
+            for m in runnable:
+                _retrain_data_parallel(storage, m, data_dir, run_root, config, spec, should_stop, on_progress)
+        except _Stopped:
+            raise _cancel(storage, job_id, todo_ids, run_root) from None
+        finally:
+            if started_ray:
+                ray.shutdown()
+        return _summary(storage, job_id)
     stopper = _CancelStopper(should_stop)
     callback = _StorageCallback(storage, run_root, config.epochs, on_progress, stopper)
     param_space = {

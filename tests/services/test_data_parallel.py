@@ -13,17 +13,29 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 ray = pytest.importorskip("ray")
 
 from hyctas_core.config import ModelConfig  # noqa: E402
+from hyctas_core.retrain import RetrainConfig, Retrainer  # noqa: E402
+from hyctas_core.search_space import sample_arch  # noqa: E402
 from hyctas_core.train import SupernetTrainConfig  # noqa: E402
-from services.worker.data_parallel import KILL_ONCE_ENV, ParallelSpec, build_trainer, fit_data_parallel  # noqa: E402
+from services.storage.base import JobState  # noqa: E402
+from services.worker.data_parallel import (  # noqa: E402
+    KILL_ONCE_ENV,
+    ParallelSpec,
+    build_trainer,
+    fit_data_parallel,
+    retrain_datasets,
+)
+from services.worker.retrain_tune import run_retrain_job  # noqa: E402
 from tests.fixtures import write_cityscapes  # noqa: E402
+from tests.services.sqlite import sqlite_storage  # noqa: E402
 
-pytestmark = pytest.mark.slow  # a Ray session and four Ray Train runs: about a minute
+pytestmark = pytest.mark.slow  # a Ray session and six Ray Train runs: about two minutes
 
 CFG = SupernetTrainConfig(
     model=ModelConfig(base_channels=4, num_layers=4, num_classes=19),
@@ -116,3 +128,38 @@ def test_bad_parallel_specs_are_refused() -> None:
         ParallelSpec.from_mapping({"workers": 2, "gpus": 1})
     with pytest.raises(ValueError, match="resources_per_worker"):
         ParallelSpec(workers=2, resources_per_worker={"CPU": -1})
+
+
+def test_a_retrain_job_trains_each_model_on_all_workers(ray_session: None, job: dict[str, Any], tmp_path: Path) -> None:
+    cfg = RetrainConfig(
+        model=ModelConfig(base_channels=4, num_layers=4, num_classes=19),
+        epochs=2,
+        batch_size=4,
+        crop_size=(32, 64),
+        loss="ce",
+        checkpoint_every=2,
+    )
+    arch = sample_arch(np.random.default_rng(0), 4, num_branches=2)
+    storage = sqlite_storage()
+    job_id = storage.create_job("retrain", {})
+    model_id = storage.create_model("m", arch.to_official(), arch.hash, job_id=job_id)
+    events: list[dict[str, Any]] = []
+    data = Path(job["data_dir"])
+    summary = run_retrain_job(
+        storage, job_id, data_dir=data, run_root=tmp_path / "runs", config=cfg, on_progress=events.append, parallel=TWO
+    )
+    model = storage.get_model(model_id)
+    assert model.state == JobState.SUCCEEDED and summary["best_model_id"] == model_id
+    assert model.metrics["workers"] == 2 and model.metrics["epoch"] == 2 and model.metrics["fps"] > 0
+    assert model.checkpoint_uri is not None and model.checkpoint_uri.endswith("/best.pt")
+    assert [e["state"] for e in events][-1] == "succeeded" and any(e["state"] == "running" for e in events)
+    # The same as one process with the whole batch: the validation mIoU agrees.
+    torch.set_num_threads(1)
+    single = Retrainer(cfg, arch, *retrain_datasets(data, cfg), tmp_path / "single")
+    single.fit()
+    assert model.metrics["best_miou"] == pytest.approx(single.best_miou, abs=1e-3)
+    with pytest.raises(ValueError, match="asha needs one worker"):
+        storage2 = sqlite_storage()
+        job2 = storage2.create_job("retrain", {})
+        storage2.create_model("m", arch.to_official(), arch.hash, job_id=job2)
+        run_retrain_job(storage2, job2, data_dir=data, run_root=tmp_path / "r2", config=cfg, asha=True, parallel=TWO)

@@ -18,7 +18,8 @@ from hyctas_core.retrain import RetrainConfig, Retrainer, load_model  # noqa: E4
 from hyctas_core.search_space import Arch, sample_arch  # noqa: E402
 from services.storage.base import JobState  # noqa: E402
 from services.storage.sql import SQLStorage  # noqa: E402
-from services.worker.retrain_tune import FAIL_ONCE_ENV, RetrainCancelled, _datasets, run_retrain_job  # noqa: E402
+from services.worker.data_parallel import retrain_datasets  # noqa: E402
+from services.worker.retrain_tune import FAIL_ONCE_ENV, RetrainCancelled, run_retrain_job  # noqa: E402
 from tests.fixtures import write_cityscapes  # noqa: E402
 from tests.services.sqlite import sqlite_storage  # noqa: E402
 
@@ -71,7 +72,7 @@ def _one_thread() -> Iterator[None]:
 
 def _epoch_mious(data: Path, cfg: RetrainConfig, arch: Arch, run_dir: Path) -> list[float]:
     """Validation mIoU after each epoch of an in-process run (the reference for the trials)."""
-    trainer = Retrainer(cfg, arch, *_datasets(data, cfg), run_dir)
+    trainer = Retrainer(cfg, arch, *retrain_datasets(data, cfg), run_dir)
     mious: list[float] = []
     trainer.fit(progress=lambda p: mious.append(p.miou) if trainer.step_in_epoch == 0 and p.miou is not None else None)
     return mious
@@ -94,7 +95,7 @@ def test_retrains_every_model_then_skips_finished_ones(ray_session: None, data: 
     job_id, ids = _job(storage, archs)
     run_root = tmp_path / "runs"
     # Model 2 was half-trained by an earlier worker that crashed: its trial continues from last.pt.
-    Retrainer(cfg, archs[1], *_datasets(data, cfg), run_root / f"model-{ids[1]}").fit(max_steps=4)
+    Retrainer(cfg, archs[1], *retrain_datasets(data, cfg), run_root / f"model-{ids[1]}").fit(max_steps=4)
     events: list[dict[str, Any]] = []
     summary = run_retrain_job(storage, job_id, data_dir=data, run_root=run_root, config=cfg, on_progress=events.append)
 

@@ -100,6 +100,29 @@ def test_supernet_training_options_reach_the_job(api: Api) -> None:
     assert bad.status_code == 422 and "sampling" in bad.text
 
 
+def test_data_parallel_training_is_asked_for_and_checked(api: Api) -> None:
+    parallel = {"workers": 2, "resources_per_worker": {"CPU": 2}}
+    r = api.client.post("/api/v1/supernets", json={**SUPERNET, "name": "dp", **parallel}, headers=api.alice)
+    assert r.status_code == 201, r.text
+    assert r.json()["parallel"] == {"workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 2.0}}
+    one = api.client.post("/api/v1/supernets", json={**SUPERNET, "name": "one"}, headers=api.alice).json()
+    assert one["parallel"]["workers"] == 1  # the default: the single-process fast path
+    uneven = api.client.post("/api/v1/supernets", json={**SUPERNET, "name": "x", "workers": 3}, headers=api.alice)
+    assert uneven.status_code == 422 and "does not split evenly over 3 workers" in uneven.text
+    many = {**SUPERNET, "name": "y", "workers": 16, "batch_size": 16}
+    over = api.client.post("/api/v1/supernets", json=many, headers=api.alice)
+    assert over.status_code == 422 and "HYCTAS_MAX_TRAIN_WORKERS" in over.text
+    gpu_on_cpu = {**SUPERNET, "name": "z", "device": "cpu", "use_gpu": True}
+    assert api.client.post("/api/v1/supernets", json=gpu_on_cpu, headers=api.alice).status_code == 422
+    models = {"archs": [{"name": "m", "preset": "hyctas-s"}], "dataset": SUPERNET["dataset"], "batch_size": 4}
+    asha = api.client.post("/api/v1/models", json={**models, "workers": 2, "asha": True}, headers=api.alice)
+    assert asha.status_code == 422 and "asha" in asha.text
+    ok = api.client.post("/api/v1/models", json={**models, "workers": 2}, headers=api.alice)
+    assert ok.status_code == 201, ok.text
+    job = api.storage.get_job(ok.json()["job_id"])
+    assert job.payload["parallel"]["workers"] == 2
+
+
 def test_search_is_stored_with_everything_to_replay_it(api: Api) -> None:
     body = _search(api, branches=[1, 3], seed=7)
     assert (body["state"], body["generation"], body["total_generations"]) == ("created", 0, 4)
