@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from hyctas_cli.parallel import check_workers, run_parallel
 from hyctas_cli.utils import cli_progress, fail, load_arch
 
 if TYPE_CHECKING:
@@ -84,17 +86,22 @@ def retrain(
         str | None, typer.Option(help="semantic, or panoptic (centre/offset heads, PQ); overrides the config's")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N]")] = "cpu",
+    workers: Annotated[
+        int, typer.Option(min=1, help="data-parallel workers on Ray Train; the batch is split over them")
+    ] = 1,
+    use_gpu: Annotated[bool, typer.Option("--use-gpu", help="with --workers: one GPU per worker (NCCL)")] = False,
 ) -> None:
     """Retrain an architecture from scratch: poly LR, scheduled drop path, best/last checkpoints.
 
     With --resume, the arch and config default to the run's in --out; any given must match it.
     --task panoptic also needs the *_gtFine_instanceIds.png files and reports PQ.
+    With --workers N > 1 the run is data-parallel on Ray Train (see ``hyctas train --help``).
     """
     import yaml
     from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
     from hyctas_core.data.transforms import SegTransform
-    from hyctas_core.retrain import Retrainer, read_checkpoint
+    from hyctas_core.retrain import Retrainer, RetrainProgress, read_checkpoint
 
     if config is not None and not config.is_file():
         fail(f"config file {str(config)!r} does not exist")
@@ -114,6 +121,7 @@ def retrain(
             fail(str(e))
     candidate = _arch(arch, preset, resumed_arch)
     cfg = _config(config, resumed_cfg, epochs, task)
+    check_workers(workers, cfg.batch_size)
     if device != "cpu":
         import torch
 
@@ -156,6 +164,17 @@ def retrain(
             rate=0.0,
             miou=start_miou,
         )
+        if workers > 1:
+            job = {"config": cfg.to_dict(), "data_dir": str(data.resolve()), "arch": trainer.arch.to_official()}
+
+            names = [f.name for f in dataclasses.fields(RetrainProgress)]
+
+            def show(p: dict[str, Any]) -> None:
+                bar.update(bar_task, completed=p["step"], **_bar_fields(RetrainProgress(**{k: p[k] for k in names})))
+
+            summary = run_parallel("retrain", job, out, workers=workers, use_gpu=use_gpu, on_progress=show)
+            typer.echo(json.dumps(summary))
+            return
         try:
             summary = trainer.fit(progress=lambda p: bar.update(bar_task, completed=p.step, **_bar_fields(p)))
         except KeyboardInterrupt:

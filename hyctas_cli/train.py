@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from hyctas_cli.parallel import check_workers, run_parallel
 from hyctas_cli.utils import cli_progress, fail, load_arch, parse_size
 
 if TYPE_CHECKING:
@@ -50,8 +51,17 @@ def train_supernet(
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     epochs: Annotated[int | None, typer.Option(min=1, help="override the config's epochs")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N]")] = "cpu",
+    workers: Annotated[
+        int, typer.Option(min=1, help="data-parallel workers on Ray Train; the batch is split over them")
+    ] = 1,
+    use_gpu: Annotated[bool, typer.Option("--use-gpu", help="with --workers: one GPU per worker (NCCL)")] = False,
 ) -> None:
-    """Train the weight-sharing supernet, sampling one sub-network per step."""
+    """Train the weight-sharing supernet, sampling one sub-network per step.
+
+    With --workers N > 1 the run is data-parallel on Ray Train (a local Ray, or RAY_ADDRESS's
+    cluster): every worker trains the same sub-network on its slice of each batch, and the result
+    matches one process with the same batch.
+    """
     import yaml
     from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
@@ -61,6 +71,7 @@ def train_supernet(
     if config is not None and not config.is_file():
         fail(f"config file {str(config)!r} does not exist")
     cfg = _load_config(config, {"epochs": epochs})
+    check_workers(workers, cfg.batch_size)
     has_ckpt = (out / "last.pt").exists()
     if has_ckpt and not resume:
         fail(f"{out} already holds a run (last.pt): pass --resume to continue it, or choose another --out")
@@ -90,9 +101,17 @@ def train_supernet(
         task = bar.add_task(
             "train", total=trainer.total_steps, completed=trainer.step, epoch=trainer.epoch, loss=0.0, rate=0.0
         )
-        summary = trainer.fit(
-            progress=lambda p: bar.update(task, completed=p.step, epoch=p.epoch, loss=p.loss, rate=p.images_per_s)
-        )
+        if workers > 1:
+            job = {"config": cfg.to_dict(), "data_dir": str(data.resolve())}
+
+            def show(p: dict[str, Any]) -> None:
+                bar.update(task, completed=p["step"], epoch=p["epoch"], loss=p["loss"], rate=p["images_per_s"])
+
+            summary = run_parallel("supernet", job, out, workers=workers, use_gpu=use_gpu, on_progress=show)
+        else:
+            summary = trainer.fit(
+                progress=lambda p: bar.update(task, completed=p.step, epoch=p.epoch, loss=p.loss, rate=p.images_per_s)
+            )
     typer.echo(json.dumps(summary))
 
 

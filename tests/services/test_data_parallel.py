@@ -163,3 +163,22 @@ def test_a_retrain_job_trains_each_model_on_all_workers(ray_session: None, job: 
         job2 = storage2.create_job("retrain", {})
         storage2.create_model("m", arch.to_official(), arch.hash, job_id=job2)
         run_retrain_job(storage2, job2, data_dir=data, run_root=tmp_path / "r2", config=cfg, asha=True, parallel=TWO)
+
+
+def test_the_cli_trains_on_workers(ray_session: None, job: dict[str, Any], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hyctas_cli.main import app
+
+    config = tmp_path / "train.yaml"
+    config.write_text(json.dumps(CFG.to_dict()))  # JSON is YAML
+    out = tmp_path / "run"
+    args = ["train-supernet", "--data", job["data_dir"], "--out", str(out), "--config", str(config)]
+    uneven = CliRunner().invoke(app, [*args, "--workers", "3"])
+    assert uneven.exit_code == 2
+    assert uneven.output.strip() == "error: --workers 3: batch_size 4 does not split evenly over 3 workers"
+    result = CliRunner().invoke(app, [*args, "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["workers"] == 2 and summary["step"] == 4
+    assert (out / "supernet.pt").exists() and len(_losses(out)) == 4
