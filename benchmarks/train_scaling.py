@@ -140,10 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     efficiency = {k: round(v / (int(k) * base), 3) for k, v in rates.items()}
     in_process = None
     if not args.use_gpu:
-        in_process = round(
-            in_process_rate(cfg, data, work / "in-process", args.threads_per_worker, cfg.epochs * steps_per_epoch(cfg)),
-            3,
-        )
+        steps = cfg.epochs * steps_per_epoch(cfg)
+        in_process = round(in_process_rate(cfg, data, work / "in-process", args.threads_per_worker, steps), 3)
     return {
         "benchmark": "train_scaling",
         "samples_per_s": rates,
