@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -320,13 +321,23 @@ def build_table_cmd(
     calibrate: Annotated[
         int, typer.Option(min=0, max=1000, help="also measure N sampled networks and fit per-op scales to them")
     ] = 0,
+    device_class: Annotated[
+        str | None,
+        typer.Option(help="the device class this machine stands for (cpu, V100, RTX3090...): searches choose by it"),
+    ] = None,
 ) -> None:
-    """Time every op configuration of the search space at one input size on one device."""
+    """Time every op configuration of the search space at one input size on one device.
+
+    Keep one table per device class in a directory and give the directory as a search's latency
+    table: the search uses the table of its device class.
+    """
 
     from hyctas_core.config import ModelConfig
     from hyctas_core.latency import build_table
 
     size = parse_size(input_size)
+    if device_class is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", device_class):
+        fail(f"--device-class {device_class!r}: letters, digits, '_', '.', '-' (1-64)")
     if not out.parent.is_dir():
         fail(f"output directory {str(out.parent)!r} does not exist")
     if device != "cpu":
@@ -355,6 +366,7 @@ def build_table_cmd(
             duration_s=seconds_per_entry,
             calibration_archs=calibrate,
             progress=lambda d, t, k: bar.update(task, completed=d, total=t),
+            device_class=device_class,
         )
     table.save(out)
     fitted = f", calibrated on {calibrate} networks" if calibrate else ""

@@ -209,11 +209,18 @@ class EvaluatorSpec(ConfigBase):
     val_images: int = 32
     eval_size: tuple[int, int] | None = None  # resize images before scoring
     input_size: tuple[int, int] | None = None  # for latency / FLOPs; None: the image size
-    latency_table: str | None = None  # predict latency from this table instead of measuring
+    # predict latency from this table instead of measuring (a directory: the table in it for
+    # ``device_class``, the input size and the model)
+    latency_table: str | None = None
     latency_seconds: float = 1.0
     seed: int = 0
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads in the evaluating process (0: leave as is)
+    # The device class latency is for (``cpu``, ``V100``, ``RTX3090``, ...): recorded with every
+    # latency, part of the cache key, and checked against a latency table's.
+    device_class: str | None = None
+    # Leave latency to a timing slot elsewhere (the service times on nodes of ``device_class``).
+    defer_latency: bool = False
 
     def cache_key(self) -> str:
         """Identifies results: the checkpoint's content, the data and every setting but the device."""
@@ -230,7 +237,13 @@ class EvaluatorSpec(ConfigBase):
         """Load the supernet and datasets and make the evaluator (once per process / actor)."""
         from hyctas_core.data.cityscapes import CityscapesDataset
         from hyctas_core.data.transforms import SegTransform
-        from hyctas_core.latency import LatencyTable, LookupTableLatency, MeasuredLatency
+        from hyctas_core.latency import (
+            DeferredLatency,
+            LatencyTable,
+            LookupTableLatency,
+            MeasuredLatency,
+            find_table,
+        )
         from hyctas_core.train import load_supernet
 
         if self.threads > 0:
@@ -241,13 +254,24 @@ class EvaluatorSpec(ConfigBase):
         val = CityscapesDataset(self.data, "val", transform=transform, seed=self.seed)
         size = self.input_size or (int(val[0]["image"].shape[-2]), int(val[0]["image"].shape[-1]))
         latency: LatencyModel
-        if self.latency_table is not None:
-            table = LatencyTable.load(Path(self.latency_table))
-            if tuple(table.input_size) != tuple(size) or table.model != supernet.cfg.to_dict():
-                raise ValueError(f"latency table {self.latency_table} is for another input size or model config")
+        if self.defer_latency:
+            latency = DeferredLatency()
+        elif self.latency_table is not None:
+            where = Path(self.latency_table)
+            if where.is_dir():  # tables kept per device class: choose this class's
+                where = find_table(where, self.device_class, size, supernet.cfg.to_dict())
+            table = LatencyTable.load(where)
+            if not table.matches(None, size, supernet.cfg.to_dict()):
+                raise ValueError(f"latency table {where} is for another input size or model config")
+            if self.device_class is not None and table.device_class not in (None, self.device_class):
+                raise ValueError(
+                    f"latency table {where} is for device class {table.device_class!r}, not {self.device_class!r}"
+                )
             latency = LookupTableLatency(table)
         else:
-            latency = MeasuredLatency(supernet.cfg, size, duration_s=self.latency_seconds, device=self.device)
+            latency = MeasuredLatency(
+                supernet.cfg, size, duration_s=self.latency_seconds, device=self.device, device_class=self.device_class
+            )
         return CandidateEvaluator(
             supernet,
             calib,

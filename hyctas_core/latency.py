@@ -22,6 +22,7 @@ import abc
 import functools
 import gc
 import json
+import math
 import platform
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -107,17 +108,36 @@ class LatencyModel(abc.ABC):
 
 
 class MeasuredLatency(LatencyModel):
-    """Times the network: warm-up, then ``duration_s`` of batch-1 runs, median."""
+    """Times the network: warm-up, then ``duration_s`` of batch-1 runs, median.
+
+    The source it reports is ``measured:<device class>`` when a class is given (``V100``,
+    ``RTX3090``, ``cpu``: what a search targets), else ``measured:<torch device>``.
+    """
 
     def __init__(
-        self, cfg: ModelConfig, input_size: tuple[int, int], *, duration_s: float = 1.0, device: str = "cpu"
+        self,
+        cfg: ModelConfig,
+        input_size: tuple[int, int],
+        *,
+        duration_s: float = 1.0,
+        device: str = "cpu",
+        device_class: str | None = None,
     ) -> None:
         self.cfg, self.input_size, self.duration_s, self.device = cfg, input_size, duration_s, device
+        self.device_class = device_class
 
     def latency_ms(self, arch: Arch, net: nn.Module | None = None) -> tuple[float, str]:
         model = net if net is not None else HyCTASNet(arch, self.cfg)
         stats = measure_latency(model, self.input_size, duration_s=self.duration_s, device=self.device)
-        return stats.median_ms, f"measured:{self.device}"
+        return stats.median_ms, f"measured:{self.device_class or self.device}"
+
+
+class DeferredLatency(LatencyModel):
+    """No latency here: it is measured elsewhere (a timing slot on a node of the target device
+    class) and filled in later; the evaluator reports NaN with source ``deferred``."""
+
+    def latency_ms(self, arch: Arch, net: nn.Module | None = None) -> tuple[float, str]:
+        return math.nan, "deferred"
 
 
 @dataclass
@@ -131,6 +151,14 @@ class LatencyTable:
     format: str = TABLE_FORMAT
     # group -> scale of its entries' sum, plus "per_cell" (ms per cell); empty: the plain sum.
     calibration: dict[str, float] = field(default_factory=dict)
+    # The device class it was built on (``cpu``, ``V100``, ...; what a search targets); None in
+    # tables from before classes existed.
+    device_class: str | None = None
+
+    def matches(self, device_class: str | None, input_size: tuple[int, int], model: dict[str, Any]) -> bool:
+        """Whether this table serves that device class (None: any), input size and model config."""
+        same_class = device_class is None or self.device_class == device_class
+        return same_class and tuple(self.input_size) == tuple(input_size) and self.model == model
 
     def save(self, path: Path) -> None:
         data = asdict(self)
@@ -190,7 +218,27 @@ class LookupTableLatency(LatencyModel):
         return sum(coef.get(g, 1.0 if g != "per_cell" else 0.0) * v for g, v in parts.items())
 
     def latency_ms(self, arch: Arch, net: nn.Module | None = None) -> tuple[float, str]:
-        return self.predict(arch), f"lut:{self.table.device}"
+        return self.predict(arch), f"lut:{self.table.device_class or self.table.device}"
+
+
+def find_table(directory: Path, device_class: str | None, input_size: tuple[int, int], model: dict[str, Any]) -> Path:
+    """The latency table in ``directory`` (``*.json``) built for this device class, input size and
+    model config: tables are kept per device class and chosen by it.
+
+    Raises:
+        FileNotFoundError: none matches (the message lists what the directory holds).
+    """
+    found = []
+    for path in sorted(Path(directory).glob("*.json")):
+        try:
+            table = LatencyTable.load(path)
+        except ValueError:
+            continue  # another kind of JSON file
+        if table.matches(device_class, input_size, model):
+            return path
+        found.append(f"{path.name} ({table.device_class or table.device}, {table.input_size[0]}x{table.input_size[1]})")
+    what = f"device class {device_class!r}, input {input_size[0]}x{input_size[1]} and this model"
+    raise FileNotFoundError(f"no latency table in {directory} for {what}; it holds: {', '.join(found) or 'none'}")
 
 
 def _widths(scale: int, cfg: ModelConfig) -> list[int]:
@@ -272,6 +320,7 @@ def build_table(
     calibration_seconds: float = 1.0,
     seed: int = 0,
     progress: Callable[[int, int, str], None] | None = None,
+    device_class: str | None = None,
 ) -> LatencyTable:
     """Time every op configuration the space can produce (plus stem, fusions, heads).
 
@@ -284,6 +333,7 @@ def build_table(
             end and store per-group scales fitted to them (0: none; 20-40 is plenty).
         calibration_seconds: timing duration per calibration network.
         progress: called with (done, total, key) after each entry and calibration network.
+        device_class: the class this machine stands for (``cpu``, ``V100``, ...), kept in the table.
     """
     dev = torch.device(device)
     # Time each entry with only its own module alive: with all ~600 modules and inputs held at
@@ -291,7 +341,9 @@ def build_table(
     n_entries = sum(1 for _ in _entries(cfg, input_size, dev))
     gc.collect()
     total = n_entries + calibration_archs
-    table = LatencyTable(device, device_name(device), input_size, cfg.to_dict(), torch.__version__)
+    table = LatencyTable(
+        device, device_name(device), input_size, cfg.to_dict(), torch.__version__, device_class=device_class
+    )
     for i, (key, fn) in enumerate(_entries(cfg, input_size, dev)):
         if fn is None:
             table.entries[key] = 0.0

@@ -23,6 +23,7 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from hyctas_core.evaluate import EvaluatorSpec, objectives_of
 from hyctas_core.search_space import Arch
+from services.worker.devices import LatencyPlacement
 from services.worker.ray_init import init_ray
 
 __all__ = ["EvaluationStopped", "EvaluatorActor", "RayEvaluatorPool"]
@@ -47,6 +48,10 @@ class EvaluatorActor:
     def evaluate(self, arch_json: dict[str, Any]) -> dict[str, Any]:
         return objectives_of(self.evaluator.evaluate(Arch.from_official(arch_json)))
 
+    def timing_job(self) -> dict[str, Any]:
+        """What a timing slot needs to build and time a candidate: model config and input size."""
+        return {"model": self.evaluator.supernet.cfg.to_dict(), "input_size": list(self.evaluator.input_size)}
+
 
 class RayEvaluatorPool:
     """Evaluates batches of archs on Ray actors; same results as :class:`LocalEvaluator`.
@@ -59,6 +64,10 @@ class RayEvaluatorPool:
         max_retries: attempts per arch on other actors after an actor failure.
         startup_timeout_s: how long new actors may take to start (load the supernet and data)
             before the pool goes on without them.
+        latency: time candidates only in the timing slots of this placement's device class
+            (:mod:`services.worker.devices`); the evaluator actors then defer latency
+            (``spec.defer_latency``) and score mIoU, GMACs and params wherever they run.
+        on_wait: called (with the device class) while latency waits for a node of its class.
     """
 
     def __init__(
@@ -69,7 +78,14 @@ class RayEvaluatorPool:
         address: str | None = None,
         max_retries: int = 3,
         startup_timeout_s: float = 120.0,
+        latency: LatencyPlacement | None = None,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
+        if latency is not None and not spec.defer_latency:
+            raise ValueError("a latency placement needs spec.defer_latency (the evaluators must not time)")
+        self.latency = latency
+        self.on_wait = on_wait
+        self._timing_job: dict[str, Any] | None = None
         self.spec = spec
         self.cache_key = spec.cache_key()
         self.fixed_size = workers
@@ -79,6 +95,8 @@ class RayEvaluatorPool:
         self._started_ray = init_ray(address)
         self.use_gpu = spec.device.startswith("cuda")
         self.actors: list[Any] = []
+        if self.latency is not None:  # the slots hold their CPU / GPU before evaluators take the rest
+            self.latency.slots(on_wait=self.on_wait)
         self._resize()
 
     def _target_size(self) -> int:
@@ -130,6 +148,11 @@ class RayEvaluatorPool:
                 :class:`EvaluationStopped` is raised (the evaluations in flight are abandoned).
             on_result: called with the seconds each successful evaluation took (submit to result).
         """
+        if self.latency is not None:
+            try:
+                self.latency.slots(should_stop=should_stop, on_wait=self.on_wait)
+            except InterruptedError as e:
+                raise EvaluationStopped(str(e)) from None
         self._resize()
         results: list[dict[str, Any] | None] = [None] * len(archs)
         pending: deque[tuple[int, int]] = deque((i, 0) for i in range(len(archs)))
@@ -161,7 +184,26 @@ class RayEvaluatorPool:
                     idle.extend(self.actors)
             except RayTaskError as e:
                 raise RuntimeError(f"evaluating arch {archs[i].hash} failed: {e.cause!r}") from None
-        return [r for r in results if r is not None]
+        scored: list[dict[str, Any]] = [r for r in results if r is not None]
+        if self.latency is not None:
+            self._add_latency(archs, scored, should_stop)
+        return scored
+
+    def _add_latency(
+        self, archs: list[Arch], results: list[dict[str, Any]], should_stop: Callable[[], bool] | None
+    ) -> None:
+        """Time every arch in the slots of the target device class; merge into ``results``."""
+        assert self.latency is not None
+        if self._timing_job is None:
+            self._timing_job = ray.get(self.actors[0].timing_job.remote())
+        seconds = self.spec.latency_seconds
+        jobs = [{**self._timing_job, "arch": a.to_official(), "seconds": seconds} for a in archs]
+        try:
+            timed = self.latency.measure(jobs, should_stop=should_stop, on_wait=self.on_wait)
+        except InterruptedError as e:
+            raise EvaluationStopped(str(e)) from None
+        for result, latency in zip(results, timed, strict=True):
+            result.update(latency)
 
     def close(self) -> None:
         for actor in self.actors:

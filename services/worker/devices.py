@@ -1,0 +1,222 @@
+"""Device classes of a Ray cluster, and latency timed only on nodes of a search's class.
+
+A search's latency objective is only meaningful on one kind of device. Each node of the cluster
+belongs to one **device class**:
+
+- ``hyctas_device:<class>`` among its resources (a custom label: ``ray start
+  --resources='{"hyctas_device:xeon-6248": 1}'``, or a KubeRay group's ``rayStartParams``) names it;
+- else Ray's ``accelerator_type:<type>`` resource (Ray sets it for GPU nodes: ``V100``, ``A100``;
+  an RTX 3090 shows as its own type) names it;
+- else the node is ``cpu``.
+
+A search names its ``target_device``; with none, a cluster of one class uses that class, and a
+mixed cluster is an error (:func:`resolve_target`). Latency is then measured only in **timing
+slots**: one named actor per node of the target class (:func:`timing_slots`), pinned to its node
+(hard node affinity), holding one CPU (or one GPU on a GPU class). Ray runs an actor's calls one
+at a time, and every search on the cluster shares the node's slot (it is found by name), so two
+latency measurements never overlap on one node. mIoU evaluation may run anywhere.
+
+While no node of the target class is alive, :meth:`LatencyPlacement.slots` waits (calling
+``on_wait`` so the job shows it) and re-checks every few seconds: a node that joins lets the
+search go on; a slot whose node leaves is dropped and its work goes to another slot, or waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+__all__ = [
+    "CPU_CLASS",
+    "MixedCluster",
+    "LatencyPlacement",
+    "TimingSlot",
+    "device_classes",
+    "node_device_class",
+    "resolve_target",
+]
+
+log = logging.getLogger(__name__)
+
+CPU_CLASS = "cpu"
+LABEL_PREFIX = "hyctas_device:"
+ACCELERATOR_PREFIX = "accelerator_type:"
+SLOT_NAMESPACE = "hyctas"
+
+
+class MixedCluster(ValueError):
+    """A search named no device class and the cluster has several (one line, for a 422)."""
+
+
+def node_device_class(resources: dict[str, float]) -> str:
+    """The device class of a node with these Ray resources (see the module docstring)."""
+    for prefix in (LABEL_PREFIX, ACCELERATOR_PREFIX):
+        names = sorted(k.removeprefix(prefix) for k in resources if k.startswith(prefix))
+        if names:
+            return names[0]
+    return CPU_CLASS
+
+
+def device_classes(nodes: list[dict[str, Any]] | None = None) -> dict[str, list[str]]:
+    """Device class -> ids of the alive nodes of that class (``ray.nodes()`` by default)."""
+    out: dict[str, list[str]] = {}
+    for node in nodes if nodes is not None else ray.nodes():  # type: ignore[no-untyped-call]
+        if node.get("Alive"):
+            out.setdefault(node_device_class(node.get("Resources", {})), []).append(node["NodeID"])
+    return out
+
+
+def resolve_target(requested: str | None, classes: dict[str, Any]) -> str:
+    """The device class a search times on: the one asked for, else the cluster's only class.
+
+    Raises:
+        MixedCluster: none asked and the cluster has several classes.
+    """
+    if requested:
+        return requested
+    if len(classes) > 1:
+        names = ", ".join(sorted(classes))
+        raise MixedCluster(f"the cluster has several device classes ({names}): name the search's target_device")
+    return next(iter(classes), CPU_CLASS)
+
+
+def _is_gpu_class(node: dict[str, Any]) -> bool:
+    return float(node.get("Resources", {}).get("GPU", 0)) > 0
+
+
+@ray.remote(max_restarts=0)
+class TimingSlot:
+    """The one place latency is measured on a node: its calls run one at a time."""
+
+    def __init__(self, device_class: str, use_gpu: bool) -> None:
+        import torch
+
+        self.device_class = device_class
+        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        if self.device == "cpu":
+            torch.set_num_threads(1)
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def ready(self) -> str:
+        return str(self.node_id)
+
+    def measure(
+        self, model: dict[str, Any], input_size: list[int], arch: dict[str, Any], seconds: float
+    ) -> dict[str, Any]:
+        from hyctas_core.config import ModelConfig
+        from hyctas_core.latency import MeasuredLatency
+        from hyctas_core.search_space import Arch
+
+        timer = MeasuredLatency(
+            ModelConfig.from_dict(model),
+            (int(input_size[0]), int(input_size[1])),
+            duration_s=seconds,
+            device=self.device,
+            device_class=self.device_class,
+        )
+        ms, source = timer.latency_ms(Arch.from_official(arch))
+        return {"latency_ms": ms, "latency_source": source, "latency_node": self.node_id}
+
+
+class LatencyPlacement:
+    """The timing slots of one device class; waits while the class has no node.
+
+    Args:
+        device_class: the class to time on.
+        poll_s: how often to look for nodes while waiting.
+    """
+
+    def __init__(self, device_class: str, *, poll_s: float = 2.0) -> None:
+        self.device_class = device_class
+        self.poll_s = poll_s
+        self._slots: dict[str, Any] = {}  # node id -> actor handle
+
+    def _nodes(self) -> list[dict[str, Any]]:
+        nodes = ray.nodes()  # type: ignore[no-untyped-call]
+        return [n for n in nodes if n.get("Alive") and node_device_class(n.get("Resources", {})) == self.device_class]
+
+    def _slot(self, node: dict[str, Any]) -> Any:
+        node_id = node["NodeID"]
+        use_gpu = _is_gpu_class(node)
+        actor_cls: Any = TimingSlot
+        return actor_cls.options(
+            name=f"hyctas-timing-{node_id[:16]}",
+            namespace=SLOT_NAMESPACE,
+            get_if_exists=True,
+            num_cpus=0 if use_gpu else 1,
+            num_gpus=1 if use_gpu else 0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        ).remote(self.device_class, use_gpu)
+
+    def slots(
+        self, *, should_stop: Callable[[], bool] | None = None, on_wait: Callable[[str], None] | None = None
+    ) -> list[Any]:
+        """The slots of the nodes of this class now alive (created as needed); waits for one.
+
+        Raises:
+            InterruptedError: ``should_stop()`` turned true while waiting.
+        """
+        waited = False
+        while True:
+            nodes = self._nodes()
+            alive = {n["NodeID"] for n in nodes}
+            for gone in set(self._slots) - alive:
+                del self._slots[gone]
+            new = {n["NodeID"]: self._slot(n) for n in nodes if n["NodeID"] not in self._slots}
+            if new:  # placed (their CPU or GPU held) before evaluators take what is free
+                ready, _ = ray.wait([s.ready.remote() for s in new.values()], num_returns=len(new), timeout=60)
+                if len(ready) < len(new):
+                    log.warning(
+                        "device class %s: %d timing slot(s) not placed yet", self.device_class, len(new) - len(ready)
+                    )
+                self._slots.update(new)
+            if self._slots:
+                if waited:
+                    log.info("device class %s: %d node(s) now; latency goes on", self.device_class, len(nodes))
+                return list(self._slots.values())
+            if not waited:
+                log.warning("device class %s has no node: latency waits for one", self.device_class)
+            waited = True
+            if on_wait is not None:
+                on_wait(self.device_class)
+            if should_stop is not None and should_stop():
+                raise InterruptedError(f"stopped while waiting for a {self.device_class} node")
+            time.sleep(self.poll_s)
+
+    def drop(self, slot: Any) -> None:
+        """Forget a slot whose actor died (its node left); the next :meth:`slots` re-checks."""
+        self._slots = {k: v for k, v in self._slots.items() if v is not slot}
+
+    def measure(
+        self,
+        jobs: list[dict[str, Any]],
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Latency of each job (``model``, ``input_size``, ``arch``, ``seconds``), spread over the
+        slots; a job whose slot died is measured again on another (or waits for one)."""
+        results: list[dict[str, Any] | None] = [None] * len(jobs)
+        todo = list(range(len(jobs)))
+        while todo:
+            slots = self.slots(should_stop=should_stop, on_wait=on_wait)
+            refs = {}
+            for k, i in enumerate(todo):
+                slot = slots[k % len(slots)]
+                job = jobs[i]
+                refs[slot.measure.remote(job["model"], job["input_size"], job["arch"], job["seconds"])] = (i, slot)
+            todo = []
+            for ref, (i, slot) in refs.items():
+                try:
+                    results[i] = ray.get(ref)
+                except RayActorError:
+                    log.warning("timing slot lost (its node left?): measuring again elsewhere")
+                    self.drop(slot)
+                    todo.append(i)
+        return [r for r in results if r is not None]
