@@ -147,9 +147,12 @@ def worker(
         stop.set()
         w.shutdown(f"worker shutting down (signal {signum})")
 
-    from services.worker.jobs import reconcile_deployments
+    from services.worker.jobs import worker_maintenance
 
-    w = Worker(storage, queue, events, settings, name=name, maintenance=lambda: reconcile_deployments(storage))
+    def maintenance() -> None:
+        worker_maintenance(storage, queue, settings.lease_s)
+
+    w = Worker(storage, queue, events, settings, name=name, maintenance=maintenance)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     typer.echo(f"worker {w.name}: database {getattr(storage, 'url', '?')}, queue {settings.stream}")

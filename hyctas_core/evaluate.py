@@ -223,12 +223,15 @@ class EvaluatorSpec(ConfigBase):
     defer_latency: bool = False
 
     def cache_key(self) -> str:
-        """Identifies results: the checkpoint's content, the data and every setting but the device."""
+        """Identifies results: the checkpoint's content, the data, every setting but where it runs."""
         digest = hashlib.sha256()
         with open(self.supernet, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
-        settings = {k: v for k, v in self.to_dict().items() if k not in ("supernet", "device", "threads")}
+        # Where and how it runs is not what it computes: the torch device, threads and whether
+        # latency is timed here or in a timing slot elsewhere (the device class is kept).
+        ignored = ("supernet", "device", "threads", "defer_latency")
+        settings = {k: v for k, v in self.to_dict().items() if k not in ignored}
         settings["data"] = str(Path(self.data).resolve())
         digest.update(json.dumps(settings, sort_keys=True).encode())
         return digest.hexdigest()[:32]

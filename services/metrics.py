@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -29,6 +29,7 @@ __all__ = [
     "HTTP_REQUESTS",
     "HTTP_REQUEST_SECONDS",
     "JOBS_FINISHED",
+    "SEARCHES_WAITING",
     "WORKER_HEARTBEATS",
     "StateCollector",
 ]
@@ -57,10 +58,16 @@ GENERATION_SECONDS = Histogram(
 )
 JOBS_FINISHED = Counter("hyctas_jobs_finished_total", "Jobs a worker finished", ["kind", "state"])
 WORKER_HEARTBEATS = Counter("hyctas_worker_heartbeats_total", "Heartbeats sent by workers", ["worker"])
+SEARCHES_WAITING = Gauge(
+    "hyctas_searches_waiting_for_device",
+    "1 while this worker's search waits for a node of its device class (latency is timed only there)",
+    ["device_class"],
+)
 
 
 class StateCollector(Collector):
-    """Scrape-time gauges: jobs by state, queue depth and oldest-entry age, hypervolume per running search."""
+    """Scrape-time gauges: jobs by state, queue depth and oldest-entry age, hypervolume per running
+    search, nodes per device class (as the workers last reported the cluster)."""
 
     def __init__(self, storage: Storage, queue: JobQueue | None) -> None:
         self.storage = storage
@@ -90,3 +97,11 @@ class StateCollector(Collector):
             return
         yield depth
         yield age
+        nodes = GaugeMetricFamily("hyctas_device_class_nodes", "Alive Ray nodes per device class", labels=["class"])
+        try:
+            for device_class, count in sorted((self.queue.device_classes() or {}).items()):
+                nodes.add_metric([device_class], count)
+        except Exception as exc:  # noqa: BLE001 - as above
+            log.warning("metrics: device classes unavailable: %s", exc)
+            return
+        yield nodes

@@ -17,6 +17,7 @@ from hyctas_core.search import MIN_POPULATION, Objective, SearchConfig
 from hyctas_core.storage import SearchState
 from hyctas_core.train import Sampling
 from hyctas_core.verify import MAX_VERIFY_K
+from services.devices import DEVICE_CLASS_PATTERN
 from services.serve.segmenter import Backend
 from services.storage.base import JobState, SearchSummary
 
@@ -236,6 +237,12 @@ class SearchCreate(Strict):
         "the rank agreement of their supernet and retrained mIoU; 0: off, else at least 2",
     )
     verify_epochs: int = Field(8, ge=1, le=1000, description="training epochs per verified front point")
+    target_device: str | None = Field(
+        None,
+        pattern=DEVICE_CLASS_PATTERN,
+        description="the device class latency is measured on (cpu, V100, RTX3090, ...); default: the "
+        "cluster's only class (a cluster with several needs one named)",
+    )
 
     @field_validator("verify_top_k")
     @classmethod
@@ -281,6 +288,14 @@ class VerificationPublic(BaseModel):
     error: str | None = None
 
 
+def _waiting_for_device(summary: SearchSummary) -> str | None:
+    job = summary.job
+    if job is None or job.state is not JobState.RUNNING:
+        return None
+    value = (job.progress or {}).get("waiting_for_device")
+    return None if value is None else str(value)
+
+
 class SearchPublic(BaseModel):
     id: int
     name: str
@@ -298,6 +313,10 @@ class SearchPublic(BaseModel):
     timings: SearchTimings
     verification: VerificationPublic | None = Field(
         None, description="the supernet fidelity check (verify_top_k > 0), once the search has succeeded"
+    )
+    target_device: str | None = Field(None, description="the device class latency is measured on")
+    waiting_for_device: str | None = Field(
+        None, description="set while the search waits for a node of its device class to join the cluster"
     )
     created_at: datetime
     updated_at: datetime
@@ -332,6 +351,8 @@ class SearchPublic(BaseModel):
                 mean_generation_s=mean,
                 remaining_s=remaining,
             ),
+            target_device=(search.config.get("evaluator") or {}).get("device_class"),
+            waiting_for_device=_waiting_for_device(summary),
             created_at=search.created_at,
             updated_at=search.updated_at,
             verification=VerificationPublic.model_validate(search.verification) if search.verification else None,

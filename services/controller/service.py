@@ -21,6 +21,7 @@ from hyctas_core.train import SupernetTrainConfig
 from hyctas_core.verify import VerifyConfig
 from services.controller import limits as limits_
 from services.controller.schemas import ModelsCreate, SearchCreate, SupernetCreate
+from services.devices import resolve_target
 from services.queue import EventBus, JobQueue, QueueError
 from services.storage.base import JobRecord, JobState, ModelRecord, Storage
 
@@ -180,6 +181,25 @@ def _ready_supernet(storage: Storage, supernet_id: int, owner: str) -> JobRecord
     return supernet
 
 
+def _target_device(queue: JobQueue, requested: str | None) -> str | None:
+    """The device class a new search times latency on, from what the workers last said of the
+    cluster; None when no worker said anything lately (the worker then resolves it).
+
+    Raises:
+        Invalid: none named and the cluster has several classes.
+    """
+    try:
+        known = queue.device_classes()
+    except QueueError:
+        known = None
+    if requested is None and not known:
+        return None
+    try:
+        return resolve_target(requested, known or {})
+    except ValueError as exc:  # MixedCluster
+        raise Invalid(str(exc)) from None
+
+
 def submit_search(
     storage: Storage, queue: JobQueue, events: EventBus | None, owner: str, req: SearchCreate, *, limits: Any
 ) -> SearchRecord:
@@ -216,6 +236,7 @@ def submit_search(
         )
     except ValueError as exc:
         raise Invalid(str(exc)) from None
+    target = _target_device(queue, req.target_device)
     ev = req.evaluation
     spec = EvaluatorSpec(
         supernet=supernet.result["checkpoint"],  # type: ignore[index]
@@ -226,6 +247,7 @@ def submit_search(
         latency_seconds=ev.latency_seconds,
         seed=req.seed,
         threads=1,
+        device_class=target,
     )
     evaluator = {**spec.to_dict(), "data": None}
     verify = None

@@ -180,6 +180,23 @@ class JobQueue(abc.ABC):
             QueueError: the backend failed.
         """
 
+    # The cluster's device classes, as workers see them (the controller has no Ray)
+    @abc.abstractmethod
+    def set_device_classes(self, classes: dict[str, int], ttl_s: float) -> None:
+        """Record the device classes of the workers' Ray cluster (class -> alive nodes) for ``ttl_s``.
+
+        Raises:
+            QueueError: the backend failed.
+        """
+
+    @abc.abstractmethod
+    def device_classes(self) -> dict[str, int] | None:
+        """The device classes last recorded and not expired; None when no worker recorded any lately.
+
+        Raises:
+            QueueError: the backend failed.
+        """
+
     @abc.abstractmethod
     def ping(self) -> None:
         """Checks that the backend answers.

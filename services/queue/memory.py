@@ -55,6 +55,7 @@ class InMemoryQueue(JobQueue):
         self._last_ms = -1
         self._seq = 0
         self._closed = False
+        self._devices: tuple[dict[str, int], float] | None = None  # device classes, expiry
 
     # Producing
     def enqueue(self, job_id: int, kind: str) -> str:
@@ -109,6 +110,18 @@ class InMemoryQueue(JobQueue):
         with self._lock:
             self._check_open()
             return len(self._jobs)
+
+    def set_device_classes(self, classes: dict[str, int], ttl_s: float) -> None:
+        with self._lock:
+            self._check_open()
+            self._devices = (dict(classes), self._clock() + ttl_s)
+
+    def device_classes(self) -> dict[str, int] | None:
+        with self._lock:
+            self._check_open()
+            if self._devices is None or self._clock() >= self._devices[1]:
+                return None
+            return dict(self._devices[0])
 
     def pending(self) -> int:
         with self._lock:

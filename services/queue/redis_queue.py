@@ -8,6 +8,7 @@ one Lua script (so a touch can never steal back an entry that another consumer j
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -121,6 +122,24 @@ class RedisQueue(JobQueue):
 
     def oldest_age_s(self) -> float:
         return self._call(self._oldest_age_s)
+
+    def set_device_classes(self, classes: dict[str, int], ttl_s: float) -> None:
+        text = json.dumps({str(k): int(v) for k, v in classes.items()}, sort_keys=True)
+        self._call(lambda: self._client.set(self._devices_key, text, px=max(int(ttl_s * 1000), 1)))
+
+    def device_classes(self) -> dict[str, int] | None:
+        raw: Any = self._call(lambda: self._client.get(self._devices_key))
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else None
+
+    @property
+    def _devices_key(self) -> str:
+        return f"{self.stream}:device_classes"
 
     def ping(self) -> None:
         self._check_open()

@@ -1,18 +1,9 @@
-"""Device classes of a Ray cluster, and latency timed only on nodes of a search's class.
+"""Latency timed only on nodes of a search's device class (:mod:`services.devices` says which
+class a node is and which class a search targets).
 
-A search's latency objective is only meaningful on one kind of device. Each node of the cluster
-belongs to one **device class**:
-
-- ``hyctas_device:<class>`` among its resources (a custom label: ``ray start
-  --resources='{"hyctas_device:xeon-6248": 1}'``, or a KubeRay group's ``rayStartParams``) names it;
-- else Ray's ``accelerator_type:<type>`` resource (Ray sets it for GPU nodes: ``V100``, ``A100``;
-  an RTX 3090 shows as its own type) names it;
-- else the node is ``cpu``.
-
-A search names its ``target_device``; with none, a cluster of one class uses that class, and a
-mixed cluster is an error (:func:`resolve_target`). Latency is then measured only in **timing
-slots**: one named actor per node of the target class (:func:`timing_slots`), pinned to its node
-(hard node affinity), holding one CPU (or one GPU on a GPU class). Ray runs an actor's calls one
+A search's latency objective is only meaningful on one kind of device. Latency is measured only
+in **timing slots**: one named actor per node of the target class (:func:`timing_slots`), pinned to its node
+(hard node affinity), holding one CPU (or one GPU on a GPU class; no CPU on a one-core node). Ray runs an actor's calls one
 at a time, and every search on the cluster shares the node's slot (it is found by name), so two
 latency measurements never overlap on one node. mIoU evaluation may run anywhere.
 
@@ -32,58 +23,26 @@ import ray
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-__all__ = [
-    "CPU_CLASS",
-    "MixedCluster",
-    "LatencyPlacement",
-    "TimingSlot",
-    "device_classes",
-    "node_device_class",
-    "resolve_target",
-]
+from services.devices import device_classes, node_device_class
+from services.queue.base import JobQueue
+
+__all__ = ["LatencyPlacement", "TimingSlot", "cluster_device_classes", "publish_device_classes"]
 
 log = logging.getLogger(__name__)
 
-CPU_CLASS = "cpu"
-LABEL_PREFIX = "hyctas_device:"
-ACCELERATOR_PREFIX = "accelerator_type:"
 SLOT_NAMESPACE = "hyctas"
 
 
-class MixedCluster(ValueError):
-    """A search named no device class and the cluster has several (one line, for a 422)."""
+def cluster_device_classes() -> dict[str, list[str]]:
+    """Device class -> ids of the alive nodes of the connected Ray cluster."""
+    return device_classes(ray.nodes())  # type: ignore[no-untyped-call]
 
 
-def node_device_class(resources: dict[str, float]) -> str:
-    """The device class of a node with these Ray resources (see the module docstring)."""
-    for prefix in (LABEL_PREFIX, ACCELERATOR_PREFIX):
-        names = sorted(k.removeprefix(prefix) for k in resources if k.startswith(prefix))
-        if names:
-            return names[0]
-    return CPU_CLASS
-
-
-def device_classes(nodes: list[dict[str, Any]] | None = None) -> dict[str, list[str]]:
-    """Device class -> ids of the alive nodes of that class (``ray.nodes()`` by default)."""
-    out: dict[str, list[str]] = {}
-    for node in nodes if nodes is not None else ray.nodes():  # type: ignore[no-untyped-call]
-        if node.get("Alive"):
-            out.setdefault(node_device_class(node.get("Resources", {})), []).append(node["NodeID"])
-    return out
-
-
-def resolve_target(requested: str | None, classes: dict[str, Any]) -> str:
-    """The device class a search times on: the one asked for, else the cluster's only class.
-
-    Raises:
-        MixedCluster: none asked and the cluster has several classes.
-    """
-    if requested:
-        return requested
-    if len(classes) > 1:
-        names = ", ".join(sorted(classes))
-        raise MixedCluster(f"the cluster has several device classes ({names}): name the search's target_device")
-    return next(iter(classes), CPU_CLASS)
+def publish_device_classes(queue: JobQueue, ttl_s: float) -> dict[str, int]:
+    """Tell the controller (through the queue's backend) which device classes the cluster has."""
+    classes = {k: len(v) for k, v in cluster_device_classes().items()}
+    queue.set_device_classes(classes, ttl_s)
+    return classes
 
 
 def _is_gpu_class(node: dict[str, Any]) -> bool:
@@ -144,12 +103,15 @@ class LatencyPlacement:
     def _slot(self, node: dict[str, Any]) -> Any:
         node_id = node["NodeID"]
         use_gpu = _is_gpu_class(node)
+        # A CPU slot holds a core so that no evaluator runs beside a timing, unless the node has
+        # only one (the evaluators need it; timings then share it).
+        hold_cpu = not use_gpu and float(node.get("Resources", {}).get("CPU", 0)) >= 2
         actor_cls: Any = TimingSlot
         return actor_cls.options(
             name=f"hyctas-timing-{node_id[:16]}",
             namespace=SLOT_NAMESPACE,
             get_if_exists=True,
-            num_cpus=0 if use_gpu else 1,
+            num_cpus=1 if hold_cpu else 0,
             num_gpus=1 if use_gpu else 0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         ).remote(self.device_class, use_gpu)

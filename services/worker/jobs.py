@@ -23,16 +23,19 @@ from hyctas_core.search_runner import GenerationProgress, SearchFinishedError, r
 from hyctas_core.search_space import Arch
 from hyctas_core.storage import SearchRecord, SearchState
 from services.datasets import resolve_dataset
-from services.metrics import EVALUATION_SECONDS, EVALUATIONS, GENERATION_SECONDS
+from services.devices import resolve_target
+from services.metrics import EVALUATION_SECONDS, EVALUATIONS, GENERATION_SECONDS, SEARCHES_WAITING
 from services.queue import QueueError
 from services.worker.context import Handler, JobContext, JobStopped
 from services.worker.data_parallel import ParallelSpec, fit_data_parallel
+from services.worker.devices import LatencyPlacement, cluster_device_classes
 from services.worker.ray_init import init_ray
 
 __all__ = [
     "default_handlers",
     "ray_cluster_id",
     "reconcile_deployments",
+    "worker_maintenance",
     "pick_device",
     "run_deploy",
     "run_retrain",
@@ -200,7 +203,7 @@ class _PoolEvaluator:
             done += 1
             EVALUATIONS.labels("ok").inc()
             EVALUATION_SECONDS.observe(seconds)
-            self.ctx.report(evaluating=f"{done}/{len(archs)}", actors=self.pool.size)
+            self.ctx.report(evaluating=f"{done}/{len(archs)}", actors=self.pool.size, waiting_for_device=None)
 
         self.ctx.check()
         try:
@@ -228,9 +231,36 @@ def run_search_job(ctx: JobContext) -> dict[str, Any]:
     config = SearchConfig.from_dict(search.config["search"])
     data = _data_dir(ctx, search.config["dataset"])
     device = pick_device(search.config["evaluator"].get("device", "auto"))
-    spec = EvaluatorSpec.from_dict({**search.config["evaluator"], "data": str(data), "device": device, "threads": 1})
-    ctx.report(force=True, phase="search", generation=search.generation + 1, total_generations=config.total_generations)
-    pool = RayEvaluatorPool(spec)
+    stored = search.config["evaluator"]
+    target = resolve_target(stored.get("device_class"), cluster_device_classes())  # MixedCluster: one line
+    timed_here = stored.get("latency_table") is not None  # a table predicts: nothing to time
+    spec = EvaluatorSpec.from_dict(
+        {
+            **stored,
+            "data": str(data),
+            "device": device,
+            "threads": 1,
+            "device_class": target,
+            "defer_latency": not timed_here,
+        }
+    )
+    ctx.report(
+        force=True, phase="search", generation=search.generation + 1, total_generations=config.total_generations,
+        target_device=target, waiting_for_device=None,
+    )  # fmt: skip
+
+    def waiting(device_class: str) -> None:
+        SEARCHES_WAITING.labels(device_class).set(1)
+        ctx.report(force=True, waiting_for_device=device_class)
+        ctx.check()
+
+    placement = None if timed_here else LatencyPlacement(target)
+    try:
+        pool = RayEvaluatorPool(spec, latency=placement, on_wait=waiting)
+    except InterruptedError:
+        raise JobStopped(ctx.reason or "stopped") from None
+    finally:
+        SEARCHES_WAITING.labels(target).set(0)
     evaluator = _PoolEvaluator(pool, ctx)
     last = time.perf_counter()
 
@@ -437,6 +467,17 @@ def run_deploy(ctx: JobContext) -> dict[str, Any]:
 def ray_cluster_id() -> str:
     """This driver's Ray cluster (its GCS address): deployments record the cluster that serves them."""
     return str(ray.get_runtime_context().gcs_address)
+
+
+def worker_maintenance(storage: Any, queue: Any, lease_s: float) -> None:
+    """What a worker does between jobs: tell the controller the cluster's device classes (kept for
+    three leases, so one missed round does not forget them), then reconcile deployments."""
+    from services.worker.devices import publish_device_classes
+
+    try:
+        publish_device_classes(queue, ttl_s=3 * lease_s)
+    finally:
+        reconcile_deployments(storage)
 
 
 def reconcile_deployments(storage: Any, *, status: Any = None, cluster: str | None = None) -> list[str]:

@@ -19,13 +19,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from hyctas_core.evaluate import EvaluatorSpec  # noqa: E402
 from hyctas_core.search_space import sample_arch  # noqa: E402
-from services.worker.devices import (  # noqa: E402
-    LatencyPlacement,
-    MixedCluster,
-    device_classes,
-    node_device_class,
-    resolve_target,
-)
+from services.devices import MixedCluster, device_classes, node_device_class, resolve_target  # noqa: E402
+from services.worker.devices import LatencyPlacement  # noqa: E402
 from services.worker.ray_pool import RayEvaluatorPool  # noqa: E402
 from tests.fixtures import tiny_supernet  # noqa: E402
 
@@ -50,6 +45,8 @@ def test_a_node_class_comes_from_its_label_its_accelerator_or_cpu() -> None:
     assert resolve_target("A100", classes) == "A100"  # asked for: the search waits for one
     with pytest.raises(MixedCluster, match=r"several device classes \(V100, cpu\): name the search's target_device"):
         resolve_target(None, classes)
+    with pytest.raises(ValueError, match="letters, digits"):
+        resolve_target("V100; rm -rf", classes)
 
 
 @pytest.fixture(scope="module")

@@ -296,6 +296,14 @@ class TestQueueContract:
         queue.ack(last)
         assert (queue.depth(), queue.pending(), queue.oldest_age_s()) == (0, 0, 0.0)
 
+    def test_device_classes_are_shared_and_expire(self, backend: QueueBackend) -> None:
+        worker, controller = backend.open(), backend.open()
+        assert controller.device_classes() is None  # no worker has said anything yet
+        worker.set_device_classes({"V100": 2, "cpu": 1}, ttl_s=backend.lease_s)
+        assert controller.device_classes() == {"V100": 2, "cpu": 1}
+        backend.advance(backend.lease_s * 1.2)
+        assert controller.device_classes() is None  # the workers went quiet: not known any more
+
     def test_ping_and_close(self, backend: QueueBackend) -> None:
         queue = backend.open()
         queue.ping()
