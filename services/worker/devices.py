@@ -1,11 +1,12 @@
 """Latency timed only on nodes of a search's device class (:mod:`services.devices` says which
 class a node is and which class a search targets).
 
-A search's latency objective is only meaningful on one kind of device. Latency is measured only
-in **timing slots**: one named actor per node of the target class (:func:`timing_slots`), pinned to its node
-(hard node affinity), holding one CPU (or one GPU on a GPU class; no CPU on a one-core node). Ray runs an actor's calls one
-at a time, and every search on the cluster shares the node's slot (it is found by name), so two
-latency measurements never overlap on one node. mIoU evaluation may run anywhere.
+A search's latency objective is only meaningful on one kind of device, so latency is measured
+only in **timing slots**: one named actor per node of the target class (:class:`TimingSlot`),
+pinned to its node (hard node affinity), holding one CPU (one GPU on a GPU class; no CPU on a
+one-core node). Ray runs an actor's calls one at a time, and every search on the cluster shares
+the node's slot (it is found by name), so two latency measurements never overlap on one node.
+mIoU evaluation may run anywhere.
 
 While no node of the target class is alive, :meth:`LatencyPlacement.slots` waits (calling
 ``on_wait`` so the job shows it) and re-checks every few seconds: a node that joins lets the
