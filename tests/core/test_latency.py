@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hyctas_core.config import ModelConfig
-from hyctas_core.latency import LatencyTable, LookupTableLatency, MeasuredLatency, build_table, op_key
+from hyctas_core.latency import (
+    DeferredLatency,
+    LatencyTable,
+    LookupTableLatency,
+    MeasuredLatency,
+    build_table,
+    find_table,
+    op_key,
+)
 from hyctas_core.network import plan_network
 from hyctas_core.presets import get_preset
 from hyctas_core.search_space import sample_arch
@@ -72,6 +82,27 @@ def test_save_load_and_identity_errors(table: LatencyTable, tmp_path: Path) -> N
 def test_measured_latency_source() -> None:
     ms, source = MeasuredLatency(CFG, SIZE, duration_s=0.05).latency_ms(sample_arch(np.random.default_rng(1), 6))
     assert ms > 0 and source == "measured:cpu"
+    arch = sample_arch(np.random.default_rng(1), 6)
+    _, source = MeasuredLatency(CFG, SIZE, duration_s=0.01, device_class="xeon").latency_ms(arch)
+    assert source == "measured:xeon"  # the device class is recorded with every latency
+    ms, source = DeferredLatency().latency_ms(arch)
+    assert math.isnan(ms) and source == "deferred"
+
+
+def test_tables_are_kept_and_chosen_per_device_class(table: LatencyTable, tmp_path: Path) -> None:
+    for name, device_class in (("a.json", "V100"), ("b.json", "RTX3090")):
+        dataclasses.replace(table, device_class=device_class, entries={**table.entries}).save(tmp_path / name)
+    (tmp_path / "notes.json").write_text("{}")  # not a table: passed over
+    assert find_table(tmp_path, "RTX3090", SIZE, CFG.to_dict()).name == "b.json"
+    assert find_table(tmp_path, "V100", SIZE, CFG.to_dict()).name == "a.json"
+    assert LatencyTable.load(tmp_path / "b.json").device_class == "RTX3090"
+    arch = sample_arch(np.random.default_rng(2), 6)
+    _, source = LookupTableLatency(LatencyTable.load(tmp_path / "a.json")).latency_ms(arch)
+    assert source == "lut:V100"
+    with pytest.raises(FileNotFoundError, match=r"no latency table .* for device class 'A100'.*a.json \(V100, 48x80\)"):
+        find_table(tmp_path, "A100", SIZE, CFG.to_dict())
+    with pytest.raises(FileNotFoundError, match="device class 'V100', input 96x160"):
+        find_table(tmp_path, "V100", (96, 160), CFG.to_dict())
 
 
 def test_calibration_is_fitted_stored_and_applied(tmp_path: Path) -> None:

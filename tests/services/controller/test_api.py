@@ -123,6 +123,34 @@ def test_data_parallel_training_is_asked_for_and_checked(api: Api) -> None:
     assert job.payload["parallel"]["workers"] == 2
 
 
+def test_a_search_times_latency_on_one_device_class(api: Api) -> None:
+    # No worker has described the cluster yet: the worker resolves the class when it runs.
+    assert _search(api, name="unknown")["target_device"] is None
+    api.queue.set_device_classes({"cpu": 2}, ttl_s=60)
+    alone = _search(api, name="alone")
+    assert alone["target_device"] == "cpu" and alone["config"]["evaluator"]["device_class"] == "cpu"
+    assert alone["waiting_for_device"] is None
+    api.queue.set_device_classes({"cpu": 2, "V100": 1, "RTX3090": 3}, ttl_s=60)
+    supernet_id = api.trained_supernet()
+    mixed = api.client.post(
+        "/api/v1/searches", json={**SEARCH, "name": "mixed", "supernet_id": supernet_id}, headers=api.alice
+    )
+    assert mixed.status_code == 422
+    assert "several device classes (RTX3090, V100, cpu): name the search's target_device" in mixed.text
+    named = _search(api, name="named", target_device="V100")
+    assert named["target_device"] == "V100"
+    # A class with no node yet is accepted: the search waits for one (visibly) instead of timing elsewhere.
+    assert _search(api, name="later", target_device="A100")["target_device"] == "A100"
+    bad = api.client.post(
+        "/api/v1/searches",
+        json={**SEARCH, "name": "bad", "supernet_id": supernet_id, "target_device": "V100; drop"},
+        headers=api.alice,
+    )
+    assert bad.status_code == 422
+    metrics = api.client.get("/metrics").text
+    assert 'hyctas_device_class_nodes{class="V100"} 1.0' in metrics
+
+
 def test_search_is_stored_with_everything_to_replay_it(api: Api) -> None:
     body = _search(api, branches=[1, 3], seed=7)
     assert (body["state"], body["generation"], body["total_generations"]) == ("created", 0, 4)
