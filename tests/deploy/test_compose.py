@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
+from services.devices import DEVICE_CLASS_PATTERN, LABEL_PREFIX, node_device_class
 from tests.deploy.common import (
     COMPOSE_FILE,
     DOCKERFILES,
@@ -152,6 +153,24 @@ def test_ray_workers_scale_with_gpu_and_cpu_profiles() -> None:
         if not svc.get("profiles"):
             for dep in svc.get("depends_on") or {}:
                 assert not svcs[dep].get("profiles"), f"{name} depends on profiled {dep}"
+
+
+def test_ray_workers_name_their_device_class() -> None:
+    """Each Ray worker node carries one ``hyctas_device:<class>`` resource (services/devices.py):
+    the GPU class from RAY_WORKER_DEVICE_CLASS, the CPU class "cpu" like the unlabelled head."""
+    svcs = services()
+    for name, variable, default in (
+        ("ray-worker", "RAY_WORKER_DEVICE_CLASS", "gpu"),
+        ("ray-worker-cpu", "RAY_WORKER_CPU_CLASS", "cpu"),
+    ):
+        argv = service_argv(svcs[name])
+        resources = json.loads(_option(argv, "--resources") or "{}")
+        labels = [k for k in resources if k.startswith(LABEL_PREFIX)]
+        assert len(labels) == 1 and resources[labels[0]] > 0, f"{name}: one device class label, got {resources}"
+        assert node_device_class(resources) == default, f"{name}: {variable} defaults to {default}"
+        assert re.fullmatch(DEVICE_CLASS_PATTERN, default)
+    raw = COMPOSE_FILE.read_text()
+    assert "${RAY_WORKER_DEVICE_CLASS:-gpu}" in raw and "${RAY_WORKER_CPU_CLASS:-cpu}" in raw
 
 
 @pytest.mark.parametrize("case", sorted(ENV_CASES))

@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from services.devices import DEVICE_CLASS_PATTERN, LABEL_PREFIX, node_device_class
 from tests.deploy.common import (
     K8S,
     K8S_VERSIONS,
@@ -198,6 +199,38 @@ def test_raycluster_has_an_autoscaled_gpu_worker_group() -> None:
     cluster = one(_base_objects(), "RayCluster", "hyctas-ray")
     assert cluster["apiVersion"] == "ray.io/v1"
     check_ray_cluster_spec(cluster["spec"], "RayCluster/hyctas-ray", gpu=True)
+
+
+def _group_device_class(group: dict[str, Any]) -> str:
+    """The device class a worker group's nodes carry: ``rayStartParams.resources`` as KubeRay takes
+    it (a JSON object in a quoted string) read the way Ray reads a node's resources."""
+    raw = group.get("rayStartParams", {}).get("resources", '"{}"')
+    assert raw.startswith('"') and raw.endswith('"'), f"{group['groupName']}: resources is a quoted JSON string"
+    resources = json.loads(raw[1:-1].replace('\\"', '"'))
+    labels = [k for k in resources if k.startswith(LABEL_PREFIX)]
+    assert len(labels) == 1, f"{group['groupName']}: one {LABEL_PREFIX}<class> resource, got {resources}"
+    return node_device_class(resources)
+
+
+def test_gpu_worker_groups_are_one_device_class_each() -> None:
+    """Mixed GPU classes run as one KubeRay worker group per class: each group's pods land on its
+    GPU product (nodeSelector) and carry their class, which searches target (services/devices.py)."""
+    cluster = one(_base_objects(), "RayCluster", "hyctas-ray")
+    groups = cluster["spec"]["workerGroupSpecs"]
+    classes = {}
+    for group in groups:
+        spec = group["template"]["spec"]
+        assert "nvidia.com/gpu" in spec["containers"][0]["resources"]["limits"], group["groupName"]
+        assert spec["nodeSelector"]["nvidia.com/gpu.product"], f"{group['groupName']}: pinned to its GPU product"
+        classes[group["groupName"]] = _group_device_class(group)
+    assert len(groups) >= 2 and len(set(classes.values())) == len(groups), classes
+    assert all(re.fullmatch(DEVICE_CLASS_PATTERN, c) for c in classes.values())
+    products = [g["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"] for g in groups]
+    assert len(set(products)) == len(products), "two classes on one GPU product would mix latencies"
+    # The dev overlay (no GPUs) keeps one CPU group of class "cpu".
+    dev = one(render(K8S / "overlays" / "dev"), "RayCluster", "hyctas-ray")
+    (cpu,) = dev["spec"]["workerGroupSpecs"]
+    assert _group_device_class(cpu) == "cpu" and "nodeSelector" not in cpu["template"]["spec"]
 
 
 def test_rayservice_serves_the_applications() -> None:
