@@ -308,6 +308,22 @@ def test_live_updates_reach_the_list_and_the_open_search(tab: Tab, dashboard: Da
     assert_clean(tab)
 
 
+def test_a_search_waiting_for_its_device_class_says_so(tab: Tab, dashboard: Dashboard) -> None:
+    """The worker reports waiting_for_device while no node of the search's class is up: the list shows it."""
+    s = dashboard.searches["edge-flops"]
+    page = login(tab, dashboard)
+    page.wait_for_function("() => window.hyctasDashboard.live")
+    waiting = page.locator(f"tr[data-search-id='{s.id}'] .waiting")
+    expect(waiting).to_have_count(0)
+    dashboard.storage.heartbeat_job(s.job_id, "seed-worker", progress={"waiting_for_device": "V100"})
+    event = {"type": "progress", "owner": "alice", "job_id": s.job_id, "kind": "search"}
+    publish_until(dashboard, page, event, f"() => !!document.querySelector(\"tr[data-search-id='{s.id}'] .waiting\")")
+    expect(waiting).to_have_text("waiting for a V100 node")
+    dashboard.storage.heartbeat_job(s.job_id, "seed-worker", progress={"waiting_for_device": None})
+    publish_until(dashboard, page, event, f"() => !document.querySelector(\"tr[data-search-id='{s.id}'] .waiting\")")
+    assert_clean(tab)
+
+
 def test_five_thousand_points_render_and_stay_interactive(tab: Tab, dashboard: Dashboard, artifacts: Path) -> None:
     """The 5,000-individual search in WebGL: every point plotted; render times recorded, not asserted."""
     s = dashboard.searches["big-lat"]

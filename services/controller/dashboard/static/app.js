@@ -417,7 +417,13 @@
   function fillRow(tr, search) {
     const cell = (name) => tr.querySelector(`.${name}`);
     cell('name').firstChild.textContent = search.name;
-    cell('status').replaceChildren(stateBadge(search.state));
+    const status = [stateBadge(search.state)];
+    if (search.waiting_for_device) {
+      // Latency is timed only on the search's device class: it waits until such a node joins.
+      status.push(el('span', { class: 'waiting', title: 'no node of this device class in the cluster' },
+        `waiting for a ${search.waiting_for_device} node`));
+    }
+    cell('status').replaceChildren(...status);
     const bar = cell('progress').querySelector('progress');
     bar.max = Math.max(1, search.total_generations);
     bar.value = search.generation;
