@@ -182,3 +182,27 @@ def test_the_cli_trains_on_workers(ray_session: None, job: dict[str, Any], tmp_p
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["workers"] == 2 and summary["step"] == 4
     assert (out / "supernet.pt").exists() and len(_losses(out)) == 4
+
+
+def test_the_supernet_job_trains_on_its_workers(ray_session: None, job: dict[str, Any], tmp_path: Path) -> None:
+    """The worker's handler: a job with ``parallel.workers: 2`` runs on Ray Train and reports progress."""
+    from services.settings import Settings
+    from services.worker.context import JobContext
+    from services.worker.jobs import run_train_supernet
+
+    storage = sqlite_storage()
+    payload = {
+        "name": "dp",
+        "dataset": {"kind": "cityscapes", "path": Path(job["data_dir"]).name},
+        "train": CFG.to_dict(),
+        "device": "cpu",
+        "parallel": {"workers": 2, "use_gpu": False, "resources_per_worker": None},
+    }
+    job_id = storage.create_job("train_supernet", payload)
+    storage.start_job(job_id, "w")
+    settings = Settings(artifact_dir=tmp_path / "artifacts", data_dir=Path(job["data_dir"]).parent)
+    ctx = JobContext(storage.get_job(job_id), "w", storage, None, settings)
+    result = run_train_supernet(ctx)
+    assert result["workers"] == 2 and result["steps"] == 4 and Path(result["checkpoint"]).exists()
+    assert ctx.progress["workers"] == 2 and ctx.progress["finished"] is True
+    assert list((tmp_path / "artifacts" / "ray_train").rglob("checkpoint_*/last.pt"))  # Ray Train's copies
