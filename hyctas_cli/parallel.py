@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
 from hyctas_cli.utils import fail
 
-__all__ = ["check_workers", "run_parallel"]
+__all__ = ["UseGpuOpt", "WorkersOpt", "check_workers", "run_parallel"]
+
+WorkersOpt = Annotated[
+    int, typer.Option(min=1, help="data-parallel workers on Ray Train; the batch is split over them")
+]
+UseGpuOpt = Annotated[bool, typer.Option("--use-gpu", help="with --workers: one GPU per worker (NCCL)")]
 
 
 def check_workers(workers: int, batch_size: int) -> None:

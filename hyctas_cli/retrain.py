@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hyctas_cli.parallel import check_workers, run_parallel
+from hyctas_cli.parallel import UseGpuOpt, WorkersOpt, check_workers, run_parallel
 from hyctas_cli.utils import cli_progress, fail, load_arch
 
 if TYPE_CHECKING:
@@ -86,10 +86,8 @@ def retrain(
         str | None, typer.Option(help="semantic, or panoptic (centre/offset heads, PQ); overrides the config's")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N]")] = "cpu",
-    workers: Annotated[
-        int, typer.Option(min=1, help="data-parallel workers on Ray Train; the batch is split over them")
-    ] = 1,
-    use_gpu: Annotated[bool, typer.Option("--use-gpu", help="with --workers: one GPU per worker (NCCL)")] = False,
+    workers: WorkersOpt = 1,
+    use_gpu: UseGpuOpt = False,
 ) -> None:
     """Retrain an architecture from scratch: poly LR, scheduled drop path, best/last checkpoints.
 

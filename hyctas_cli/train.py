@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hyctas_cli.parallel import check_workers, run_parallel
+from hyctas_cli.parallel import UseGpuOpt, WorkersOpt, check_workers, run_parallel
 from hyctas_cli.utils import cli_progress, fail, load_arch, parse_size
 
 if TYPE_CHECKING:
@@ -52,10 +52,8 @@ def train_supernet(
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     epochs: Annotated[int | None, typer.Option(min=1, help="override the config's epochs")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N]")] = "cpu",
-    workers: Annotated[
-        int, typer.Option(min=1, help="data-parallel workers on Ray Train; the batch is split over them")
-    ] = 1,
-    use_gpu: Annotated[bool, typer.Option("--use-gpu", help="with --workers: one GPU per worker (NCCL)")] = False,
+    workers: WorkersOpt = 1,
+    use_gpu: UseGpuOpt = False,
 ) -> None:
     """Train the weight-sharing supernet, sampling one sub-network per step.
 

@@ -44,6 +44,7 @@ from hyctas_core.parallel import DataParallel, convert_sync_batchnorm
 
 __all__ = [
     "EpochTrainer",
+    "StepProgress",
     "TrainingConfig",
     "read_checkpoint_file",
     "read_checkpoint_step",
@@ -57,6 +58,18 @@ __all__ = [
 P = TypeVar("P")  # the progress report of one step
 C = TypeVar("C", bound="TrainingConfig")
 M = TypeVar("M", bound=torch.nn.Module)
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """What every run reports after a step; supernet training and retraining add their own fields."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    lr: float
+    images_per_s: float
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from hyctas_core.config import PanopticConfig
-from hyctas_core.engine import EpochTrainer, TrainingConfig, atomic_save, read_checkpoint_file
+from hyctas_core.engine import EpochTrainer, StepProgress, TrainingConfig, atomic_save, read_checkpoint_file
 from hyctas_core.evaluate import evaluate_miou, subset_indices
 from hyctas_core.losses import build_loss
 from hyctas_core.network import HyCTASNet
@@ -153,15 +153,9 @@ class RetrainConfig(TrainingConfig):
 
 
 @dataclass(frozen=True)
-class RetrainProgress:
+class RetrainProgress(StepProgress):
     """Reported after every step (and again after each validation, with the new mIoU)."""
 
-    step: int
-    total_steps: int
-    epoch: int
-    loss: float
-    lr: float
-    images_per_s: float
     drop_path: float
     miou: float | None  # the latest validation mIoU (0-1), None before the first
     best_miou: float | None

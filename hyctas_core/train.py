@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from hyctas_core.engine import EpochTrainer, TrainingConfig, atomic_save, read_checkpoint_file
+from hyctas_core.engine import EpochTrainer, StepProgress, TrainingConfig, atomic_save, read_checkpoint_file
 from hyctas_core.losses import build_loss
 from hyctas_core.parallel import DataParallel
 from hyctas_core.search_space import BRANCH_PRIOR, Arch, sample_arch, sample_largest, sample_smallest
@@ -92,14 +92,8 @@ class SupernetTrainConfig(TrainingConfig):
 
 
 @dataclass(frozen=True)
-class TrainProgress:
-    step: int
-    total_steps: int
-    epoch: int
-    loss: float
-    lr: float
-    images_per_s: float
-    branches: int
+class TrainProgress(StepProgress):
+    branches: int  # of the step's last (prior-sampled) sub-network
 
 
 class SupernetTrainer(EpochTrainer[SupernetTrainConfig, TrainProgress]):

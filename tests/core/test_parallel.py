@@ -26,7 +26,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
-from torch.utils.data import Dataset
 
 from hyctas_core.config import ModelConfig
 from hyctas_core.layers import SlimBatchNorm2d
@@ -34,6 +33,7 @@ from hyctas_core.parallel import DataParallel, SyncBatchNorm2d, convert_sync_bat
 from hyctas_core.retrain import RetrainConfig, Retrainer
 from hyctas_core.search_space import Arch, sample_arch
 from hyctas_core.train import SupernetTrainConfig, SupernetTrainer
+from tests.core.helpers import ToyScenes
 
 TOLERANCES = {torch.float32: (1e-5, 1e-4), torch.float64: (1e-10, 1e-9)}  # loss (relative), weights
 
@@ -48,26 +48,10 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(old)
 
 
-class Scenes(Dataset[dict[str, Any]]):
-    """Deterministic scenes whose unlabelled area differs per image (so the ranks' shares of the
-    labelled pixels differ and the loss weighting matters)."""
-
-    def __init__(self, n: int = 16, size: tuple[int, int] = (32, 48)) -> None:
-        self.n, self.size, self.epoch = n, size, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        g = torch.Generator().manual_seed(1000 * self.epoch + i)
-        h, w = self.size
-        label = (torch.arange(w) * 3 // w).expand(h, w).clone()
-        label[: (i % 5) * h // 8] = 255
-        image = torch.randn(3, h, w, generator=g) * 0.5 + label.clamp(max=2).float().unsqueeze(0)
-        return {"image": image, "label": label.long()}
+def _scenes() -> ToyScenes:
+    """16 scenes whose unlabelled area differs per image: the ranks' shares of the labelled pixels
+    differ, so the loss weighting matters."""
+    return ToyScenes(16, (32, 48), noise=0.5, ragged_ignore=True)
 
 
 MODEL = ModelConfig(base_channels=4, num_layers=5, num_classes=3)
@@ -91,8 +75,8 @@ def _arch() -> Arch:
 
 def _trainer(kind: str, cfg_kw: dict[str, Any], run_dir: Path) -> SupernetTrainer | Retrainer:
     if kind == "supernet":
-        return SupernetTrainer(_supernet_cfg(**cfg_kw), Scenes(), run_dir)
-    return Retrainer(_retrain_cfg(), _arch(), Scenes(), None, run_dir)
+        return SupernetTrainer(_supernet_cfg(**cfg_kw), _scenes(), run_dir)
+    return Retrainer(_retrain_cfg(), _arch(), _scenes(), None, run_dir)
 
 
 def _rank_main(

@@ -8,32 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 from hyctas_core.config import ModelConfig
 from hyctas_core.losses import OhemCrossEntropy, TopKCrossEntropy
 from hyctas_core.train import SupernetTrainConfig, SupernetTrainer, load_supernet
-
-
-class ToyScenes(Dataset[dict[str, Any]]):
-    """Tiny deterministic scenes: class = which vertical band, with epoch-dependent noise."""
-
-    def __init__(self, n: int = 12, size: tuple[int, int] = (48, 64)) -> None:
-        self.n, self.size, self.epoch = n, size, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        g = torch.Generator().manual_seed(1000 * self.epoch + i)
-        h, w = self.size
-        label = (torch.arange(w) * 3 // w).expand(h, w).clone()
-        label[: h // 4] = 255
-        image = torch.randn(3, h, w, generator=g) * 0.3 + label.clamp(max=2).float().unsqueeze(0)
-        return {"image": image, "label": label.long()}
+from tests.core.helpers import ToyScenes
 
 
 def _cfg(**kw: Any) -> SupernetTrainConfig:
