@@ -1,13 +1,41 @@
-"""Shared set-up for the search benchmarks: the demo's supernet, data and latency table."""
+"""Shared set-up for the benchmarks: ``--quick`` sizes, the machine a report was measured on, and
+for the search benchmarks the demo's supernet, data and latency table."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from hyctas_core.evaluate import EvaluatorSpec
 from hyctas_core.search_space import Arch
+
+
+def apply_quick(parser: argparse.ArgumentParser, args: argparse.Namespace, quick: dict[str, Any]) -> None:
+    """With ``--quick``, put the toy sizes ``quick`` in place of every option left at its default."""
+    if not args.quick:
+        return
+    defaults = {a.dest: a.default for a in parser._actions}
+    for key, value in quick.items():
+        if getattr(args, key) == defaults[key]:
+            setattr(args, key, value)
+
+
+def machine() -> dict[str, Any]:
+    """What a measurement ran on: processor, CPUs, GPU, Python, torch and its threads."""
+    return {
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "gpus": torch.cuda.device_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def add_demo_args(parser: argparse.ArgumentParser) -> None:

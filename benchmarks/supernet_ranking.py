@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -35,6 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import apply_quick, machine  # noqa: E402
 
 from hyctas_core.config import ModelConfig
 from hyctas_core.data.cityscapes import CityscapesDataset
@@ -98,11 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--workdir", type=Path, default=None, help="keep data and checkpoints here (default: a temp dir)")
     args = p.parse_args(argv)
-    if args.quick:
-        defaults = {a.dest: a.default for a in p._actions}
-        for key, value in QUICK.items():
-            if getattr(args, key) == defaults[key]:
-                setattr(args, key, value)
+    apply_quick(p, args, QUICK)
     if args.archs < 3 or args.archs % 3:
         p.error(f"--archs must be a positive multiple of 3, got {args.archs}")
     return args
@@ -290,11 +288,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "supernet_config": {k: v for k, v in train_cfg.to_dict().items() if k != "model"} | {"model": model.to_dict()},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "machine": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        "machine": machine(),
     }
     return report
 

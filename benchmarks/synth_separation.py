@@ -32,14 +32,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import apply_quick, machine  # noqa: E402
 
 from hyctas_core.config import ModelConfig
 from hyctas_core.data.labels import IGNORE_INDEX, NUM_CLASSES, TRAIN_ID_NAMES, id_to_train_id_lut
@@ -269,11 +272,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.groups = [g for g in args.groups.split(",") if g]
     if not args.groups or set(args.groups) - set(GROUPS):
         parser.error(f"--groups must name some of {', '.join(GROUPS)}, got {args.groups}")
+    apply_quick(parser, args, QUICK)
     if args.quick:
-        defaults = {a.dest: a.default for a in parser._actions}
-        for key, value in QUICK.items():
-            if getattr(args, key) == defaults[key]:
-                setattr(args, key, value)
         args.latency_seconds = min(args.latency_seconds, 0.02)
     return args
 
@@ -306,12 +306,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "groups": rows,
         "settings": {k: v for k, v in vars(args).items() if k not in ("log_every",)},
         "timings_s": {"render": round(render_s, 1), "train_eval": round(time.perf_counter() - t0, 1)},
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        "machine": machine(),
     }
     return result
 

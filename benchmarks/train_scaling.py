@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,9 +35,12 @@ from typing import Any
 
 import torch
 
-from hyctas_core.config import ModelConfig
-from hyctas_core.data.synth import generate
-from hyctas_core.train import SupernetTrainConfig
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import apply_quick, machine  # noqa: E402
+
+from hyctas_core.config import ModelConfig  # noqa: E402
+from hyctas_core.data.synth import generate  # noqa: E402
+from hyctas_core.train import SupernetTrainConfig  # noqa: E402
 
 QUICK = {"size": "64x128", "images": 8, "batch": 4, "steps": 3, "base_channels": 4, "layers": 4}
 
@@ -56,11 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="toy sizes: a smoke run, not a measurement")
     args = parser.parse_args(argv)
-    if args.quick:
-        defaults = {a.dest: a.default for a in parser._actions}
-        for key, value in QUICK.items():
-            if getattr(args, key) == defaults[key]:
-                setattr(args, key, value)
+    apply_quick(parser, args, QUICK)
     try:
         args.worker_counts = sorted({int(w) for w in args.workers.split(",") if w})
     except ValueError:
@@ -153,14 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "steps_timed": cfg.epochs * steps_per_epoch(cfg),
         },
         "timings_s": {"render": round(render_s, 1)},
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "gpus": torch.cuda.device_count(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
+        "machine": machine(),
     }
 
 
