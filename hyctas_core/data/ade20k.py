@@ -124,25 +124,6 @@ class ADE20KDataset(SegmentationDataset):
             read_object_info(info) if info.is_file() else tuple(f"class_{k}" for k in range(ADE20K_NUM_CLASSES))
         )
 
-    @property
-    def num_classes(self) -> int:
-        """150."""
-        return ADE20K_NUM_CLASSES
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        """The 150 class names in train id order."""
-        return self._class_names
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Image file stems (e.g. ``ADE_val_00000001``), sorted."""
-        return self._names
-
-    def __len__(self) -> int:
-        """Number of images."""
-        return len(self._images)
-
     def load(self, index: int, instances: bool = False) -> RawSample:
         """Decode image and train-id label of image ``index`` (ADE20K has no instance maps here).
 

@@ -128,8 +128,8 @@ def check_same_size(image: np.ndarray, other: np.ndarray, image_path: Path, othe
 class SegmentationDataset(Dataset[dict[str, Any]], abc.ABC):
     """Abstract base of the segmentation datasets (see the module docstring for the sample dict).
 
-    Subclasses implement :meth:`__len__`, :attr:`num_classes`, :attr:`class_names`,
-    :attr:`names` and :meth:`load` (decode sample i from disk, un-augmented). Instance
+    Subclasses set ``_names`` (one per sample, in index order) and ``_class_names`` (one per
+    train id) and implement :meth:`load` (decode sample i from disk, un-augmented). Instance
     support is optional: a dataset without instances returns all-zero maps.
 
     Args:
@@ -143,6 +143,8 @@ class SegmentationDataset(Dataset[dict[str, Any]], abc.ABC):
     """
 
     ignore_index: int = IGNORE_INDEX
+    _names: tuple[str, ...]
+    _class_names: tuple[str, ...]
 
     def __init__(self, transform: SegTransform | None = None, return_instances: bool = False, seed: int = 0) -> None:
         if seed < 0:
@@ -158,23 +160,23 @@ class SegmentationDataset(Dataset[dict[str, Any]], abc.ABC):
         self.epoch = 0
 
     @property
-    @abc.abstractmethod
     def num_classes(self) -> int:
         """Number of train classes (label values ``0..num_classes-1``)."""
+        return len(self._class_names)
 
     @property
-    @abc.abstractmethod
     def class_names(self) -> tuple[str, ...]:
         """Name of each train id."""
+        return self._class_names
 
     @property
-    @abc.abstractmethod
     def names(self) -> tuple[str, ...]:
         """The sample names, in index order."""
+        return self._names
 
-    @abc.abstractmethod
     def __len__(self) -> int:
         """Number of samples."""
+        return len(self._names)
 
     @abc.abstractmethod
     def load(self, index: int, instances: bool = False) -> RawSample:

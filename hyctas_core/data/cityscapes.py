@@ -28,7 +28,7 @@ from hyctas_core.data.base import (
     load_rgb,
     load_single_channel,
 )
-from hyctas_core.data.labels import NUM_CLASSES, THING_TRAIN_IDS, TRAIN_ID_NAMES, VALID_IDS, id_to_train_id_lut
+from hyctas_core.data.labels import THING_TRAIN_IDS, TRAIN_ID_NAMES, VALID_IDS, id_to_train_id_lut
 from hyctas_core.data.transforms import SegTransform
 
 __all__ = ["CityscapesDataset"]
@@ -132,7 +132,8 @@ class CityscapesDataset(SegmentationDataset):
         self._images: list[Path] = images
         self._labels: list[Path] = []
         self._instances: list[Path] = []
-        self._names: tuple[str, ...] = tuple(p.name[: -len(_IMAGE_SUFFIX)] for p in images)
+        self._names = tuple(p.name[: -len(_IMAGE_SUFFIX)] for p in images)  # <city>_<seq>_<frame>, sorted
+        self._class_names = TRAIN_ID_NAMES  # the 19 train classes
         for img, prefix in zip(images, self._names, strict=True):
             label = label_root / img.parent.name / (prefix + _LABEL_SUFFIX)
             if not label.is_file():
@@ -142,25 +143,6 @@ class CityscapesDataset(SegmentationDataset):
             if return_instances and not inst.is_file():
                 raise DatasetError(f"{inst}: instanceIds file missing for image {img}")
             self._instances.append(inst)
-
-    @property
-    def num_classes(self) -> int:
-        """19."""
-        return NUM_CLASSES
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        """The 19 Cityscapes train class names."""
-        return TRAIN_ID_NAMES
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """``<city>_<seq>_<frame>`` of each image, sorted."""
-        return self._names
-
-    def __len__(self) -> int:
-        """Number of images."""
-        return len(self._images)
 
     def load(self, index: int, instances: bool = False) -> RawSample:
         """Decode image, train-id label and (optionally) instance map of image ``index``.

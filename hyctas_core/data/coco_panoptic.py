@@ -135,7 +135,7 @@ class COCOPanopticDataset(SegmentationDataset):
             names.append(str(_field(cat, "name", f"categories[{t}]", path)))
             if int(cat.get("isthing", 0)):
                 things.add(t)
-        self._class_names = tuple(names)
+        self._class_names = tuple(names)  # the JSON's categories, in order (133 for COCO panoptic)
         self.thing_train_ids: frozenset[int] = frozenset(things)
         self.category_ids: tuple[int, ...] = tuple(self._cat_to_train)
 
@@ -174,25 +174,6 @@ class COCOPanopticDataset(SegmentationDataset):
                     raise DatasetError(f"{p}: {what} file missing (listed in {path} {where})")
             self._entries.append(_Entry(image=image, png=png, segments=segments))
         self._names = tuple(e.image.stem for e in self._entries)
-
-    @property
-    def num_classes(self) -> int:
-        """Number of categories in the JSON (133 for COCO panoptic)."""
-        return len(self._class_names)
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        """Category names in train id order (= the JSON's ``categories`` order)."""
-        return self._class_names
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Image file stems, in annotation order."""
-        return self._names
-
-    def __len__(self) -> int:
-        """Number of annotated images."""
-        return len(self._entries)
 
     def load(self, index: int, instances: bool = False) -> RawSample:
         """Decode image, train-id label and (optionally) instance map of sample ``index``.
