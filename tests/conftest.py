@@ -23,6 +23,17 @@ def _seed_everything() -> Iterator[None]:
     torch.set_rng_state(torch_state)
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch intra-op thread for a module (opt in with ``usefixtures``): tiny tensors run
+    fastest so, immune to a busy machine's contention, and Ray actors (one CPU each) compute
+    bit-identically to the reference runs in the test process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return

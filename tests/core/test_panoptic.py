@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,17 +49,11 @@ from hyctas_core.supernet import Supernet
 from tests.core.helpers import randomize
 from tests.fixtures import write_cityscapes
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is fastest
+
 ROAD, SIDEWALK, TERRAIN, PERSON, CAR = 0, 1, 9, 11, 13  # Cityscapes train ids
 THINGS = CITYSCAPES_THING_IDS
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _heads(label: torch.Tensor, instances: torch.Tensor, num_classes: int = 19) -> dict[str, torch.Tensor]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +34,11 @@ from hyctas_core.retrain import (
 from hyctas_core.search_space import Arch, sample_arch
 from tests.core.helpers import randomize
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is fastest
+
 # hyctas-s: 11 cells per branch, light convs (stride 1 and 2), plain convs and one attention cell.
 ARCH = get_preset("hyctas-s")
 MODEL = ModelConfig(base_channels=4, num_layers=11, num_classes=3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is fastest and immune to a busy machine's contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class ToyScenes(Dataset[dict[str, Any]]):

@@ -9,7 +9,6 @@ the step losses agree to 1e-5 relative and the weights to 1e-4 absolute after 4 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +45,6 @@ CFG = SupernetTrainConfig(
     log_every=1,
 )
 TWO = ParallelSpec(workers=2, max_failures=1)
-
-
-@pytest.fixture(scope="module")
-def ray_session() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-import torch
 
 ray = pytest.importorskip("ray")
 
@@ -23,7 +21,7 @@ from services.worker.retrain_tune import FAIL_ONCE_ENV, RetrainCancelled, run_re
 from tests.fixtures import write_cityscapes  # noqa: E402
 from tests.services.sqlite import sqlite_storage  # noqa: E402
 
-pytestmark = pytest.mark.slow  # about a minute: a Ray session and seven Tune runs
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # about a minute: Ray, seven Tune runs
 
 MODEL = ModelConfig(base_channels=4, num_layers=6, num_classes=19)
 METRICS = ("epoch", "miou", "best_miou", "params_m", "gmacs", "fps", "early_stopped", "retries")
@@ -53,21 +51,6 @@ def _archs(n: int, seed: int = 0) -> list[Arch]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_cityscapes(tmp_path_factory.mktemp("data"), train=8, val=2, size=(64, 128))
-
-
-@pytest.fixture(scope="module")
-def ray_session() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # like the trials: bit-identical reference runs
-    yield
-    torch.set_num_threads(threads)
 
 
 def _epoch_mious(data: Path, cfg: RetrainConfig, arch: Arch, run_dir: Path) -> list[float]:
