@@ -136,19 +136,29 @@ class SegmentationDataset(Dataset[dict[str, Any]], abc.ABC):
         transform: The augmentation; None = evaluation transform (normalisation only).
         return_instances: Add the ``"instances"`` map to each sample.
         seed: Base seed (>= 0) of the per-item random generators.
+        limit: Keep only the first ``limit`` samples (each subclass says in which order), or None.
 
     Raises:
-        ValueError: If ``seed`` is negative or the transform's ignore index differs from the
-            dataset's.
+        ValueError: If ``seed`` is negative, ``limit`` is not positive, or the transform's
+            ignore index differs from the dataset's.
     """
 
     ignore_index: int = IGNORE_INDEX
     _names: tuple[str, ...]
     _class_names: tuple[str, ...]
 
-    def __init__(self, transform: SegTransform | None = None, return_instances: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        transform: SegTransform | None = None,
+        return_instances: bool = False,
+        seed: int = 0,
+        limit: int | None = None,
+    ) -> None:
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be a positive number of images or None, got {limit}")
+        self.limit = limit  # a subclass keeps only the first ``limit`` samples
         self.transform = transform if transform is not None else SegTransform(crop_size=None, train=False)
         if self.transform.ignore_index != self.ignore_index:
             raise ValueError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.auth import authenticate
@@ -12,12 +12,25 @@ from services.queue import EventBus, JobQueue
 from services.settings import Settings
 from services.storage.base import Storage
 
-__all__ = ["MAX_ID", "CurrentUser", "EventsDep", "QueueDep", "RowId", "SettingsDep", "StorageDep"]
+__all__ = [
+    "MAX_ID",
+    "CurrentUser",
+    "EventsDep",
+    "Limit",
+    "Offset",
+    "QueueDep",
+    "RowId",
+    "SettingsDep",
+    "StorageDep",
+]
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integer columns: a larger id can name nothing
 
 # A path id: out of range is a 422 naming the bound, never a database error.
 RowId = Annotated[int, Path(ge=1, le=MAX_ID, description=f"an id (1..{2**31 - 1})")]
+# A page of a listing: ``offset`` rows skipped, at most ``limit`` returned.
+Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
+Limit = Annotated[int, Query(ge=1, le=100)]
 
 _bearer = HTTPBearer(auto_error=False, description="an API key from `hyctas apikey create --user NAME`")
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from services.controller import service
 from services.controller.api.responses import CONFLICT, NOT_FOUND
-from services.controller.deps import CurrentUser, EventsDep, RowId, StorageDep
+from services.controller.deps import CurrentUser, EventsDep, Limit, Offset, RowId, StorageDep
 from services.controller.schemas import JobPublic, JobsPublic
 from services.storage.base import JobRecord, JobState, Storage
 
@@ -24,8 +22,8 @@ def list_jobs(
     user: CurrentUser,
     storage: StorageDep,
     state: JobState | None = None,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Offset = 0,
+    limit: Limit = 20,
 ) -> JobsPublic:
     """The caller's jobs, oldest first, optionally of one state."""
     page, count = storage.list_jobs(owner=user, state=state, offset=offset, limit=limit)

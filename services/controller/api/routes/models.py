@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, status
 
 from services.controller import service
 from services.controller.api.responses import CONFLICT, NOT_FOUND
-from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, SettingsDep, StorageDep
+from services.controller.deps import CurrentUser, EventsDep, Limit, Offset, QueueDep, RowId, SettingsDep, StorageDep
 from services.controller.schemas import ModelPublic, ModelsCreate, ModelsPublic
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -29,8 +29,8 @@ def list_models(
     user: CurrentUser,
     storage: StorageDep,
     job_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Offset = 0,
+    limit: Limit = 20,
 ) -> ModelsPublic:
     """The caller's models, oldest first, optionally of one retrain job."""
     page, count = storage.list_models(owner=user, job_id=job_id, offset=offset, limit=limit)

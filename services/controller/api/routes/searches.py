@@ -10,7 +10,7 @@ from hyctas_core.search import SearchConfig
 from hyctas_core.storage import SearchRecord, SearchState
 from services.controller import service
 from services.controller.api.responses import CONFLICT, NOT_FOUND
-from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, SettingsDep, StorageDep
+from services.controller.deps import CurrentUser, EventsDep, Limit, Offset, QueueDep, RowId, SettingsDep, StorageDep
 from services.controller.schemas import (
     GenerationPublic,
     GenerationsPublic,
@@ -54,8 +54,8 @@ def list_searches(
     user: CurrentUser,
     storage: StorageDep,
     state: SearchState | None = None,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Offset = 0,
+    limit: Limit = 20,
 ) -> SearchesPublic:
     """The caller's searches, oldest first, optionally of one state."""
     page, count = storage.list_search_summaries(owner=user, state=state, offset=offset, limit=limit)

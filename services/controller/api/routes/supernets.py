@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 
 from services.controller import service
 from services.controller.api.responses import NOT_FOUND
-from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, SettingsDep, StorageDep
+from services.controller.deps import CurrentUser, EventsDep, Limit, Offset, QueueDep, RowId, SettingsDep, StorageDep
 from services.controller.schemas import SupernetCreate, SupernetPublic, SupernetsPublic
 
 router = APIRouter(prefix="/supernets", tags=["supernets"])
@@ -27,8 +25,8 @@ def create_supernet(
 def list_supernets(
     user: CurrentUser,
     storage: StorageDep,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Offset = 0,
+    limit: Limit = 20,
 ) -> SupernetsPublic:
     """The caller's supernets, oldest first."""
     page, count = storage.list_jobs(owner=user, kind="train_supernet", offset=offset, limit=limit)
