@@ -94,11 +94,9 @@ class ADE20KDataset(SegmentationDataset):
         seed: int = 0,
         limit: int | None = None,
     ) -> None:
-        super().__init__(transform=transform, return_instances=False, seed=seed)
+        super().__init__(transform=transform, return_instances=False, seed=seed, limit=limit)
         if split not in _SPLITS:
             raise ValueError(f"ADE20K split must be one of {', '.join(_SPLITS)}, got {split!r}")
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be a positive number of images or None, got {limit}")
         self.root = Path(root)
         self.split = split
         image_dir = self.root / "images" / split

@@ -108,9 +108,7 @@ class CityscapesDataset(SegmentationDataset):
         seed: int = 0,
         limit: int | None = None,
     ) -> None:
-        super().__init__(transform=transform, return_instances=return_instances, seed=seed)
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be a positive number of images or None, got {limit}")
+        super().__init__(transform=transform, return_instances=return_instances, seed=seed, limit=limit)
         self.root = Path(root)
         self.split = split
         image_root = self.root / "leftImg8bit" / split

@@ -101,9 +101,7 @@ class COCOPanopticDataset(SegmentationDataset):
         seed: int = 0,
         limit: int | None = None,
     ) -> None:
-        super().__init__(transform=transform, return_instances=return_instances, seed=seed)
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be a positive number of images or None, got {limit}")
+        super().__init__(transform=transform, return_instances=return_instances, seed=seed, limit=limit)
         self.root_json = Path(root_json)
         self.image_dir = Path(image_dir)
         self.panoptic_dir = Path(panoptic_dir)
