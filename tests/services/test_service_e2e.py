@@ -196,6 +196,21 @@ def _wait(
         time.sleep(0.5)
 
 
+TINY_SUPERNET = {
+    "name": "tiny", "dataset": {"kind": "synthetic", "train": 8, "val": 4, "size": [64, 128]},
+    "batch_size": 2, "base_channels": 4, "num_layers": 6,
+}  # fmt: skip
+
+
+def _trained_tiny_supernet(client: httpx.Client, headers: dict[str, str]) -> int:
+    """A two-step supernet, trained by whichever worker runs; its id."""
+    r = client.post("/supernets", headers=headers, json={**TINY_SUPERNET, "epochs": 1, "steps_per_epoch": 2})
+    assert r.status_code == 201, r.text
+    sid = int(r.json()["id"])
+    _wait(lambda: client.get(f"/supernets/{sid}", headers=headers).json(), lambda b: b["state"] in FINISHED, 240)
+    return sid
+
+
 SEARCH = {"objective": "flops", "population": 6, "generations": 4, "seed": 3,
           "evaluation": {"calib_images": 2, "val_images": 2}}  # fmt: skip
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -209,10 +224,7 @@ def test_end_to_end_with_a_killed_worker_and_a_restarted_controller(stack: Stack
 
     # A tiny supernet (25 epochs of 4 steps); kill -9 its worker after the first checkpoint (step 20):
     # another worker resumes it from there.
-    r = client.post("/supernets", headers=alice, json={
-        "name": "tiny", "dataset": {"kind": "synthetic", "train": 8, "val": 4, "size": [64, 128]},
-        "epochs": 25, "batch_size": 2, "base_channels": 4, "num_layers": 6,
-    })  # fmt: skip
+    r = client.post("/supernets", headers=alice, json={**TINY_SUPERNET, "epochs": 25})
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
     _wait(
@@ -331,12 +343,7 @@ def test_cancel_stops_a_running_search(stack: Stack) -> None:
     alice = _key(stack, "alice")
     client = httpx.Client(base_url=stack.base + "/api/v1", timeout=10)
     stack.start_worker("worker-c")
-    r = client.post("/supernets", headers=alice, json={
-        "name": "tiny", "dataset": {"kind": "synthetic", "train": 8, "val": 4, "size": [64, 128]},
-        "epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "base_channels": 4, "num_layers": 6,
-    })  # fmt: skip
-    sid = r.json()["id"]
-    _wait(lambda: client.get(f"/supernets/{sid}", headers=alice).json(), lambda b: b["state"] in FINISHED, 240)
+    sid = _trained_tiny_supernet(client, alice)
     r = client.post("/searches", headers=alice, json={"name": "c", "supernet_id": sid, **SEARCH, "generations": 50})
     search_id = r.json()["id"]
     _wait(lambda: client.get(f"/searches/{search_id}", headers=alice).json(), lambda b: b["generation"] >= 1, 240)
@@ -360,12 +367,7 @@ def test_five_kills_never_fail_a_search_and_sigterm_hands_back_at_once(stack: St
     alice = _key(stack, "alice")
     client = httpx.Client(base_url=stack.base + "/api/v1", timeout=10)
     first = stack.start_worker("w0")
-    r = client.post("/supernets", headers=alice, json={
-        "name": "tiny", "dataset": {"kind": "synthetic", "train": 8, "val": 4, "size": [64, 128]},
-        "epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "base_channels": 4, "num_layers": 6,
-    })  # fmt: skip
-    sid = r.json()["id"]
-    _wait(lambda: client.get(f"/supernets/{sid}", headers=alice).json(), lambda b: b["state"] in FINISHED, 240)
+    sid = _trained_tiny_supernet(client, alice)
     body = {**SEARCH, "generations": 6, "supernet_id": sid}
     killed = client.post("/searches", headers=alice, json={"name": "killed", **body}).json()["id"]
     rng = np.random.default_rng(5)
