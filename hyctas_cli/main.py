@@ -110,6 +110,9 @@ def _print_arch(net: HyCTASNet, result: dict[str, Any]) -> None:
 @app.command()
 def export(
     out: Annotated[Path, typer.Option("--out", help="output file (.onnx or .pt)")],
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="a retrained best.pt / last.pt: export its trained network")
+    ] = None,
     preset: PresetOpt = None,
     from_json: JsonOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript")] = "onnx",
@@ -118,22 +121,37 @@ def export(
     num_classes: ClassesOpt = 19,
     output_stride: StrideOpt = 8,
 ) -> None:
-    """Export a freshly built network for an architecture to ONNX or TorchScript."""
+    """Export a network to ONNX (one file) or TorchScript: a retrained checkpoint's trained
+    network (--checkpoint), or a freshly initialised one for an architecture (--preset / --from-json,
+    to time or inspect it)."""
     from hyctas_core.export import export_onnx, export_torchscript
     from hyctas_core.network import build
 
-    a = load_arch(preset, from_json)
     size = parse_size(input_size)
     if fmt not in ("onnx", "torchscript"):
         fail(f"--format must be onnx or torchscript, got {fmt!r}")
     if not out.parent.exists():
         fail(f"output directory {str(out.parent)!r} does not exist")
-    net = build(a, num_classes=num_classes, base_channels=base_channels, output_stride=output_stride).eval()
+    if checkpoint is not None:
+        if preset is not None or from_json is not None:
+            fail("--checkpoint holds its architecture: give no --preset / --from-json with it")
+        from hyctas_core.retrain import load_model
+
+        try:
+            net, _, _ = load_model(checkpoint)
+        except (FileNotFoundError, ValueError) as e:
+            fail(str(e).splitlines()[0])
+        what = f"the trained network of {checkpoint}"
+    else:
+        a = load_arch(preset, from_json)
+        net = build(a, num_classes=num_classes, base_channels=base_channels, output_stride=output_stride)
+        what = "a freshly initialised network"
+    net.eval()
     if fmt == "onnx":
         export_onnx(net, size, out)
     else:
         export_torchscript(net, size, out)
-    typer.echo(f"wrote {out}")
+    typer.echo(f"wrote {what} to {out} ({size[0]}x{size[1]} input)")
 
 
 @app.command()

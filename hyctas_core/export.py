@@ -1,4 +1,9 @@
-"""TorchScript and ONNX export of a network (logits only, fixed input size, batch 1)."""
+"""TorchScript and ONNX export of a network (logits only, fixed input size, batch 1).
+
+ONNX files are single files: the weights are stored inside unless they pass protobuf's 2 GB
+limit, and only then go to ``<file>.data`` beside it (:data:`ONNX_INLINE_LIMIT`), which must then
+travel with the file; :func:`check_onnx_file` says which a file is and checks the data is there.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ from torch import nn
 
 from hyctas_core.network import InferenceWrapper
 
-__all__ = ["export_onnx", "export_torchscript"]
+__all__ = ["ONNX_INLINE_LIMIT", "check_onnx_file", "export_onnx", "export_torchscript"]
+
+ONNX_INLINE_LIMIT = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB, less room for the graph
 
 
 def _wrapped(model: nn.Module) -> nn.Module:
@@ -50,10 +57,13 @@ def export_onnx(
     """Export ``model`` to ONNX with input ``image`` (1x3xHxW) and output ``logits``.
 
     ``exporter="dynamo"`` uses the ``torch.export`` based exporter (PyTorch's default, needs
-    ``onnxscript``); ``"torchscript"`` the older, faster tracing exporter.
+    ``onnxscript``); ``"torchscript"`` the older, faster tracing exporter. The weights are
+    inside the file unless they exceed :data:`ONNX_INLINE_LIMIT` (then in ``<path>.data``).
     """
     path = Path(path)
     wrapped = _wrapped(model)
+    weight_bytes = sum(t.numel() * t.element_size() for t in [*wrapped.parameters(), *wrapped.buffers()])
+    inline = weight_bytes < ONNX_INLINE_LIMIT
     example = torch.randn(1, 3, *input_size)
     # The exporter reports its progress on stdout; keep CLI output (e.g. --json) clean.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -66,6 +76,41 @@ def export_onnx(
             output_names=["logits"],
             opset_version=opset_version,
             dynamo=exporter == "dynamo",
+            external_data=not inline,
             verbose=False,
         )
+    if inline:
+        Path(str(path) + ".data").unlink(missing_ok=True)  # a stale one from an earlier export
+    check_onnx_file(path)
     return path
+
+
+def check_onnx_file(path: str | Path) -> list[Path]:
+    """The files an ONNX model needs besides ``path`` (empty for a single file).
+
+    Raises:
+        FileNotFoundError: ``path``, or an external data file it names, is missing.
+        ValueError: ``path`` is not an ONNX model.
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model {str(path)!r} does not exist")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - any parse failure means "not ONNX"
+        raise ValueError(f"{path}: not an ONNX model ({type(e).__name__})") from None
+    needed = sorted(
+        {
+            entry.value
+            for tensor in proto.graph.initializer
+            if tensor.data_location == onnx.TensorProto.EXTERNAL
+            for entry in tensor.external_data
+            if entry.key == "location"
+        }
+    )
+    missing = [name for name in needed if not (path.parent / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path}: its weights are in {', '.join(missing)}, which is not beside it")
+    return [path.parent / name for name in needed]
