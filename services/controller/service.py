@@ -7,7 +7,9 @@ the job is cancelled with the reason (nothing half-submitted stays QUEUED foreve
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from hyctas_core.config import ModelConfig
@@ -408,6 +410,42 @@ def cancel_search(storage: Storage, events: EventBus | None, search: SearchRecor
         storage.set_search_state(search.id, SearchState.CANCELLED, error="cancelled by user")
     publish(events, {"type": "search", "owner": search.owner, "search_id": search.id, "state": "cancelled"})
     return storage.get_search(search.id)
+
+
+def export_model(
+    storage: Storage, owner: str, model_id: int, *, fmt: str, input_size: tuple[int, int] | None, out_dir: Path
+) -> Path:
+    """The trained network of a retrained model as an ONNX (one file) or TorchScript file; exported
+    once per (format, input size) and kept in ``out_dir`` while the checkpoint is unchanged.
+
+    Raises:
+        NotFound: not the owner's model. Conflict: the model has no checkpoint yet.
+        Invalid: the checkpoint cannot be read.
+    """
+    from hyctas_core.export import export_onnx, export_torchscript
+    from hyctas_core.retrain import load_model
+
+    model = owned(lambda: storage.get_model(model_id), owner, f"model {model_id}")
+    if model.state is not JobState.SUCCEEDED or not model.checkpoint_uri:
+        raise Conflict(f"model {model_id} is {model.state.value}: export it once it has been retrained")
+    checkpoint = Path(model.checkpoint_uri.removeprefix("file://"))
+    try:
+        net, _, cfg = load_model(checkpoint)
+    except (FileNotFoundError, ValueError) as exc:
+        raise Invalid(f"model {model_id}: {str(exc).splitlines()[0]}") from None
+    h, w = input_size or cfg.crop_size
+    suffix = "onnx" if fmt == "onnx" else "pt"
+    out = out_dir / f"model-{model_id}-{h}x{w}.{suffix}"
+    if out.is_file() and out.stat().st_mtime >= checkpoint.stat().st_mtime:
+        return out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # concurrent requests never see half a file
+    if fmt == "onnx":
+        export_onnx(net.eval(), (h, w), tmp)
+    else:
+        export_torchscript(net.eval(), (h, w), tmp)
+    os.replace(tmp, out)
+    return out
 
 
 def deploy_model(

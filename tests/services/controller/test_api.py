@@ -499,3 +499,41 @@ def test_events_stream_only_the_callers_events(api: Api) -> None:
 
 def test_memory_queue_fixture_is_fresh(api: Api) -> None:
     assert isinstance(api.queue, InMemoryQueue) and api.queue.depth() == 0
+
+
+def test_a_retrained_model_downloads_as_its_trained_network(api: Api, tmp_path: Any) -> None:
+    import io
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from hyctas_core.presets import get_preset
+    from hyctas_core.retrain import load_model
+    from tests.fixtures import tiny_retrained
+
+    checkpoint, _ = tiny_retrained(tmp_path)
+    arch = get_preset("hyctas-s")
+    mid = api.storage.create_model("s", arch.to_official(), arch.hash, owner="alice")
+    url = f"/api/v1/models/{mid}/export"
+    assert api.client.get(url, headers=api.alice).status_code == 409  # not retrained yet
+    api.storage.update_model(mid, state=JobState.RUNNING)
+    api.storage.update_model(mid, state=JobState.SUCCEEDED, checkpoint_uri=checkpoint.as_uri())
+    assert api.client.get(url, headers=api.bob).status_code == 404  # not bob's
+    assert api.client.get(url, params={"input_size": "64"}, headers=api.alice).status_code == 422
+    r = api.client.get(url, params={"input_size": "64x128"}, headers=api.alice)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    session = ort.InferenceSession(r.content, providers=["CPUExecutionProvider"])  # one file: the weights are inside
+    x = torch.randn(1, 3, 64, 128)
+    (got,) = session.run(["logits"], {"image": x.numpy()})
+    net, _, _ = load_model(checkpoint)
+    with torch.no_grad():
+        want = net.eval()(x)["out"].numpy()
+    assert np.abs(got - want).max() < 1e-4 * max(1.0, float(np.abs(want).max()))
+    again = api.client.get(url, params={"input_size": "64x128"}, headers=api.alice)
+    assert again.content == r.content  # exported once, kept while the checkpoint is unchanged
+    ts = api.client.get(url, params={"format": "torchscript", "input_size": "64x128"}, headers=api.alice)
+    assert ts.status_code == 200
+    traced = torch.jit.load(io.BytesIO(ts.content))
+    with torch.no_grad():
+        assert np.abs(traced(x).numpy() - want).max() < 1e-4 * max(1.0, float(np.abs(want).max()))

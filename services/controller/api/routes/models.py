@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, status
+from fastapi.responses import FileResponse
 
 from services.controller import service
 from services.controller.api.responses import CONFLICT, NOT_FOUND
@@ -41,3 +42,34 @@ def list_models(
 def get_model(model_id: RowId, user: CurrentUser, storage: StorageDep) -> ModelPublic:
     """State, metrics (mIoU, FPS, params, GMACs) and checkpoint of one model."""
     return ModelPublic.model_validate(service.owned(lambda: storage.get_model(model_id), user, f"model {model_id}"))
+
+
+@router.get(
+    "/{model_id}/export",
+    response_class=FileResponse,
+    responses={
+        **NOT_FOUND,
+        **CONFLICT,
+        200: {"content": {"application/octet-stream": {}}, "description": "the exported network"},
+    },
+)
+def export_model(
+    model_id: RowId,
+    user: CurrentUser,
+    storage: StorageDep,
+    settings: SettingsDep,
+    format: Literal["onnx", "torchscript"] = "onnx",  # noqa: A002 - the query parameter's name
+    input_size: Annotated[
+        str | None, Query(pattern=r"^[1-9][0-9]{1,3}x[1-9][0-9]{1,3}$", description="HxW; default: the crop size")
+    ] = None,
+) -> FileResponse:
+    """The trained network of a retrained model: ONNX (one file, weights inside) or TorchScript,
+    input ``image`` 1x3xHxW (normalised RGB), output ``logits`` 1xCxHxW."""
+    size = None
+    if input_size is not None:
+        h, w = input_size.split("x")
+        size = (int(h), int(w))
+    path = service.export_model(
+        storage, user, model_id, fmt=format, input_size=size, out_dir=settings.artifact_dir / "exports"
+    )
+    return FileResponse(path, media_type="application/octet-stream", filename=path.name)
