@@ -313,3 +313,13 @@ def test_key_cache_is_bounded_keeps_only_verified_keys_and_expires() -> None:
     assert cache.user("hyk_3") == "user3" and calls == []  # still fresh
     now[0] += 0.6
     assert cache.user("hyk_0") is None  # the revocation holds within the 1 s TTL
+
+
+def test_replicas_wait_for_a_batch_only_where_batching_pays() -> None:
+    """Unless a deployment says, a CPU replica never waits to fill a batch; a GPU replica waits 10 ms."""
+    from services.serve.deploy import replica_config
+
+    assert replica_config("m", "/c.pt", {"device": "cpu"})["batch_wait_s"] == 0.0
+    assert replica_config("m", "/c.pt", {"device": "cuda"})["batch_wait_s"] == 0.01
+    assert replica_config("m", "/c.pt", {"device": "cpu", "batch_wait_s": None})["batch_wait_s"] == 0.0
+    assert replica_config("m", "/c.pt", {"device": "cpu", "batch_wait_s": 0.05})["batch_wait_s"] == 0.05
