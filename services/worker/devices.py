@@ -104,8 +104,8 @@ class LatencyPlacement:
     def _slot(self, node: dict[str, Any]) -> Any:
         node_id = node["NodeID"]
         use_gpu = _is_gpu_class(node)
-        # A CPU slot holds a core so that no evaluator runs beside a timing, unless the node has
-        # only one (the evaluators need it; timings then share it).
+        # A CPU slot holds a core, so that the evaluators beside it do not oversubscribe the node
+        # while it times; unless the node has only one (the evaluators need it).
         hold_cpu = not use_gpu and float(node.get("Resources", {}).get("CPU", 0)) >= 2
         actor_cls: Any = TimingSlot
         return actor_cls.options(
@@ -156,6 +156,51 @@ class LatencyPlacement:
         """Forget a slot whose actor died (its node left); the next :meth:`slots` re-checks."""
         self._slots = {k: v for k, v in self._slots.items() if v is not slot}
 
+    def submit(self, jobs: list[dict[str, Any]], slots: list[Any], indices: list[int] | None = None) -> dict[Any, Any]:
+        """Queue each job (``model``, ``input_size``, ``arch``, ``seconds``) on the slots, round
+        robin, without waiting: Ray runs them one at a time per slot while evaluators compute
+        mIoU elsewhere. Returns {ref: (job index, slot)} for :meth:`collect`."""
+        pending = {}
+        for k, i in enumerate(range(len(jobs)) if indices is None else indices):
+            slot, job = slots[k % len(slots)], jobs[i]
+            pending[slot.measure.remote(job["model"], job["input_size"], job["arch"], job["seconds"])] = (i, slot)
+        return pending
+
+    def collect(
+        self,
+        jobs: list[dict[str, Any]],
+        pending: dict[Any, Any],
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        on_wait: Callable[[str], None] | None = None,
+        poll_s: float = 0.5,
+    ) -> list[dict[str, Any]]:
+        """The latency of each job, in order; a job whose slot died is measured again on another
+        slot of the class (waiting for one if none is left).
+
+        Raises:
+            InterruptedError: ``should_stop()`` turned true (checked about every ``poll_s``).
+        """
+        results: list[dict[str, Any] | None] = [None] * len(jobs)
+        pending = dict(pending)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s)
+            if should_stop is not None and should_stop():
+                raise InterruptedError("stopped while timing latency")
+            redo = []
+            for ref in done:
+                i, slot = pending.pop(ref)
+                try:
+                    results[i] = ray.get(ref)
+                except RayActorError:
+                    log.warning("timing slot lost (its node left?): measuring again elsewhere")
+                    self.drop(slot)
+                    redo.append(i)
+            if redo:
+                slots = self.slots(should_stop=should_stop, on_wait=on_wait)
+                pending.update(self.submit(jobs, slots, redo))
+        return [r for r in results if r is not None]
+
     def measure(
         self,
         jobs: list[dict[str, Any]],
@@ -163,23 +208,6 @@ class LatencyPlacement:
         should_stop: Callable[[], bool] | None = None,
         on_wait: Callable[[str], None] | None = None,
     ) -> list[dict[str, Any]]:
-        """Latency of each job (``model``, ``input_size``, ``arch``, ``seconds``), spread over the
-        slots; a job whose slot died is measured again on another (or waits for one)."""
-        results: list[dict[str, Any] | None] = [None] * len(jobs)
-        todo = list(range(len(jobs)))
-        while todo:
-            slots = self.slots(should_stop=should_stop, on_wait=on_wait)
-            refs = {}
-            for k, i in enumerate(todo):
-                slot = slots[k % len(slots)]
-                job = jobs[i]
-                refs[slot.measure.remote(job["model"], job["input_size"], job["arch"], job["seconds"])] = (i, slot)
-            todo = []
-            for ref, (i, slot) in refs.items():
-                try:
-                    results[i] = ray.get(ref)
-                except RayActorError:
-                    log.warning("timing slot lost (its node left?): measuring again elsewhere")
-                    self.drop(slot)
-                    todo.append(i)
-        return [r for r in results if r is not None]
+        """Latency of each job, spread over the slots of the class (:meth:`submit`, :meth:`collect`)."""
+        slots = self.slots(should_stop=should_stop, on_wait=on_wait)
+        return self.collect(jobs, self.submit(jobs, slots), should_stop=should_stop, on_wait=on_wait)

@@ -11,6 +11,7 @@ to them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -148,62 +149,71 @@ class RayEvaluatorPool:
                 :class:`EvaluationStopped` is raised (the evaluations in flight are abandoned).
             on_result: called with the seconds each successful evaluation took (submit to result).
         """
-        if self.latency is not None:
+        timing: dict[Any, Any] = {}
+        jobs: list[dict[str, Any]] = []
+        if self.latency is not None:  # queued now: the slots time while the evaluators score mIoU
             try:
-                self.latency.slots(should_stop=should_stop, on_wait=self.on_wait)
+                slots = self.latency.slots(should_stop=should_stop, on_wait=self.on_wait)
             except InterruptedError as e:
                 raise EvaluationStopped(str(e)) from None
-        self._resize()
-        results: list[dict[str, Any] | None] = [None] * len(archs)
-        pending: deque[tuple[int, int]] = deque((i, 0) for i in range(len(archs)))
-        idle = deque(self.actors)
-        running: dict[Any, tuple[int, int, Any, float]] = {}
-        while pending or running:
-            while pending and idle:
-                i, attempt = pending.popleft()
-                actor = idle.popleft()
-                running[actor.evaluate.remote(archs[i].to_official())] = (i, attempt, actor, time.perf_counter())
-            done, _ = ray.wait(list(running), num_returns=1)
-            ref = done[0]
-            i, attempt, actor, started = running.pop(ref)
-            try:
-                results[i] = ray.get(ref)
-                idle.append(actor)
-                if on_result is not None:
-                    on_result(time.perf_counter() - started)
-                if should_stop is not None and should_stop():
-                    raise EvaluationStopped(f"stopped after {sum(r is not None for r in results)} of {len(archs)}")
-            except RayActorError:
-                if attempt + 1 > self.max_retries:
-                    raise
-                log.warning("actor died evaluating arch %s; retrying on another actor", archs[i].hash)
-                pending.append((i, attempt + 1))
-                self.actors.remove(actor)
-                if not self.actors:
-                    self._resize()
-                    idle.extend(self.actors)
-            except RayTaskError as e:
-                raise RuntimeError(f"evaluating arch {archs[i].hash} failed: {e.cause!r}") from None
-        scored: list[dict[str, Any]] = [r for r in results if r is not None]
-        if self.latency is not None:
-            self._add_latency(archs, scored, should_stop)
-        return scored
+            self._resize()
+            jobs = self._timing_jobs(archs)
+            timing = self.latency.submit(jobs, slots)
+        else:
+            self._resize()
+        try:
+            results: list[dict[str, Any] | None] = [None] * len(archs)
+            pending: deque[tuple[int, int]] = deque((i, 0) for i in range(len(archs)))
+            idle = deque(self.actors)
+            running: dict[Any, tuple[int, int, Any, float]] = {}
+            while pending or running:
+                while pending and idle:
+                    i, attempt = pending.popleft()
+                    actor = idle.popleft()
+                    running[actor.evaluate.remote(archs[i].to_official())] = (i, attempt, actor, time.perf_counter())
+                done, _ = ray.wait(list(running), num_returns=1)
+                ref = done[0]
+                i, attempt, actor, started = running.pop(ref)
+                try:
+                    results[i] = ray.get(ref)
+                    idle.append(actor)
+                    if on_result is not None:
+                        on_result(time.perf_counter() - started)
+                    if should_stop is not None and should_stop():
+                        raise EvaluationStopped(f"stopped after {sum(r is not None for r in results)} of {len(archs)}")
+                except RayActorError:
+                    if attempt + 1 > self.max_retries:
+                        raise
+                    log.warning("actor died evaluating arch %s; retrying on another actor", archs[i].hash)
+                    pending.append((i, attempt + 1))
+                    self.actors.remove(actor)
+                    if not self.actors:
+                        self._resize()
+                        idle.extend(self.actors)
+                except RayTaskError as e:
+                    raise RuntimeError(f"evaluating arch {archs[i].hash} failed: {e.cause!r}") from None
+            scored: list[dict[str, Any]] = [r for r in results if r is not None]
+            if self.latency is not None:
+                try:
+                    timed = self.latency.collect(jobs, timing, should_stop=should_stop, on_wait=self.on_wait)
+                except InterruptedError as e:
+                    raise EvaluationStopped(str(e)) from None
+                for result, latency in zip(scored, timed, strict=True):
+                    result.update(latency)
+            return scored
+        except BaseException:
+            for ref in timing:  # timings still queued on the slots are of no use any more
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
+            raise
 
-    def _add_latency(
-        self, archs: list[Arch], results: list[dict[str, Any]], should_stop: Callable[[], bool] | None
-    ) -> None:
-        """Time every arch in the slots of the target device class; merge into ``results``."""
-        assert self.latency is not None
+    def _timing_jobs(self, archs: list[Arch]) -> list[dict[str, Any]]:
+        """What the timing slots build and time for each arch (model config and input size come
+        from an evaluator, which read them from the supernet and the data)."""
         if self._timing_job is None:
             self._timing_job = ray.get(self.actors[0].timing_job.remote())
         seconds = self.spec.latency_seconds
-        jobs = [{**self._timing_job, "arch": a.to_official(), "seconds": seconds} for a in archs]
-        try:
-            timed = self.latency.measure(jobs, should_stop=should_stop, on_wait=self.on_wait)
-        except InterruptedError as e:
-            raise EvaluationStopped(str(e)) from None
-        for result, latency in zip(results, timed, strict=True):
-            result.update(latency)
+        return [{**self._timing_job, "arch": a.to_official(), "seconds": seconds} for a in archs]
 
     def close(self) -> None:
         for actor in self.actors:
