@@ -3,8 +3,8 @@ class a node is and which class a search targets).
 
 A search's latency objective is only meaningful on one kind of device, so latency is measured
 only in **timing slots**: one named actor per node of the target class (:class:`TimingSlot`),
-pinned to its node (hard node affinity), holding one CPU (one GPU on a GPU class; no CPU on a
-one-core node). Ray runs an actor's calls one at a time, and every search on the cluster shares
+pinned to its node (hard node affinity), holding one GPU on a GPU class; on a CPU class the
+evaluator pool leaves a core per slot. Ray runs an actor's calls one at a time, and every search on the cluster shares
 the node's slot (it is found by name), so two latency measurements never overlap on one node.
 mIoU evaluation may run anywhere.
 
@@ -96,6 +96,12 @@ class LatencyPlacement:
         self.device_class = device_class
         self.poll_s = poll_s
         self._slots: dict[str, Any] = {}  # node id -> actor handle
+        self._gpu_nodes: set[str] = set()
+
+    @property
+    def cpu_slots(self) -> int:
+        """Slots that time on a CPU: the evaluator pool leaves each one a core."""
+        return sum(1 for node in self._slots if node not in self._gpu_nodes)
 
     def _nodes(self) -> list[dict[str, Any]]:
         nodes = ray.nodes()  # type: ignore[no-untyped-call]
@@ -104,15 +110,15 @@ class LatencyPlacement:
     def _slot(self, node: dict[str, Any]) -> Any:
         node_id = node["NodeID"]
         use_gpu = _is_gpu_class(node)
-        # A CPU slot holds a core, so that the evaluators beside it do not oversubscribe the node
-        # while it times; unless the node has only one (the evaluators need it).
-        hold_cpu = not use_gpu and float(node.get("Resources", {}).get("CPU", 0)) >= 2
+        # No Ray CPU is reserved: a reservation can leave nothing for the evaluators (a Serve
+        # replica holding part of a small node's CPUs was enough to stall a search). The pool
+        # leaves a core per CPU slot instead (:attr:`LatencyPlacement.cpu_slots`).
         actor_cls: Any = TimingSlot
         return actor_cls.options(
             name=f"hyctas-timing-{node_id[:16]}",
             namespace=SLOT_NAMESPACE,
             get_if_exists=True,
-            num_cpus=1 if hold_cpu else 0,
+            num_cpus=0,
             num_gpus=1 if use_gpu else 0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         ).remote(self.device_class, use_gpu)
@@ -132,6 +138,7 @@ class LatencyPlacement:
             for gone in set(self._slots) - alive:
                 del self._slots[gone]
             new = {n["NodeID"]: self._slot(n) for n in nodes if n["NodeID"] not in self._slots}
+            self._gpu_nodes |= {n["NodeID"] for n in nodes if _is_gpu_class(n)}
             if new:  # placed (their CPU or GPU held) before evaluators take what is free
                 ready, _ = ray.wait([s.ready.remote() for s in new.values()], num_returns=len(new), timeout=60)
                 if len(ready) < len(new):

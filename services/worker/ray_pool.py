@@ -106,7 +106,11 @@ class RayEvaluatorPool:
         # What is free now, not the cluster's total: Serve replicas, Tune trials and other
         # searches hold resources too, and an actor that cannot be placed would wait forever.
         free: dict[str, float] = ray.available_resources()  # type: ignore[no-untyped-call]
-        return max(1, len(self.actors) + int(free.get("GPU" if self.use_gpu else "CPU", 0)))
+        if self.use_gpu:
+            return max(1, len(self.actors) + int(free.get("GPU", 0)))
+        # CPU timing slots hold no Ray CPU (so they can never starve the pool): leave them a core each.
+        timing = self.latency.cpu_slots if self.latency is not None else 0
+        return max(1, len(self.actors) + int(free.get("CPU", 0) - timing))
 
     def _resize(self) -> None:
         want = self._target_size()
