@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--threads-per-worker", type=int, default=1)
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    parser.add_argument(
+        "--no-sync-bn", dest="sync_bn", action="store_false", help="each worker normalises over its own slice"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="toy sizes: a smoke run, not a measurement")
     args = parser.parse_args(argv)
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             resources_per_worker={"CPU": float(args.threads_per_worker), **({"GPU": 1.0} if args.use_gpu else {})},
             threads_per_worker=args.threads_per_worker,
             max_failures=0,
+            sync_batchnorm=args.sync_bn,
         )
         t0 = time.perf_counter()
         job = {"config": cfg.to_dict(), "data_dir": str(data)}

@@ -311,7 +311,8 @@ class EpochTrainer(abc.ABC, Generic[C, P]):
         """Make ``model`` ready for this run's ranks: BatchNorm over the global batch and rank 0's
         weights on every rank (nothing changes in a single process)."""
         if self.parallel.active:
-            convert_sync_batchnorm(model)
+            if self.parallel.sync_batchnorm:
+                convert_sync_batchnorm(model)
             self.parallel.broadcast_module(model)
         return model
 

@@ -118,6 +118,9 @@ class DataParallelFields(Strict):
 
     workers: int = Field(1, ge=1, le=64, description="data-parallel workers; batch_size must split evenly over them")
     use_gpu: bool | None = Field(None, description="one GPU per worker; default: when the device resolves to cuda")
+    sync_batchnorm: bool = Field(
+        True, description="BatchNorm over the global batch (exact); off: per worker, faster where collectives are slow"
+    )
     resources_per_worker: dict[Annotated[str, Field(min_length=1, max_length=100)], Resource] | None = Field(
         None, max_length=16, description='Ray resources per worker, e.g. {"CPU": 4, "GPU": 1}; default 1 CPU (+1 GPU)'
     )
@@ -134,7 +137,12 @@ class DataParallelFields(Strict):
     def parallel(self) -> dict[str, Any]:
         """The job payload's ``parallel`` entry (``ParallelSpec`` of the worker)."""
         use_gpu = self.use_gpu if self.use_gpu is not None else getattr(self, "device", "auto") == "cuda"
-        return {"workers": self.workers, "use_gpu": use_gpu, "resources_per_worker": self.resources_per_worker}
+        return {
+            "workers": self.workers,
+            "use_gpu": use_gpu,
+            "resources_per_worker": self.resources_per_worker,
+            "sync_batchnorm": self.sync_batchnorm,
+        }
 
 
 class SupernetCreate(DataParallelFields):

@@ -71,6 +71,9 @@ class ParallelSpec:
         max_failures: restarts of the worker group after a worker dies (Ray Train's
             ``FailureConfig``); each resumes from the last checkpoint.
         threads_per_worker: torch threads in each CPU worker (default: its CPU resource).
+        sync_batchnorm: BatchNorm over the global batch (exact; one collective per BN layer).
+            Off, each worker normalises over its own slice: faster where collectives are
+            slow (gloo on CPU), no longer equal to one process.
     """
 
     workers: int = 1
@@ -78,6 +81,7 @@ class ParallelSpec:
     resources_per_worker: dict[str, float] | None = None
     max_failures: int = 3
     threads_per_worker: int | None = None
+    sync_batchnorm: bool = True
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -91,7 +95,7 @@ class ParallelSpec:
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | None) -> ParallelSpec:
         data = dict(data or {})
-        known = {"workers", "use_gpu", "resources_per_worker", "max_failures", "threads_per_worker"}
+        known = {"workers", "use_gpu", "resources_per_worker", "max_failures", "threads_per_worker", "sync_batchnorm"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown parallel option(s): {', '.join(unknown)}")
@@ -104,6 +108,7 @@ class ParallelSpec:
             "resources_per_worker": self.resources_per_worker,
             "max_failures": self.max_failures,
             "threads_per_worker": self.threads_per_worker,
+            "sync_batchnorm": self.sync_batchnorm,
         }
 
     @property
@@ -130,8 +135,13 @@ def retrain_datasets(data_dir: Path, cfg: Any) -> tuple[Any, Any]:
     return train_set, val_set
 
 
-def build_trainer(kind: Kind, job: dict[str, Any], run_dir: Path, device: str) -> EpochTrainer[Any, Any]:
+def build_trainer(
+    kind: Kind, job: dict[str, Any], run_dir: Path, device: str, *, sync_batchnorm: bool = True
+) -> EpochTrainer[Any, Any]:
     """The trainer of ``job`` (``config``, ``data_dir``; ``arch`` for retraining) on this rank."""
+    from hyctas_core.parallel import DataParallel
+
+    parallel = DataParallel.from_process_group(sync_batchnorm=sync_batchnorm)
     data_dir = Path(job["data_dir"])
     if kind == "supernet":
         from hyctas_core.data.cityscapes import CityscapesDataset
@@ -141,13 +151,15 @@ def build_trainer(kind: Kind, job: dict[str, Any], run_dir: Path, device: str) -
         cfg = SupernetTrainConfig.from_dict(job["config"])
         tf = SegTransform(crop_size=cfg.crop_size, scale_range=cfg.scale_range, base_size=cfg.base_size)
         dataset = CityscapesDataset(data_dir, "train", transform=tf, seed=cfg.seed)
-        return SupernetTrainer(cfg, dataset, run_dir, device=device)
+        return SupernetTrainer(cfg, dataset, run_dir, device=device, parallel=parallel)
     from hyctas_core.retrain import RetrainConfig, Retrainer
     from hyctas_core.search_space import Arch
 
     rcfg = RetrainConfig.from_dict(job["config"])
     train_set, val_set = retrain_datasets(data_dir, rcfg)
-    return Retrainer(rcfg, Arch.from_official(job["arch"]), train_set, val_set, run_dir, device=device)
+    return Retrainer(
+        rcfg, Arch.from_official(job["arch"]), train_set, val_set, run_dir, device=device, parallel=parallel
+    )
 
 
 def _step_of(path: Path) -> int:
@@ -181,7 +193,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     device = str(ray.train.torch.get_device()) if config["use_gpu"] else "cpu"
     if device == "cpu":
         torch.set_num_threads(int(config["threads"]))
-    trainer = build_trainer(config["kind"], config["job"], run_dir, device)
+    trainer = build_trainer(config["kind"], config["job"], run_dir, device, sync_batchnorm=config["sync_batchnorm"])
     rank = trainer.parallel.rank
     restored = _restore(trainer, ray.train.get_checkpoint())
 
@@ -281,6 +293,7 @@ def fit_data_parallel(
             "use_gpu": spec.use_gpu,
             "threads": threads,
             "kill_once": os.environ.get(KILL_ONCE_ENV),
+            "sync_batchnorm": spec.sync_batchnorm,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=spec.workers, use_gpu=spec.use_gpu, resources_per_worker=resources

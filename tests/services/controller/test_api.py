@@ -104,7 +104,8 @@ def test_data_parallel_training_is_asked_for_and_checked(api: Api) -> None:
     parallel = {"workers": 2, "resources_per_worker": {"CPU": 2}}
     r = api.client.post("/api/v1/supernets", json={**SUPERNET, "name": "dp", **parallel}, headers=api.alice)
     assert r.status_code == 201, r.text
-    assert r.json()["parallel"] == {"workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 2.0}}
+    want = {"workers": 2, "use_gpu": False, "resources_per_worker": {"CPU": 2.0}, "sync_batchnorm": True}
+    assert r.json()["parallel"] == want
     one = api.client.post("/api/v1/supernets", json={**SUPERNET, "name": "one"}, headers=api.alice).json()
     assert one["parallel"]["workers"] == 1  # the default: the single-process fast path
     uneven = api.client.post("/api/v1/supernets", json={**SUPERNET, "name": "x", "workers": 3}, headers=api.alice)
