@@ -4,6 +4,10 @@ The command checks its inputs and builds the run in this process as usual (so ev
 the same one-line error as for one worker), then hands the run to
 :func:`services.worker.data_parallel.fit_data_parallel` on a local Ray (or ``RAY_ADDRESS``'s
 cluster) and drives the same progress bar from rank 0's progress records.
+
+The workers can also come from the training YAML: a top-level ``parallel:`` mapping beside the
+training fields (``workers``, ``use_gpu``, ``resources_per_worker``, ``sync_batchnorm``,
+``max_failures``, ``threads_per_worker``); ``--workers`` / ``--use-gpu`` win over it.
 """
 
 from __future__ import annotations
@@ -16,12 +20,49 @@ import typer
 
 from hyctas_cli.utils import fail
 
-__all__ = ["UseGpuOpt", "WorkersOpt", "check_workers", "run_parallel"]
+__all__ = ["UseGpuOpt", "WorkersOpt", "check_workers", "read_training_yaml", "resolve_spec", "run_parallel"]
 
 WorkersOpt = Annotated[
-    int, typer.Option(min=1, help="data-parallel workers on Ray Train; the batch is split over them")
+    int | None,
+    typer.Option(min=1, help="data-parallel workers on Ray Train; the batch is split over them (default 1)"),
 ]
 UseGpuOpt = Annotated[bool, typer.Option("--use-gpu", help="with --workers: one GPU per worker (NCCL)")]
+
+
+def read_training_yaml(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the training fields, the ``parallel:`` mapping) of a training YAML.
+
+    Raises:
+        ValueError: not valid YAML, not a mapping, or ``parallel`` is not a mapping.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the config must be a mapping")
+    parallel = data.pop("parallel", None) or {}
+    if not isinstance(parallel, dict):
+        raise ValueError(f"{path}: parallel must be a mapping (workers, use_gpu, ...)")
+    return data, parallel
+
+
+def resolve_spec(section: dict[str, Any], workers: int | None, use_gpu: bool) -> Any:
+    """The :class:`~services.worker.data_parallel.ParallelSpec` of a run: the YAML's ``parallel:``
+    section with ``--workers`` / ``--use-gpu`` over it (exit 2 with one line if it is bad)."""
+    from services.worker.data_parallel import ParallelSpec
+
+    data = dict(section)
+    if workers is not None:
+        data["workers"] = workers
+    if use_gpu:
+        data["use_gpu"] = True
+    try:
+        return ParallelSpec.from_mapping(data)
+    except (TypeError, ValueError) as e:
+        fail(f"parallel: {str(e).splitlines()[0]}")
 
 
 def check_workers(workers: int, batch_size: int) -> None:
@@ -39,20 +80,18 @@ def run_parallel(
     job: dict[str, Any],
     out: Path,
     *,
-    workers: int,
-    use_gpu: bool,
+    spec: Any,
     on_progress: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
-    """Train on ``workers`` Ray Train workers; the summary (exit 2 with one line if the run fails,
-    130 on Ctrl-C, after which ``--resume`` continues from the last checkpoint)."""
-    from services.worker.data_parallel import ParallelSpec, fit_data_parallel
+    """Train on ``spec.workers`` Ray Train workers; the summary (exit 2 with one line if the run
+    fails, 130 on Ctrl-C, after which ``--resume`` continues from the last checkpoint)."""
+    from services.worker.data_parallel import fit_data_parallel
     from services.worker.ray_init import RayStartError, init_ray
 
     try:
         init_ray(None)
     except RayStartError as e:
         fail(str(e))
-    spec = ParallelSpec(workers=workers, use_gpu=use_gpu)
     try:
         return fit_data_parallel(
             kind, job, out, spec, storage_path=out.resolve() / "ray_train", on_progress=on_progress

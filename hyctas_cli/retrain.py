@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hyctas_cli.parallel import UseGpuOpt, WorkersOpt, check_workers, run_parallel
+from hyctas_cli.parallel import (
+    UseGpuOpt,
+    WorkersOpt,
+    check_workers,
+    read_training_yaml,
+    resolve_spec,
+    run_parallel,
+)
 from hyctas_cli.utils import cli_progress, fail, load_arch
 
 if TYPE_CHECKING:
@@ -32,21 +39,26 @@ def _dataset(root: Path, split: str, transform: SegTransform, seed: int, instanc
         fail(str(e))
 
 
-def _config(path: Path | None, base: RetrainConfig | None, epochs: int | None, task: str | None) -> RetrainConfig:
-    """The YAML config at ``path`` (else ``base``, else the defaults) with ``--epochs`` / ``--task`` applied."""
+def _config(
+    path: Path | None, base: RetrainConfig | None, epochs: int | None, task: str | None
+) -> tuple[RetrainConfig, dict[str, Any]]:
+    """The YAML config at ``path`` (else ``base``, else the defaults) with ``--epochs`` / ``--task``
+    applied, and the YAML's ``parallel:`` section."""
     from hyctas_core.retrain import TASKS, RetrainConfig
 
     if task is not None and task not in TASKS:
         fail(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
     try:
+        section: dict[str, Any] = {}
         if path is not None:
-            cfg = RetrainConfig.from_yaml(path)
+            fields, section = read_training_yaml(path)
+            cfg = RetrainConfig.from_mapping(fields)
         else:
             cfg = base if base is not None else RetrainConfig()
         overrides = {k: v for k, v in (("epochs", epochs), ("task", task)) if v is not None}
         if overrides:
             cfg = RetrainConfig.from_dict({**cfg.to_dict(), **overrides})
-        return cfg
+        return cfg, section
     except (OSError, ValueError) as e:
         fail(str(e).splitlines()[0])
 
@@ -86,7 +98,7 @@ def retrain(
         str | None, typer.Option(help="semantic, or panoptic (centre/offset heads, PQ); overrides the config's")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N]")] = "cpu",
-    workers: WorkersOpt = 1,
+    workers: WorkersOpt = None,
     use_gpu: UseGpuOpt = False,
 ) -> None:
     """Retrain an architecture from scratch: poly LR, scheduled drop path, best/last checkpoints.
@@ -118,8 +130,9 @@ def retrain(
         except (FileNotFoundError, ValueError) as e:
             fail(str(e))
     candidate = _arch(arch, preset, resumed_arch)
-    cfg = _config(config, resumed_cfg, epochs, task)
-    check_workers(workers, cfg.batch_size)
+    cfg, section = _config(config, resumed_cfg, epochs, task)
+    spec = resolve_spec(section, workers, use_gpu)
+    check_workers(spec.workers, cfg.batch_size)
     if device != "cpu":
         import torch
 
@@ -162,7 +175,7 @@ def retrain(
             rate=0.0,
             miou=start_miou,
         )
-        if workers > 1:
+        if spec.workers > 1:
             job = {"config": cfg.to_dict(), "data_dir": str(data.resolve()), "arch": trainer.arch.to_official()}
 
             names = [f.name for f in dataclasses.fields(RetrainProgress)]
@@ -170,7 +183,7 @@ def retrain(
             def show(p: dict[str, Any]) -> None:
                 bar.update(bar_task, completed=p["step"], **_bar_fields(RetrainProgress(**{k: p[k] for k in names})))
 
-            summary = run_parallel("retrain", job, out, workers=workers, use_gpu=use_gpu, on_progress=show)
+            summary = run_parallel("retrain", job, out, spec=spec, on_progress=show)
             typer.echo(json.dumps(summary))
             return
         try:

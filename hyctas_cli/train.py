@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hyctas_cli.parallel import UseGpuOpt, WorkersOpt, check_workers, run_parallel
+from hyctas_cli.parallel import (
+    UseGpuOpt,
+    WorkersOpt,
+    check_workers,
+    read_training_yaml,
+    resolve_spec,
+    run_parallel,
+)
 from hyctas_cli.utils import cli_progress, fail, load_arch, parse_size
 
 if TYPE_CHECKING:
@@ -33,14 +40,16 @@ def _dataset(root: Path, split: str, **kwargs: Any) -> CityscapesDataset:
         fail(str(e))
 
 
-def _load_config(config: Path | None, overrides: dict[str, Any]) -> SupernetTrainConfig:
+def _load_config(config: Path | None, overrides: dict[str, Any]) -> tuple[SupernetTrainConfig, dict[str, Any]]:
+    """The training config (with the overrides) and the YAML's ``parallel:`` section."""
     from hyctas_core.train import SupernetTrainConfig
 
     try:
-        cfg = SupernetTrainConfig.from_yaml(config) if config is not None else SupernetTrainConfig()
+        fields, parallel = read_training_yaml(config) if config is not None else ({}, {})
+        cfg = SupernetTrainConfig.from_mapping(fields)
         data = cfg.to_dict()
         data.update({k: v for k, v in overrides.items() if v is not None})
-        return SupernetTrainConfig.from_dict(data)
+        return SupernetTrainConfig.from_dict(data), parallel
     except (OSError, ValueError) as e:
         fail(str(e).splitlines()[0])
 
@@ -52,7 +61,7 @@ def train_supernet(
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     epochs: Annotated[int | None, typer.Option(min=1, help="override the config's epochs")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N]")] = "cpu",
-    workers: WorkersOpt = 1,
+    workers: WorkersOpt = None,
     use_gpu: UseGpuOpt = False,
 ) -> None:
     """Train the weight-sharing supernet, sampling one sub-network per step.
@@ -69,8 +78,9 @@ def train_supernet(
 
     if config is not None and not config.is_file():
         fail(f"config file {str(config)!r} does not exist")
-    cfg = _load_config(config, {"epochs": epochs})
-    check_workers(workers, cfg.batch_size)
+    cfg, section = _load_config(config, {"epochs": epochs})
+    spec = resolve_spec(section, workers, use_gpu)
+    check_workers(spec.workers, cfg.batch_size)
     has_ckpt = (out / "last.pt").exists()
     if has_ckpt and not resume:
         fail(f"{out} already holds a run (last.pt): pass --resume to continue it, or choose another --out")
@@ -100,13 +110,13 @@ def train_supernet(
         task = bar.add_task(
             "train", total=trainer.total_steps, completed=trainer.step, epoch=trainer.epoch, loss=0.0, rate=0.0
         )
-        if workers > 1:
+        if spec.workers > 1:
             job = {"config": cfg.to_dict(), "data_dir": str(data.resolve())}
 
             def show(p: dict[str, Any]) -> None:
                 bar.update(task, completed=p["step"], epoch=p["epoch"], loss=p["loss"], rate=p["images_per_s"])
 
-            summary = run_parallel("supernet", job, out, workers=workers, use_gpu=use_gpu, on_progress=show)
+            summary = run_parallel("supernet", job, out, spec=spec, on_progress=show)
         else:
             summary = trainer.fit(
                 progress=lambda p: bar.update(task, completed=p.step, epoch=p.epoch, loss=p.loss, rate=p.images_per_s)

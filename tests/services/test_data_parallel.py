@@ -186,6 +186,19 @@ def test_the_cli_refuses_a_batch_that_does_not_split(job: dict[str, Any], tmp_pa
     assert uneven.exit_code == 2
     assert uneven.output.strip() == "error: --workers 3: batch_size 4 does not split evenly over 3 workers"
     assert not out.exists()  # refused before anything was written (a --workers 2 run: the test above)
+    # The workers may come from the YAML's `parallel:` section; the flags win over it.
+    config.write_text(json.dumps({**CFG.to_dict(), "parallel": {"workers": 3}}))
+    from_yaml = CliRunner().invoke(app, args)
+    assert from_yaml.exit_code == 2 and "--workers 3: batch_size 4 does not split" in from_yaml.output
+    config.write_text(json.dumps({**CFG.to_dict(), "parallel": {"workers": 2, "gpus": 1}}))
+    bad = CliRunner().invoke(app, args)
+    assert bad.exit_code == 2 and bad.output.strip() == "error: parallel: unknown parallel option(s): gpus"
+    from hyctas_cli.parallel import resolve_spec
+
+    section = {"workers": 3, "sync_batchnorm": False}
+    assert resolve_spec(section, 2, False) == ParallelSpec(workers=2, sync_batchnorm=False)
+    assert resolve_spec(section, None, True) == ParallelSpec(workers=3, use_gpu=True, sync_batchnorm=False)
+    assert resolve_spec({}, None, False) == ParallelSpec()  # one worker: the in-process fast path
 
 
 def test_the_supernet_job_trains_on_its_workers(ray_session: None, job: dict[str, Any], tmp_path: Path) -> None:
