@@ -35,14 +35,9 @@ def read_training_yaml(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     Raises:
         ValueError: not valid YAML, not a mapping, or ``parallel`` is not a mapping.
     """
-    import yaml
+    from hyctas_core.configbase import read_yaml_mapping
 
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: the config must be a mapping")
+    data = read_yaml_mapping(path)
     parallel = data.pop("parallel", None) or {}
     if not isinstance(parallel, dict):
         raise ValueError(f"{path}: parallel must be a mapping (workers, use_gpu, ...)")

@@ -17,7 +17,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-__all__ = ["ConfigBase"]
+__all__ = ["ConfigBase", "read_yaml_mapping"]
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds (an empty file: ``{}``).
+
+    Raises:
+        ValueError: not valid YAML, or not a mapping.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the config must be a mapping")
+    return data
 
 
 def _unwrap_optional(hint: Any) -> Any:
@@ -111,12 +128,4 @@ class ConfigBase:
         Raises:
             ValueError: not valid YAML, not a mapping, or a bad config (see :meth:`from_mapping`).
         """
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: the config must be a mapping")
-        return cls.from_mapping(data)
+        return cls.from_mapping(read_yaml_mapping(path))

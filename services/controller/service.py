@@ -429,15 +429,15 @@ def export_model(
     if model.state is not JobState.SUCCEEDED or not model.checkpoint_uri:
         raise Conflict(f"model {model_id} is {model.state.value}: export it once it has been retrained")
     checkpoint = Path(model.checkpoint_uri.removeprefix("file://"))
+    size = f"{input_size[0]}x{input_size[1]}" if input_size else "crop"  # "crop": the checkpoint's crop size
+    out = out_dir / f"model-{model_id}-{size}.{'onnx' if fmt == 'onnx' else 'pt'}"
+    if out.is_file() and checkpoint.is_file() and out.stat().st_mtime >= checkpoint.stat().st_mtime:
+        return out  # exported before: no checkpoint to load
     try:
         net, _, cfg = load_model(checkpoint)
     except (FileNotFoundError, ValueError) as exc:
         raise Invalid(f"model {model_id}: {str(exc).splitlines()[0]}") from None
     h, w = input_size or cfg.crop_size
-    suffix = "onnx" if fmt == "onnx" else "pt"
-    out = out_dir / f"model-{model_id}-{h}x{w}.{suffix}"
-    if out.is_file() and out.stat().st_mtime >= checkpoint.stat().st_mtime:
-        return out
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # concurrent requests never see half a file
     if fmt == "onnx":

@@ -27,6 +27,7 @@ plain CLI loop) stays the default and the fast path.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -95,21 +96,13 @@ class ParallelSpec:
     @classmethod
     def from_mapping(cls, data: dict[str, Any] | None) -> ParallelSpec:
         data = dict(data or {})
-        known = {"workers", "use_gpu", "resources_per_worker", "max_failures", "threads_per_worker", "sync_batchnorm"}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown parallel option(s): {', '.join(unknown)}")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "workers": self.workers,
-            "use_gpu": self.use_gpu,
-            "resources_per_worker": self.resources_per_worker,
-            "max_failures": self.max_failures,
-            "threads_per_worker": self.threads_per_worker,
-            "sync_batchnorm": self.sync_batchnorm,
-        }
+        return dataclasses.asdict(self)
 
     @property
     def cpus_per_worker(self) -> float:
@@ -162,22 +155,18 @@ def build_trainer(
     )
 
 
-def _step_of(path: Path) -> int:
-    return read_checkpoint_step(path)
-
-
 def _restore(trainer: EpochTrainer[Any, Any], checkpoint: Any) -> str | None:
     """Load the furthest of Ray Train's latest checkpoint and ``run_dir/last.pt``; which one, or None."""
     local = trainer.run_dir / "last.pt"
-    best: tuple[int, Path, str] | None = (_step_of(local), local, "run_dir") if local.exists() else None
+    best: tuple[int, Path, str] | None = (read_checkpoint_step(local), local, "run_dir") if local.exists() else None
     if checkpoint is None:
         if best is not None:
             trainer.load(best[1])
         return None if best is None else best[2]
     with checkpoint.as_directory() as ckpt_dir:
         remote = Path(ckpt_dir) / "last.pt"
-        if remote.exists() and (best is None or _step_of(remote) > best[0]):
-            best = (_step_of(remote), remote, "ray_train")
+        if remote.exists() and (best is None or read_checkpoint_step(remote) > best[0]):
+            best = (read_checkpoint_step(remote), remote, "ray_train")
         if best is not None:
             trainer.load(best[1])
     return None if best is None else best[2]
@@ -229,8 +218,6 @@ def _train_loop(config: dict[str, Any]) -> None:
 
 
 def _jsonable(p: Any) -> dict[str, Any]:
-    import dataclasses
-
     return {k: v for k, v in dataclasses.asdict(p).items() if v is None or isinstance(v, int | float | str)}
 
 

@@ -124,40 +124,46 @@ class LatencyPlacement:
         ).remote(self.device_class, use_gpu)
 
     def slots(
-        self, *, should_stop: Callable[[], bool] | None = None, on_wait: Callable[[str], None] | None = None
+        self, *, should_stop: Callable[[], bool] | None = None, on_wait: Callable[[str | None], None] | None = None
     ) -> list[Any]:
         """The slots of the nodes of this class now alive (created as needed); waits for one.
+
+        While it waits, ``on_wait(device_class)`` is called at every poll, and ``on_wait(None)``
+        once when the wait ends (a node joined, or the wait was stopped).
 
         Raises:
             InterruptedError: ``should_stop()`` turned true while waiting.
         """
         waited = False
-        while True:
-            nodes = self._nodes()
-            alive = {n["NodeID"] for n in nodes}
-            for gone in set(self._slots) - alive:
-                del self._slots[gone]
-            new = {n["NodeID"]: self._slot(n) for n in nodes if n["NodeID"] not in self._slots}
-            self._gpu_nodes |= {n["NodeID"] for n in nodes if _is_gpu_class(n)}
-            if new:  # placed (their CPU or GPU held) before evaluators take what is free
-                ready, _ = ray.wait([s.ready.remote() for s in new.values()], num_returns=len(new), timeout=60)
-                if len(ready) < len(new):
-                    log.warning(
-                        "device class %s: %d timing slot(s) not placed yet", self.device_class, len(new) - len(ready)
-                    )
-                self._slots.update(new)
-            if self._slots:
-                if waited:
-                    log.info("device class %s: %d node(s) now; latency goes on", self.device_class, len(nodes))
-                return list(self._slots.values())
-            if not waited:
-                log.warning("device class %s has no node: latency waits for one", self.device_class)
-            waited = True
-            if on_wait is not None:
-                on_wait(self.device_class)
-            if should_stop is not None and should_stop():
-                raise InterruptedError(f"stopped while waiting for a {self.device_class} node")
-            time.sleep(self.poll_s)
+        try:
+            while True:
+                nodes = self._nodes()
+                alive = {n["NodeID"] for n in nodes}
+                for gone in set(self._slots) - alive:
+                    del self._slots[gone]
+                new = {n["NodeID"]: self._slot(n) for n in nodes if n["NodeID"] not in self._slots}
+                self._gpu_nodes |= {n["NodeID"] for n in nodes if _is_gpu_class(n)}
+                if new:  # started before the evaluators are placed (a GPU slot holds its GPU)
+                    ready, _ = ray.wait([s.ready.remote() for s in new.values()], num_returns=len(new), timeout=60)
+                    if len(ready) < len(new):
+                        late = len(new) - len(ready)
+                        log.warning("device class %s: %d timing slot(s) not placed yet", self.device_class, late)
+                    self._slots.update(new)
+                if self._slots:
+                    if waited:
+                        log.info("device class %s: %d node(s) now; latency goes on", self.device_class, len(nodes))
+                    return list(self._slots.values())
+                if not waited:
+                    log.warning("device class %s has no node: latency waits for one", self.device_class)
+                waited = True
+                if on_wait is not None:
+                    on_wait(self.device_class)
+                if should_stop is not None and should_stop():
+                    raise InterruptedError(f"stopped while waiting for a {self.device_class} node")
+                time.sleep(self.poll_s)
+        finally:
+            if waited and on_wait is not None:
+                on_wait(None)
 
     def drop(self, slot: Any) -> None:
         """Forget a slot whose actor died (its node left); the next :meth:`slots` re-checks."""
@@ -179,7 +185,7 @@ class LatencyPlacement:
         pending: dict[Any, Any],
         *,
         should_stop: Callable[[], bool] | None = None,
-        on_wait: Callable[[str], None] | None = None,
+        on_wait: Callable[[str | None], None] | None = None,
         poll_s: float = 0.5,
     ) -> list[dict[str, Any]]:
         """The latency of each job, in order; a job whose slot died is measured again on another
@@ -207,14 +213,3 @@ class LatencyPlacement:
                 slots = self.slots(should_stop=should_stop, on_wait=on_wait)
                 pending.update(self.submit(jobs, slots, redo))
         return [r for r in results if r is not None]
-
-    def measure(
-        self,
-        jobs: list[dict[str, Any]],
-        *,
-        should_stop: Callable[[], bool] | None = None,
-        on_wait: Callable[[str], None] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Latency of each job, spread over the slots of the class (:meth:`submit`, :meth:`collect`)."""
-        slots = self.slots(should_stop=should_stop, on_wait=on_wait)
-        return self.collect(jobs, self.submit(jobs, slots), should_stop=should_stop, on_wait=on_wait)

@@ -203,7 +203,7 @@ class _PoolEvaluator:
             done += 1
             EVALUATIONS.labels("ok").inc()
             EVALUATION_SECONDS.observe(seconds)
-            self.ctx.report(evaluating=f"{done}/{len(archs)}", actors=self.pool.size, waiting_for_device=None)
+            self.ctx.report(evaluating=f"{done}/{len(archs)}", actors=self.pool.size)
 
         self.ctx.check()
         try:
@@ -249,18 +249,18 @@ def run_search_job(ctx: JobContext) -> dict[str, Any]:
         target_device=target, waiting_for_device=None,
     )  # fmt: skip
 
-    def waiting(device_class: str) -> None:
-        SEARCHES_WAITING.labels(device_class).set(1)
+    def waiting(device_class: str | None) -> None:
+        """While latency waits for a node of the target class (None: the wait is over)."""
+        SEARCHES_WAITING.labels(target).set(0 if device_class is None else 1)
         ctx.report(force=True, waiting_for_device=device_class)
-        ctx.check()
+        if device_class is not None:
+            ctx.check()
 
     placement = None if timed_here else LatencyPlacement(target)
     try:
         pool = RayEvaluatorPool(spec, latency=placement, on_wait=waiting)
     except InterruptedError:
         raise JobStopped(ctx.reason or "stopped") from None
-    finally:
-        SEARCHES_WAITING.labels(target).set(0)
     evaluator = _PoolEvaluator(pool, ctx)
     last = time.perf_counter()
 

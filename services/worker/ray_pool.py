@@ -68,7 +68,8 @@ class RayEvaluatorPool:
         latency: time candidates only in the timing slots of this placement's device class
             (:mod:`services.worker.devices`); the evaluator actors then defer latency
             (``spec.defer_latency``) and score mIoU, GMACs and params wherever they run.
-        on_wait: called (with the device class) while latency waits for a node of its class.
+        on_wait: called with the device class while latency waits for a node of its class, and
+            with None when the wait ends.
     """
 
     def __init__(
@@ -80,7 +81,7 @@ class RayEvaluatorPool:
         max_retries: int = 3,
         startup_timeout_s: float = 120.0,
         latency: LatencyPlacement | None = None,
-        on_wait: Callable[[str], None] | None = None,
+        on_wait: Callable[[str | None], None] | None = None,
     ) -> None:
         if latency is not None and not spec.defer_latency:
             raise ValueError("a latency placement needs spec.defer_latency (the evaluators must not time)")

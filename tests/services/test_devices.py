@@ -78,10 +78,10 @@ def _archs(n: int, seed: int) -> list[Any]:
 def test_latency_lands_only_on_the_target_class_and_waits_for_it(
     cluster: Cluster, spec: EvaluatorSpec, tmp_path: Path
 ) -> None:
-    waits: list[str] = []
+    waits: list[str | None] = []
     added: list[Any] = []
 
-    def waiting(device_class: str) -> None:
+    def waiting(device_class: str | None) -> None:
         """Called (in this thread) while latency waits: after a few polls a V100 node joins."""
         waits.append(device_class)
         if len(waits) == 3:
@@ -89,7 +89,7 @@ def test_latency_lands_only_on_the_target_class_and_waits_for_it(
 
     # No V100 node yet: the pool waits (visibly), and a node that joins lets it go on.
     pool = RayEvaluatorPool(spec, workers=1, latency=LatencyPlacement("V100", poll_s=0.2), on_wait=waiting)
-    assert waits == ["V100"] * 3 and len(added) == 1
+    assert waits == ["V100"] * 3 + [None] and len(added) == 1  # None: the wait is over
     try:
         results = pool.evaluate(_archs(4, seed=1))
         assert len(results) == 4
@@ -102,7 +102,7 @@ def test_latency_lands_only_on_the_target_class_and_waits_for_it(
         cluster.remove_node(added[0])
         waits.clear()
         again = pool.evaluate(_archs(2, seed=2))
-        assert waits == ["V100"] * 3 and len(added) == 2 and len(again) == 2
+        assert waits == ["V100"] * 3 + [None] and len(added) == 2 and len(again) == 2
         assert {r["latency_node"] for r in again} == {added[1].node_id}
     finally:
         pool.close()
@@ -110,7 +110,7 @@ def test_latency_lands_only_on_the_target_class_and_waits_for_it(
 
 def test_waiting_for_a_class_can_be_stopped(cluster: Cluster, spec: EvaluatorSpec) -> None:
     placement = LatencyPlacement("A100", poll_s=0.1)
-    calls: list[str] = []
+    calls: list[str | None] = []
     with pytest.raises(InterruptedError, match="waiting for a A100 node"):
         placement.slots(should_stop=lambda: len(calls) >= 3, on_wait=calls.append)
-    assert calls == ["A100"] * 3
+    assert calls == ["A100"] * 3 + [None]  # a stopped wait is over too
