@@ -4,6 +4,7 @@ for the search benchmarks the demo's supernet, data and latency table."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 from pathlib import Path
@@ -36,6 +37,22 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
+
+
+class ResultCache:
+    """Results by key in a JSON file, rewritten atomically after each new one, so that a long
+    benchmark stopped part-way goes on where it was."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path is not None and path.exists() else {}
+
+    def put(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        if self.path is not None:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.data, indent=0))
+            tmp.replace(self.path)
 
 
 def add_demo_args(parser: argparse.ArgumentParser) -> None:

@@ -1,11 +1,25 @@
-"""Serving benchmark: backends in process, then the HTTP endpoint at 1, 8 and 32 clients, batching on and off.
+"""Serving benchmark: what the HTTP endpoint costs over calling the model in process, and what batching gains.
 
-A HyCTAS-S network (F=12, random weights saved as a retraining checkpoint) at --size. Prints
-one JSON object: per-backend in-process latency (batch 1 and 8), and for each
-(max_batch_size, clients) the endpoint's throughput and p50 / p99; ``overhead_ms_p50`` is the
-endpoint's p50 at one client minus the in-process p50 of the same backend.
+A HyCTAS-S network (F=12, weights of a one-step retraining, saved as its checkpoint) at --size,
+served by the project's own deploy path (one model app at ``/segment/bench``, Serve's proxy in
+front) on a local Ray. Prints one JSON object on stdout; every log line goes to stderr.
 
-    python benchmarks/serve.py --size 256x512 --seconds 10
+- ``in_process``: each backend called directly (``Segmenter.predict``), batch 1 and 8.
+- Warm-up: requests until the p50 of two consecutive windows of 20 agrees within 5 %.
+- ``overhead_ms_p50`` / ``overhead_ms_p99``: one client; per request, the client's latency minus
+  the model call the replica timed for that very request (its ``Server-Timing: model;dur=``
+  header): HTTP, proxy, the hop to the replica, auth, decoding and encoding, queueing.
+  ``endpoint_minus_inprocess_ms_p50`` is the same from the other side: endpoint p50 minus the
+  in-process p50, measured in alternating rounds so that neither side gets a quieter machine.
+- ``throughput_vs_inprocess``: requests/s at ``--clients`` clients (unbatched) over the model's
+  in-process capacity (one caller, back to back, batch 1, the same backend and threads).
+- ``batching_ratio``: requests/s at ``--clients`` batched (max batch 8 with the deployment's
+  defaults for the device: its batch wait, and adaptive batching, which serves unbatched where
+  a batch is not faster per image; ``--force-batching`` always batches) over unbatched (max
+  batch 1), measured A-B-B-A. ``batching_plan`` is what the batched replica chose, and why.
+
+    python benchmarks/serve.py --size 256x512 --seconds 8
+    python benchmarks/serve.py --quick      # a smoke run, not a measurement
 """
 
 from __future__ import annotations
@@ -16,6 +30,7 @@ import json
 import os
 import socket
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -26,8 +41,13 @@ import httpx
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import apply_quick, machine  # noqa: E402
 
-def _checkpoint(tmp: Path, size: tuple[int, int]) -> Path:
+QUICK = {"size": "64x128", "seconds": 1.0, "clients": 4, "rounds": 1}
+
+
+def _checkpoint(tmp: Path) -> Path:
     from hyctas_core.config import ModelConfig
     from hyctas_core.data.cityscapes import CityscapesDataset
     from hyctas_core.data.synth import generate
@@ -44,144 +64,266 @@ def _checkpoint(tmp: Path, size: tuple[int, int]) -> Path:
     return tmp / "run" / "last.pt"
 
 
-def _quantiles(values: list[float]) -> tuple[float, float]:
-    q = statistics.quantiles(values, n=100)
-    return 1000 * q[49], 1000 * q[98]
+def _street_scene(size: tuple[int, int], noise: bool) -> np.ndarray:
+    """A street scene of the built-in synthetic set (a PNG of realistic size), or uniform noise
+    (incompressible: the largest PNG of that size, the worst case for transfer and decoding)."""
+    if noise:
+        return (np.random.default_rng(0).random((*size, 3)) * 255).astype(np.uint8)
+    from hyctas_core.data.synth import render_scene, scene_rng
+
+    return np.ascontiguousarray(render_scene(scene_rng(0, "val", 0), size).image)
 
 
-def _in_process(ckpt: Path, image: np.ndarray, seconds: float) -> dict[str, Any]:
+def _ms(values: list[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(values) * 1000, q)), 2)
+
+
+def _timed(fn: Any, seconds: float, least: int = 5) -> list[float]:
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < least:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _in_process(ckpt: Path, image: np.ndarray, seconds: float, threads: int) -> dict[str, Any]:
     from services.serve.segmenter import BACKENDS, Segmenter, SegmenterConfig
 
     out: dict[str, Any] = {}
     for backend in BACKENDS:
-        seg = Segmenter(SegmenterConfig(str(ckpt), backend=backend, threads=2))
-        build_s = seg.warm_up(image.shape[:2])
-        row: dict[str, Any] = {"first_call_s": round(build_s, 2)}
+        seg = Segmenter(SegmenterConfig(str(ckpt), backend=backend, threads=threads))
+        row: dict[str, Any] = {"first_call_s": round(seg.warm_up(image.shape[:2]), 2)}
         for batch in (1, 8):
-            times: list[float] = []
-            end = time.perf_counter() + seconds / 2
-            while time.perf_counter() < end or len(times) < 5:
-                t0 = time.perf_counter()
-                seg.predict([image] * batch)
-                times.append(time.perf_counter() - t0)
-            p50, p99 = _quantiles(times)
-            row[f"batch{batch}_p50_ms"] = round(p50, 2)
+            times = _timed(lambda s=seg, b=batch: s.predict([image] * b), seconds / 2)
+            row[f"batch{batch}_p50_ms"] = _ms(times, 50)
             row[f"batch{batch}_images_per_s"] = round(batch / statistics.median(times), 1)
         out[backend] = row
     return out
 
 
-def _load(url: str, png: bytes, clients: int, seconds: float) -> dict[str, Any]:
-    latencies: list[float] = []
-    batches: list[int] = []
-    errors = 0
-    lock = threading.Lock()
-    stop = time.perf_counter() + seconds
+def server_timing(header: str) -> dict[str, float]:
+    """``{"model": 12.3, ...}`` (ms) from a ``Server-Timing: model;dur=12.3, ...`` header."""
+    out = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        out[name] = float(dur)
+    return out
 
-    def client() -> None:
-        nonlocal errors
-        with httpx.Client(timeout=120) as c:
-            while time.perf_counter() < stop:
-                t0 = time.perf_counter()
-                try:
-                    r = c.post(url, content=png)
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                with lock:
-                    latencies.append(time.perf_counter() - t0)
-                    errors += not ok
-                    if ok:
+
+class Client:
+    """Closed-loop HTTP clients: each sends the next request when its answer arrives."""
+
+    def __init__(self, url: str, png: bytes) -> None:
+        self.url, self.png = url, png
+
+    def run(self, clients: int, seconds: float) -> dict[str, Any]:
+        latencies: list[float] = []
+        model_ms: list[float] = []
+        replica_ms: list[dict[str, float]] = []
+        batches: list[int] = []
+        errors = 0
+        lock = threading.Lock()
+        stop = time.perf_counter() + seconds
+
+        def client() -> None:
+            nonlocal errors
+            with httpx.Client(timeout=120) as c:
+                while time.perf_counter() < stop:
+                    t0 = time.perf_counter()
+                    try:
+                        r = c.post(self.url, content=self.png)
+                        ok = r.status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    took = time.perf_counter() - t0
+                    with lock:
+                        if not ok:
+                            errors += 1
+                            continue
+                        latencies.append(took)
+                        timing = server_timing(r.headers["server-timing"])
+                        model_ms.append(timing["model"])
+                        replica_ms.append(timing)
                         batches.append(int(r.headers["x-batch-size"]))
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    p50, p99 = _quantiles(latencies)
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        return {"latencies": latencies, "model_ms": model_ms, "timings": replica_ms, "batches": batches,
+                "errors": errors, "wall_s": wall}  # fmt: skip
+
+    def warm_up(self, window: int = 20, tolerance: float = 0.05, most: int = 15) -> int:
+        """Send windows of ``window`` requests until two consecutive p50s agree within ``tolerance``."""
+        previous = None
+        for n in range(1, most + 1):
+            with httpx.Client(timeout=120) as c:
+                times = _timed(lambda: c.post(self.url, content=self.png).raise_for_status(), 0, window)
+            p50 = statistics.median(times)
+            if previous is not None and abs(p50 - previous) <= tolerance * previous:
+                return n * window
+            previous = p50
+        return most * window
+
+
+def _summary(run: dict[str, Any]) -> dict[str, Any]:
+    lat = run["latencies"]
     return {
-        "requests": len(latencies), "errors": errors, "throughput_rps": round(len(latencies) / wall, 2),
-        "p50_ms": round(p50, 1), "p99_ms": round(p99, 1), "mean_batch": round(statistics.fmean(batches), 2),
+        "requests": len(lat), "errors": run["errors"], "throughput_rps": round(len(lat) / run["wall_s"], 2),
+        "p50_ms": _ms(lat, 50), "p99_ms": _ms(lat, 99), "mean_batch": round(statistics.fmean(run["batches"]), 2),
     }  # fmt: skip
 
 
-def _codec_ms(png: bytes, size: tuple[int, ...]) -> dict[str, float]:
-    """Median ms of the endpoint's own image work: decoding the request, encoding the label PNG."""
-    from services.serve.app import decode_image
+def _deploy(ckpt: Path, backend: str, threads: int, max_batch: int, size: tuple[int, int], adaptive: bool) -> None:
+    from ray import serve
 
-    labels = np.zeros(size, np.uint8)
-    decode, encode = [], []
-    for _ in range(30):
-        t0 = time.perf_counter()
-        decode_image(png, max_pixels=1 << 30)
-        decode.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        Image.fromarray(labels).save(io.BytesIO(), format="PNG")
-        encode.append(time.perf_counter() - t0)
-    return {"decode_png": round(1000 * statistics.median(decode), 2),
-            "encode_label_png": round(1000 * statistics.median(encode), 2)}  # fmt: skip
+    from services.serve.app import Endpoint
+    from services.serve.deploy import deploy_model, deployment_status
+
+    options = {"backend": backend, "threads": threads, "max_batch_size": max_batch, "warm_up_size": list(size),
+               "adaptive_batching": adaptive}  # fmt: skip
+    deploy_model("bench", str(ckpt), options, endpoint=Endpoint())
+    deadline = time.monotonic() + 300
+    while "RUNNING" not in deployment_status("bench")["status"] or _updating(serve):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"deployment did not become healthy: {deployment_status('bench')}")
+        time.sleep(0.2)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", default="256x512")
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--backend", default=None, help="endpoint backend (default: the fastest in process)")
-    args = ap.parse_args()
-    h, w = (int(v) for v in args.size.split("x"))
+def _updating(serve: Any) -> bool:
+    app = serve.status().applications.get("hyctas-model-bench")
+    return app is None or any("UPDATING" in str(d.status) for d in app.deployments.values())
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    h, w = (int(v) for v in args.size.lower().split("x"))
     tmp = Path(tempfile.mkdtemp(prefix="hyctas-serve-bench-"))
-    ckpt = _checkpoint(tmp, (h, w))
-    image = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
+    ckpt = _checkpoint(tmp)
+    image = _street_scene((h, w), args.noise)
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     png = buffer.getvalue()
-    in_process = _in_process(ckpt, image, args.seconds)
+    in_process = _in_process(ckpt, image, args.seconds, args.threads)
     backend = args.backend or min(in_process, key=lambda b: in_process[b]["batch1_p50_ms"])
 
     import ray
     from ray import serve
 
-    from services.serve.deploy import deploy_model, ensure_gateway
+    from services.serve.app import Endpoint
+    from services.serve.deploy import ensure_gateway
+    from services.serve.segmenter import Segmenter, SegmenterConfig
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    results: dict[str, Any] = {}
     try:
-        ensure_gateway(database_url=None, http_port=port)
-        for max_batch in (1, 8):
-            deploy_model("bench", str(ckpt), {"backend": backend, "threads": 2, "max_batch_size": max_batch,
-                                              "batch_wait_s": 0.005, "warm_up_size": [h, w]})  # fmt: skip
-            time.sleep(2)
-            url = f"http://127.0.0.1:{port}/segment/bench"
-            _load(url, png, 1, 2.0)  # warm the path
-            for clients in (1, 8, 32):
-                results[f"max_batch_{max_batch}/clients_{clients}"] = _load(url, png, clients, args.seconds)
-        report = _report(h, w, backend, in_process, results, png, image)
-        print(json.dumps(report, indent=2), flush=True)  # before Ray's shutdown chatter
+        ensure_gateway(Endpoint(), http_port=port)
+        client = Client(f"http://127.0.0.1:{port}/segment/bench", png)
+        _deploy(ckpt, backend, args.threads, 1, (h, w), True)
+        warm = client.warm_up()
+        local = Segmenter(SegmenterConfig(str(ckpt), backend=backend, threads=args.threads))
+        local.warm_up((h, w))
+        # One client, alternating rounds of in-process calls and endpoint requests.
+        inproc: list[float] = []
+        one: dict[str, list[Any]] = {"latencies": [], "model_ms": [], "timings": [], "batches": []}
+        for _ in range(args.rounds):
+            inproc += _timed(lambda: local.predict([image]), args.seconds / 2)
+            run = client.run(1, args.seconds / 2)
+            for key in one:
+                one[key] += run[key]
+        overhead = [1000 * t - m for t, m in zip(one["latencies"], one["model_ms"], strict=True)]
+        capacity = 1 / statistics.median(inproc)
+        # Many clients, unbatched and batched, A-B-B-A.
+        runs: dict[int, list[dict[str, Any]]] = {1: [], 8: []}
+        plan: dict[str, Any] = {}
+        for max_batch in [1, 8, 8, 1][: 4 if args.rounds > 1 else 2]:
+            _deploy(ckpt, backend, args.threads, max_batch, (h, w), not args.force_batching)
+            client.warm_up()
+            if max_batch > 1:
+                plan = httpx.post(client.url + "?output=json", content=png, timeout=120).json()["batching"]
+            runs[max_batch].append(client.run(args.clients, args.seconds))
+        rps = {b: sum(len(r["latencies"]) for r in rs) / sum(r["wall_s"] for r in rs) for b, rs in runs.items()}
+        merged = {
+            b: {k: [x for r in rs for x in r[k]] if isinstance(rs[0][k], list) else sum(r[k] for r in rs)
+                for k in rs[0]}
+            for b, rs in runs.items()
+        }  # fmt: skip
+        return {
+            "benchmark": "serve",
+            "overhead_ms_p50": round(float(np.percentile(overhead, 50)), 2),
+            "overhead_ms_p99": round(float(np.percentile(overhead, 99)), 2),
+            "throughput_vs_inprocess": round(rps[1] / capacity, 3),
+            "batching_ratio": round(rps[8] / rps[1], 3),
+            "endpoint_minus_inprocess_ms_p50": round(_ms(one["latencies"], 50) - _ms(inproc, 50), 2),
+            "one_client": {
+                "endpoint_p50_ms": _ms(one["latencies"], 50),
+                "endpoint_p99_ms": _ms(one["latencies"], 99),
+                "model_in_replica_p50_ms": round(float(np.percentile(one["model_ms"], 50)), 2),
+                "in_process_p50_ms": _ms(inproc, 50),
+                "in_process_p99_ms": _ms(inproc, 99),
+                "requests": len(one["latencies"]),
+                "in_process_calls": len(inproc),
+            },  # fmt: skip
+            "overhead_breakdown_ms_p50": {
+                "outside_the_replica (client, HTTP, Serve proxy, the hop)": round(
+                    float(
+                        np.percentile(
+                            [1000 * t - m["replica"] for t, m in zip(one["latencies"], one["timings"], strict=True)], 50
+                        )
+                    ),
+                    2,
+                ),
+                **{
+                    k: round(float(np.percentile([m[k] for m in one["timings"]], 50)), 2)
+                    for k in one["timings"][0]
+                    if k != "model"
+                },
+            },  # fmt: skip
+            "in_process_capacity_rps": round(capacity, 2),
+            f"clients_{args.clients}": {
+                "unbatched": {**_summary({**merged[1], "wall_s": sum(r["wall_s"] for r in runs[1])})},
+                "batched": {**_summary({**merged[8], "wall_s": sum(r["wall_s"] for r in runs[8])})},
+            },
+            "batching_plan": plan,
+            "warm_up_requests": warm,
+            "backend": backend,
+            "request_png_bytes": len(png),
+            "in_process": in_process,
+            "settings": {k: v for k, v in vars(args).items()},
+            "machine": machine(),
+        }
     finally:
         serve.shutdown()
         ray.shutdown()
 
 
-def _report(
-    h: int, w: int, backend: str, in_process: dict[str, Any], results: dict[str, Any], png: bytes, image: np.ndarray
-) -> dict[str, Any]:
-    overhead = results["max_batch_1/clients_1"]["p50_ms"] - in_process[backend]["batch1_p50_ms"]
-    codec = _codec_ms(png, image.shape[:2])
-    return {
-        "benchmark": "serve", "size": [h, w], "cpu_count": os.cpu_count(), "backend": backend,
-        "in_process": in_process, "endpoint": results, "overhead_ms_p50": round(overhead, 2),
-        "overhead_breakdown_ms": {**codec, "rest (HTTP proxy, 2 actor hops, queueing)": round(
-            overhead - codec["decode_png"] - codec["encode_label_png"], 2)},
-        "batched_vs_unbatched_32_clients": round(
-            results["max_batch_8/clients_32"]["throughput_rps"] / results["max_batch_1/clients_32"]["throughput_rps"], 3
-        ),
-    }  # fmt: skip
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="256x512", help="HxW of the request images")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per measurement phase")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--noise", action="store_true", help="send uniform noise (worst-case PNG) instead of a scene")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of each comparison")
+    parser.add_argument("--threads", type=int, default=2, help="model threads, in process and in the replica")
+    parser.add_argument("--force-batching", action="store_true", help="batched: always batch (no adaptive_batching)")
+    parser.add_argument("--backend", default=None, help="endpoint backend (default: the fastest in process)")
+    parser.add_argument("--quick", action="store_true", help="toy sizes: a smoke run, not a measurement")
+    args = parser.parse_args(argv)
+    apply_quick(parser, args, QUICK)
+    stdout = os.dup(1)
+    os.dup2(2, 1)  # everything else (Ray, Serve, libraries) writes to stderr
+    try:
+        report = measure(args)
+    finally:
+        sys.stdout.flush()
+    with os.fdopen(stdout, "w") as out:
+        out.write(json.dumps(report, indent=1, allow_nan=False) + "\n")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import torch
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import apply_quick, machine  # noqa: E402
+from _common import ResultCache, apply_quick, machine  # noqa: E402
 
 from hyctas_core.config import ModelConfig
 from hyctas_core.data.cityscapes import CityscapesDataset
@@ -119,21 +119,6 @@ STANDALONE_KEYS = (
     "standalone_lr",
     "standalone_loss",
 )
-
-
-class _Cache:
-    """Standalone mIoU by key, in a JSON file rewritten atomically after each new result."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.data: dict[str, float] = json.loads(path.read_text()) if path is not None and path.exists() else {}
-
-    def put(self, key: str, value: float) -> None:
-        self.data[key] = value
-        if self.path is not None:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.data, indent=0))
-            tmp.replace(self.path)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -243,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log_every=10**6,
         )
         t0 = time.perf_counter()
-        cache = _Cache(args.standalone_cache)
+        cache = ResultCache(args.standalone_cache)
         budget = {k: vars(args)[k] for k in STANDALONE_KEYS}
         standalone: list[list[float]] = []
         for i, arch in enumerate(archs):

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import apply_quick, machine  # noqa: E402
+from _common import ResultCache, apply_quick, machine  # noqa: E402
 
 from hyctas_core.config import ModelConfig
 from hyctas_core.data.labels import IGNORE_INDEX, NUM_CLASSES, TRAIN_ID_NAMES, id_to_train_id_lut
@@ -205,6 +205,14 @@ def train_eval(
     return row, stack
 
 
+# What a trained network's result depends on besides its arch (its cache key).
+TRAIN_KEYS = ("size", "train", "val", "base_channels", "layers", "steps", "batch", "lr", "alike_p", "seed", "data_seed")
+
+
+def cache_key(arch: Arch, args: argparse.Namespace) -> str:
+    return "|".join([arch.hash, *(f"{k}={getattr(args, k)}" for k in TRAIN_KEYS)])
+
+
 def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, rounds: int = 1000, seed: int = 0) -> dict[str, Any]:
     """mIoU(b) - mIoU(a) on the val set, and its 95 % interval over val images resampled with replacement."""
     rng = np.random.default_rng(seed)
@@ -264,6 +272,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription stalls)")
     parser.add_argument("--log-every", type=int, default=100, help="progress lines on stderr (0: none)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="JSON file of trained networks' results: a run stopped part-way goes on where it was",
+    )
     parser.add_argument("--quick", action="store_true", help="toy sizes: a smoke run, not a measurement")
     parser.add_argument(
         "--groups", default=",".join(GROUPS), help=f"which groups to train, of {','.join(GROUPS)} (gaps need pairs)"
@@ -291,11 +305,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     groups = pick_groups(args, model, (h, w))
     rows: dict[str, list[dict[str, Any]]] = {}
     cms: dict[str, torch.Tensor] = {}
+    cache = ResultCache(args.cache)
     t0 = time.perf_counter()
     for name, archs in groups.items():
         rows[name] = []
         for i, arch in enumerate(archs):
-            row, cm = train_eval(arch, model, (xt, yt, xv, yv), args, f"{name}[{i}]")
+            key = cache_key(arch, args)
+            if key not in cache.data:
+                row, cm = train_eval(arch, model, (xt, yt, xv, yv), args, f"{name}[{i}]")
+                cache.put(key, {"row": row, "confusions": cm.tolist()})
+            row, cm = cache.data[key]["row"], torch.tensor(cache.data[key]["confusions"])
             rows[name].append(row)
             cms[arch.hash] = cm
             print(f"{name}[{i}] {arch.hash} mIoU {row['miou']:.4f} {row['latency_ms']} ms", file=sys.stderr)
@@ -304,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **gaps(rows, cms),
         "colour_baseline": colour_baseline(xt, yt, xv, yv),
         "groups": rows,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("log_every",)},
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "log_every"},
         "timings_s": {"render": round(render_s, 1), "train_eval": round(time.perf_counter() - t0, 1)},
         "machine": machine(),
     }

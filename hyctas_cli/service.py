@@ -235,6 +235,7 @@ def serve_local(
         fail(f"unknown backend {backend!r}; choose onnxruntime, torchscript or torch")
     import ray
 
+    from services.serve.app import Endpoint
     from services.serve.deploy import deploy_model, ensure_gateway
     from services.worker.ray_init import RayStartError, init_ray
 
@@ -242,10 +243,10 @@ def serve_local(
         init_ray(timeout_s=_settings().ray_init_timeout_s)
     except RayStartError as exc:
         fail(str(exc))
-    ensure_gateway(database_url=None, http_host=host, http_port=port)
+    ensure_gateway(Endpoint(), http_host=host, http_port=port)
     options = {"backend": backend, "max_batch_size": max_batch_size, "batch_wait_s": batch_wait_s,
                "min_replicas": replicas, "max_replicas": replicas}  # fmt: skip
-    deploy_model(name, str(path.resolve()), options)
+    deploy_model(name, str(path.resolve()), options, endpoint=Endpoint())  # one local model, no keys
     typer.echo(f"serving {trained.hash} on http://{host}:{port}/segment/{name} (Ctrl-C stops)")
     try:
         while True:

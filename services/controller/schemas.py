@@ -494,13 +494,52 @@ class DeploymentCreate(Strict):
         le=1,
         description="wait to fill a batch; default 0 on CPU (a batch is no faster per image), 10 ms on GPU",
     )
-    warm_up_size: Size | None = Field(None, description="compile the backend for this HxW at start-up")
+    warm_up_size: Size | None = Field(
+        None, description="compile the backend for this HxW at start-up (and measure whether batching pays there)"
+    )
+    adaptive_batching: bool = Field(
+        True,
+        description="serve one request per model call where a batch is not >= 10 % faster per image "
+        "(measured at warm_up_size; without it: unbatched on CPU, batched on GPU)",
+    )
 
     @model_validator(mode="after")
     def _replicas(self) -> DeploymentCreate:
         if self.max_replicas < self.min_replicas:
             raise ValueError("max_replicas must be >= min_replicas")
         return self
+
+
+class ServedLatency(BaseModel):
+    """The model's time per request as the replicas measured it (the last report)."""
+
+    input_size: list[int] = Field(description="the most requested HxW over the last requests")
+    requests: int
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+    mean_batch: float
+    backend: str | None = None
+    device: str | None = None
+    device_class: str | None = None
+    at: str | None = Field(None, description="when it was stored (UTC, ISO 8601)")
+
+
+class PredictedLatency(BaseModel):
+    latency_ms: float
+    source: str | None = Field(None, description="lut:<device class> or measured:<device class>")
+    input_size: list[int] | None = Field(None, description="None: the search's validation images' size")
+    search_id: int
+
+
+class LatencyComparison(BaseModel):
+    """Serving latency beside the search's prediction for the same architecture."""
+
+    measured: ServedLatency
+    predicted: PredictedLatency | None
+    error_ms: float | None = Field(description="measured p50 minus predicted")
+    error_pct: float | None
+    note: str | None = Field(description="why there is no prediction or no error, or what the error assumes")
 
 
 class DeploymentPublic(Record):
@@ -513,6 +552,12 @@ class DeploymentPublic(Record):
     error: str | None
     created_at: datetime
     updated_at: datetime
+    serving_latency: ServedLatency | None = Field(
+        None, description="what the replicas measured; None until they report"
+    )
+    latency: LatencyComparison | None = Field(
+        None, description="GET /deployments/{name} only: measured against the search's prediction"
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -487,6 +487,54 @@ def deploy_model(
     return storage.get_deployment(deployment_id)
 
 
+def serving_latency(storage: Storage, deployment: Any) -> dict[str, Any] | None:
+    """What the replicas of ``deployment`` measured beside what the search predicted for its
+    architecture, with the error; None before a replica has reported.
+
+    The prediction is the latency the search stored for that architecture (a lookup-table or
+    a measured figure, at the search's input size). The error is given only where the serving
+    input size is the search's; otherwise ``note`` says why there is none.
+    """
+    measured = deployment.serving_latency
+    if not measured:
+        return None
+    out: dict[str, Any] = {"measured": measured, "predicted": None, "error_ms": None, "error_pct": None, "note": None}
+    model = storage.get_model(deployment.model_id)
+    search_id = model.source.get("search_id")
+    if search_id is None:
+        out["note"] = "the model's architecture did not come from a search: nothing was predicted for it"
+        return out
+    try:
+        search = storage.get_search(int(search_id))
+    except KeyError:
+        out["note"] = f"search {search_id} no longer exists"
+        return out
+    ind = next((i for i in storage.list_individuals(search.id) if i.arch_hash == model.arch_hash), None)
+    if ind is None or ind.objectives.get("latency_ms") is None:
+        out["note"] = f"search {search.id} holds no latency for architecture {model.arch_hash}"
+        return out
+    evaluator = search.config.get("evaluator") or {}
+    size = evaluator.get("input_size") or evaluator.get("eval_size")
+    predicted_ms = float(ind.objectives["latency_ms"])
+    out["predicted"] = {
+        "latency_ms": predicted_ms,
+        "source": ind.objectives.get("latency_source"),
+        "input_size": list(size) if size else None,
+        "search_id": search.id,
+    }
+    if size and list(size) != list(measured["input_size"]):
+        out["note"] = (
+            f"served at {measured['input_size'][0]}x{measured['input_size'][1]}, predicted at "
+            f"{size[0]}x{size[1]}: no error is given across input sizes"
+        )
+        return out
+    out["error_ms"] = round(float(measured["p50_ms"]) - predicted_ms, 3)
+    out["error_pct"] = round(100 * out["error_ms"] / predicted_ms, 2) if predicted_ms > 0 else None
+    if not size:
+        out["note"] = "the search timed at its validation images' size; the error assumes the same size"
+    return out
+
+
 def delete_deployment(storage: Storage, queue: JobQueue, events: EventBus | None, deployment: Any) -> Any:
     """Undeploy through a ``deploy`` job with action ``delete``.
 

@@ -7,7 +7,15 @@ from typing import Any
 
 from ray import serve
 
-from services.serve.app import APP_PREFIX, GATEWAY_APP, Gateway, SegmentationModel
+from services.serve.app import (
+    APP_PREFIX,
+    GATEWAY_APP,
+    LATENCY_REPORT_S,
+    Endpoint,
+    Gateway,
+    SegmentationModel,
+    route_prefix,
+)
 
 __all__ = ["DeployOptions", "deploy_model", "deployment_status", "ensure_gateway", "undeploy_model"]
 
@@ -16,16 +24,13 @@ log = logging.getLogger(__name__)
 DeployOptions = dict[str, Any]  # validated by the API's DeploymentCreate
 
 
-def ensure_gateway(
-    *, database_url: str | None, http_host: str = "127.0.0.1", http_port: int = 8001, max_bytes: int = 16_000_000,
-    max_pixels: int = 4_200_000,
-) -> None:  # fmt: skip
+def ensure_gateway(endpoint: Endpoint, *, http_host: str = "127.0.0.1", http_port: int = 8001) -> None:
     """Start Serve's HTTP proxy and the gateway app if they are not running."""
     serve.start(http_options={"host": http_host, "port": http_port})
     if GATEWAY_APP in serve.status().applications:
         return
     gateway: Any = Gateway  # a Serve deployment: .bind / .options come from @serve.deployment
-    app = gateway.bind(database_url, max_bytes, max_pixels)
+    app = gateway.bind(endpoint.to_dict())
     serve.run(app, name=GATEWAY_APP, route_prefix="/")
     log.info("segmentation gateway on http://%s:%d", http_host, http_port)
 
@@ -37,7 +42,7 @@ DEFAULT_BATCH_WAIT_S = {"cpu": 0.0, "cuda": 0.01}
 
 
 def replica_config(
-    name: str, checkpoint: str, options: DeployOptions, *, model_id: int | None = None
+    name: str, checkpoint: str, options: DeployOptions, *, model_id: int | None = None, deployment_id: int | None = None
 ) -> dict[str, Any]:
     """The ``user_config`` of a model's replicas (``options``: the deployment's, device resolved)."""
     device = str(options.get("device", "cpu"))
@@ -51,20 +56,32 @@ def replica_config(
         "threads": int(options.get("threads", 1)),
         "name": name,
         "model_id": model_id,
+        "deployment_id": deployment_id,
         "max_batch_size": int(options.get("max_batch_size", 8)),
+        "adaptive_batching": bool(options.get("adaptive_batching", True)),
         "batch_wait_s": float(wait),
         "warm_up_size": options.get("warm_up_size"),
+        "latency_report_s": float(options.get("latency_report_s", LATENCY_REPORT_S)),
     }
 
 
-def deploy_model(name: str, checkpoint: str, options: DeployOptions, *, model_id: int | None = None) -> None:
-    """Create or update the app serving ``checkpoint`` as ``name``; returns once it is healthy.
+def deploy_model(
+    name: str,
+    checkpoint: str,
+    options: DeployOptions,
+    *,
+    endpoint: Endpoint,
+    model_id: int | None = None,
+    deployment_id: int | None = None,
+) -> None:
+    """Create or update the app serving ``checkpoint`` as ``name`` at ``/segment/{name}`` (its own
+    HTTP ingress: one hop from Serve's proxy); returns without waiting for it to be healthy.
 
     Only ``user_config`` changes (checkpoint, backend, batching) reconfigure the running
     replicas in place; replica counts and resources roll replicas without dropping requests.
     """
     device = str(options.get("device", "cpu"))
-    user_config = replica_config(name, checkpoint, options, model_id=model_id)
+    user_config = replica_config(name, checkpoint, options, model_id=model_id, deployment_id=deployment_id)
     autoscaling = {
         "min_replicas": int(options.get("min_replicas", 1)),
         "max_replicas": int(options.get("max_replicas", 1)),
@@ -77,8 +94,8 @@ def deploy_model(name: str, checkpoint: str, options: DeployOptions, *, model_id
         user_config=user_config,
         autoscaling_config=autoscaling,
         ray_actor_options={"num_cpus": 1, "num_gpus": gpu},
-    ).bind()
-    serve.run(app, name=APP_PREFIX + name, route_prefix=None, blocking=False)
+    ).bind(endpoint.to_dict())
+    serve.run(app, name=APP_PREFIX + name, route_prefix=route_prefix(name), blocking=False)
 
 
 def undeploy_model(name: str) -> None:

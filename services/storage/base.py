@@ -118,6 +118,9 @@ class DeploymentRecord:
     error: str | None
     created_at: datetime
     updated_at: datetime
+    # What its replicas measured: the model's time per request (``LatencyWindow.summary`` plus
+    # backend, device, replica and ``at``); None until a replica has served and reported.
+    serving_latency: dict[str, Any] | None = None
 
 
 DEPLOYMENT_STATES = ("deploying", "running", "failed", "deleting", "deleted")
@@ -347,6 +350,14 @@ class Storage(SearchStore):
         """Deployments ordered by id; ``owner=None``: every owner's."""
 
     @abc.abstractmethod
+    def record_serving_latency(self, deployment_id: int, summary: dict[str, Any]) -> None:
+        """Store what a replica measured (``summary`` gains ``at``, the time it was stored); the
+        newest report wins. Touches nothing else, ``updated_at`` included.
+
+        Raises: KeyError: unknown deployment.
+        """
+
+    @abc.abstractmethod
     def update_deployment(
         self,
         deployment_id: int,
@@ -357,7 +368,8 @@ class Storage(SearchStore):
         public: bool | None = None,
         error: str | None = None,
     ) -> None:
-        """Change what is given (``error=""`` clears it).
+        """Change what is given (``error=""`` clears it). New options or another model clear
+        ``serving_latency``: it was measured on what served before.
 
         Raises: KeyError: unknown deployment or model. ValueError: unknown state.
         IllegalTransition: the deployment is ``deleted``.

@@ -285,6 +285,7 @@ class DeploymentRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    serving_latency: Mapped[dict[str, Any] | None] = mapped_column(StrictJSON, nullable=True)  # revision 0005
 
 
 class ApiKeyRow(Base):

@@ -422,6 +422,7 @@ def _checkpoint_path(uri: str) -> str:
 
 def run_deploy(ctx: JobContext) -> dict[str, Any]:
     """Create, update or delete a Ray Serve deployment; the row records the outcome."""
+    from services.serve.app import Endpoint
     from services.serve.deploy import deploy_model, deployment_status, ensure_gateway, undeploy_model
 
     _ensure_ray(ctx)
@@ -438,11 +439,12 @@ def run_deploy(ctx: JobContext) -> dict[str, Any]:
         if not model.checkpoint_uri:
             raise ValueError(f"model {model.id} has no checkpoint")
         options = {**deployment.options, "device": pick_device(str(deployment.options.get("device", "auto")))}
-        ensure_gateway(
-            database_url=s.database_url, http_host=s.serve_host, http_port=s.serve_port,
-            max_bytes=s.serve_max_bytes, max_pixels=s.serve_max_pixels,
+        endpoint = Endpoint(s.database_url, s.serve_max_bytes, s.serve_max_pixels)
+        ensure_gateway(endpoint, http_host=s.serve_host, http_port=s.serve_port)
+        deploy_model(
+            deployment.name, _checkpoint_path(model.checkpoint_uri), options,
+            endpoint=endpoint, model_id=model.id, deployment_id=deployment.id,
         )  # fmt: skip
-        deploy_model(deployment.name, _checkpoint_path(model.checkpoint_uri), options, model_id=model.id)
         deadline = time.monotonic() + 600
         state = deployment_status(deployment.name)
         while "RUNNING" not in state["status"]:

@@ -609,6 +609,29 @@ class StorageContract(SearchStoreContract):
         assert [x.id for x in storage.list_deployments()] == [again]
         assert [x.id for x in storage.list_deployments(include_deleted=True)] == [did, again]
 
+    def test_serving_latency_is_stored_apart_and_cleared_by_a_redeploy(self, storage: Storage) -> None:
+        """A replica's report lands in ``serving_latency`` (stamped, newest wins) and touches nothing
+        else; new options or another model clear it; a state change alone does not."""
+        m1 = storage.create_model("m1", {}, "h1", owner="alice")
+        m2 = storage.create_model("m2", {}, "h2", owner="alice")
+        did = storage.create_deployment("seg", m1, {"max_batch_size": 4}, owner="alice")
+        assert storage.get_deployment(did).serving_latency is None
+        before = storage.get_deployment(did).updated_at
+        storage.record_serving_latency(did, {"input_size": [64, 128], "requests": 3, "p50_ms": 9.5})
+        storage.record_serving_latency(did, {"input_size": [64, 128], "requests": 7, "p50_ms": 9.0})
+        d = storage.get_deployment(did)
+        assert d.serving_latency is not None and d.serving_latency["requests"] == 7 and d.serving_latency["at"]
+        assert d.updated_at == before and d.state == "deploying"
+        storage.update_deployment(did, state="running")
+        assert storage.get_deployment(did).serving_latency is not None
+        storage.update_deployment(did, options={"max_batch_size": 8})
+        assert storage.get_deployment(did).serving_latency is None
+        storage.record_serving_latency(did, {"requests": 1})
+        storage.update_deployment(did, model_id=m2)
+        assert storage.get_deployment(did).serving_latency is None
+        with pytest.raises(KeyError):
+            storage.record_serving_latency(987_654, {"requests": 1})
+
     def test_deployments_unknown_ids_and_owner_filter(self, storage: Storage) -> None:
         with pytest.raises(KeyError):
             storage.create_deployment("x", 987_654, {})

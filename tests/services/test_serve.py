@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +30,6 @@ from hyctas_core.retrain import load_model  # noqa: E402
 from hyctas_core.segment import predict_labels  # noqa: E402
 from services.auth import issue_api_key  # noqa: E402
 from services.serve.app import decode_image  # noqa: E402
-from services.serve.deploy import deploy_model  # noqa: E402
 from services.settings import Settings  # noqa: E402
 from services.storage import SQLStorage  # noqa: E402
 from services.storage.base import JobState  # noqa: E402
@@ -62,7 +62,7 @@ def _png(array: np.ndarray) -> bytes:
 def _deploy(s: Served, name: str, *, public: bool = False, **options: object) -> None:
     """Create the deployment row and run the worker's deploy job for it."""
     existing = s.storage.find_deployment(name)
-    opts = {"backend": "torch", "max_batch_size": 8, "batch_wait_s": 0.05, **options}
+    opts = {"backend": "torch", "max_batch_size": 8, "batch_wait_s": 0.05, "adaptive_batching": False, **options}
     if existing is None:
         did = s.storage.create_deployment(name, s.model_id, opts, owner="alice", public=public)
     else:
@@ -199,9 +199,12 @@ def test_auth_owner_and_public(served: Served) -> None:
     assert deployment is not None
     served.storage.update_deployment(deployment.id, public=True)
     try:
+        time.sleep(1.1)  # replicas read a deployment's row at most a second old
         assert httpx.post(url, content=served.png, timeout=60).status_code == 200
     finally:
         served.storage.update_deployment(deployment.id, public=False)
+    time.sleep(1.1)
+    assert httpx.post(url, content=served.png, timeout=60).status_code == 401
 
 
 def test_reconfigure_under_load_drops_nothing(served: Served) -> None:
@@ -235,7 +238,71 @@ def test_reconfigure_under_load_drops_nothing(served: Served) -> None:
             t.join()
     assert codes and all(c == 200 for c in codes), [c for c in codes if c != 200]
     assert "torch" in backends and backends.count("torchscript") >= 3
-    deploy_model("seg", str(served.checkpoint), {"backend": "torch", "max_batch_size": 8, "batch_wait_s": 0.05})
+    _deploy(served, "seg")
+
+
+def test_one_hop_the_model_app_answers_its_own_route(served: Served) -> None:
+    """``/segment/{name}`` reaches the model's replica straight from Serve's proxy: with the
+    gateway app gone it still answers (and auth, limits and outputs work there)."""
+    from services.serve.app import GATEWAY_APP, Endpoint
+    from services.serve.deploy import ensure_gateway
+
+    url = f"{served.base}/segment/seg"
+    serve.delete(GATEWAY_APP)
+    try:
+        r = httpx.post(url, content=served.png, headers=served.alice, timeout=60)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert httpx.post(url, content=served.png, timeout=60).status_code == 401
+        assert httpx.post(url + "?output=json", content=b"nope", headers=served.alice, timeout=60).status_code == 400
+        assert httpx.get(f"{served.base}/health", timeout=10).status_code == 404  # the gateway's route is gone
+    finally:
+        s = served.settings
+        ensure_gateway(Endpoint(s.database_url, s.serve_max_bytes, s.serve_max_pixels), http_port=s.serve_port)
+    assert httpx.get(f"{served.base}/health", timeout=10).json() == {"status": "ok"}
+
+
+def test_a_deployment_without_replicas_is_503_and_others_404(served: Served) -> None:
+    """A deployment row with no model app behind it yet: its owner gets 503 with Retry-After;
+    another user (and an unknown name) a 404 that reveals nothing."""
+    did = served.storage.create_deployment("later", served.model_id, {}, owner="alice")
+    try:
+        r = httpx.post(f"{served.base}/segment/later", content=served.png, headers=served.alice, timeout=60)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "retry" in r.json()["detail"]
+        assert httpx.post(f"{served.base}/segment/later", content=served.png, headers=served.bob).status_code == 404
+        assert httpx.post(f"{served.base}/segment/later", content=served.png).status_code == 401
+    finally:
+        served.storage.update_deployment(did, state="deleted")
+
+
+def test_replicas_report_their_measured_latency(served: Served) -> None:
+    """After some requests the deployment's row holds the model's measured time per request at
+    the served size, with the backend and the node's device class."""
+    deployment = served.storage.find_deployment("seg")
+    assert deployment is not None
+    _deploy(served, "seg", latency_report_s=0.2, max_batch_size=1)  # report quickly; the unbatched path
+    net, _, _ = load_model(served.checkpoint)
+    expected = predict_labels(net, [served.image])[0]
+    r = httpx.post(f"{served.base}/segment/seg", content=served.png, headers=served.alice, timeout=60)
+    assert r.headers["x-batch-size"] == "1" and (np.asarray(Image.open(io.BytesIO(r.content))) == expected).all()
+    body = httpx.post(f"{served.base}/segment/seg?output=json", content=served.png, headers=served.alice).json()
+    assert body["batching"] == {"requested": 1, "effective": 1} and body["size"] == list(served.image.shape[:2])
+    for _ in range(6):
+        assert (
+            httpx.post(f"{served.base}/segment/seg", content=served.png, headers=served.alice, timeout=60).status_code
+            == 200
+        )
+        time.sleep(0.1)
+    report = None
+    for _ in range(50):
+        report = served.storage.get_deployment(deployment.id).serving_latency
+        if report and report["requests"] >= 5:
+            break
+        time.sleep(0.2)
+    assert report is not None and report["requests"] >= 5, report
+    assert report["input_size"] == list(served.image.shape[:2])
+    assert 0 < report["p50_ms"] <= report["p90_ms"] and report["mean_batch"] >= 1
+    assert (report["backend"], report["device"], report["device_class"]) == ("torch", "cpu", "cpu")
+    _deploy(served, "seg")
 
 
 def test_gateway_health(served: Served) -> None:
@@ -313,6 +380,36 @@ def test_key_cache_is_bounded_keeps_only_verified_keys_and_expires() -> None:
     assert cache.user("hyk_3") == "user3" and calls == []  # still fresh
     now[0] += 0.6
     assert cache.user("hyk_0") is None  # the revocation holds within the 1 s TTL
+
+
+def test_replicas_batch_only_where_a_batch_is_faster_per_image() -> None:
+    """The adaptive plan: measured at the warm-up size, a batch must beat one image by 10 %; without
+    a size, CPU serves unbatched and GPU batched; switched off or max 1, the request stands."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from services.serve.app import batching_plan
+
+    class Fake:
+        def __init__(self, per_image_s: float, fixed_s: float, device: str = "cpu") -> None:
+            self.config = SimpleNamespace(device=device)
+            self.per_image_s, self.fixed_s = per_image_s, fixed_s
+
+        def predict(self, images: list[Any]) -> list[Any]:
+            time.sleep(self.fixed_s + self.per_image_s * len(images))
+            return images
+
+    flat = Fake(per_image_s=0.004, fixed_s=0.0)  # a batch costs exactly its images (CPU-like)
+    amortised = Fake(per_image_s=0.001, fixed_s=0.006)  # a fixed cost per call that batching shares
+    size = {"max_batch_size": 8, "warm_up_size": [8, 8]}
+    assert batching_plan(flat, size)["effective"] == 1  # type: ignore[arg-type]
+    plan = batching_plan(amortised, size)  # type: ignore[arg-type]
+    assert plan["effective"] == 8 and "measured" in plan["why"]
+    assert batching_plan(flat, {**size, "adaptive_batching": False})["effective"] == 8  # type: ignore[arg-type]
+    assert batching_plan(flat, {"max_batch_size": 8})["effective"] == 1  # type: ignore[arg-type]
+    gpu = Fake(0.004, 0.0, device="cuda")
+    assert batching_plan(gpu, {"max_batch_size": 8})["effective"] == 8  # type: ignore[arg-type]
+    assert batching_plan(amortised, {"max_batch_size": 1, "warm_up_size": [8, 8]})["effective"] == 1  # type: ignore[arg-type]
 
 
 def test_replicas_wait_for_a_batch_only_where_batching_pays() -> None:

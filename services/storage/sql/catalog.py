@@ -149,6 +149,13 @@ class CatalogTables(SQLCore):
             rows = session.scalars(select(DeploymentRow).where(*conditions).order_by(DeploymentRow.id)).all()
             return [deployment_record(r) for r in rows]
 
+    def record_serving_latency(self, deployment_id: int, summary: dict[str, Any]) -> None:
+        with self._session_scope(write=True) as session:
+            row = session.get(DeploymentRow, deployment_id)
+            if row is None:
+                raise KeyError(f"unknown deployment id {deployment_id}")
+            row.serving_latency = {**summary, "at": utcnow().isoformat()}
+
     def update_deployment(
         self,
         deployment_id: int,
@@ -166,6 +173,8 @@ class CatalogTables(SQLCore):
                 raise KeyError(f"unknown deployment id {deployment_id}")
             if row.state == "deleted":
                 raise IllegalTransition(f"deployment {deployment_id} is deleted")
+            if options is not None or (model_id is not None and model_id != row.model_id):
+                row.serving_latency = None  # measured on what served before
             if model_id is not None:
                 if session.get(ModelRow, model_id) is None:
                     raise KeyError(f"unknown model id {model_id}")

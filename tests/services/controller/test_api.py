@@ -358,6 +358,53 @@ def test_another_users_deployment_name_is_not_revealed(api: Api) -> None:
     assert api.client.get("/api/v1/deployments/seg", headers=api.bob).status_code == 404
 
 
+def test_a_deployment_shows_its_serving_latency_beside_the_search_prediction(api: Api) -> None:
+    """The replicas' report next to the latency the search stored for that arch, with the error;
+    no error across input sizes; a note for a model that did not come from a search."""
+    from hyctas_core.presets import get_preset
+    from hyctas_core.storage import GenerationRecord, IndividualRecord
+
+    arch = get_preset("hyctas-s")
+    config = {"search": {}, "evaluator": {"input_size": [64, 128]}}
+    sid = api.storage.create_search("served", config, owner="alice")
+    objectives = {"miou": 0.3, "latency_ms": 20.0, "latency_source": "lut:cpu", "gmacs": 1.0, "params_m": 1.0}
+    ind = IndividualRecord(0, arch.hash, arch.to_official(), arch.num_branches, objectives)
+    api.storage.commit_generation(sid, GenerationRecord(0, 0.1, [arch.hash], 1, 1, b"x"), [ind], [])
+    mid = api.storage.create_model("m", arch.to_official(), arch.hash, owner="alice", source={"search_id": sid})
+    api.storage.update_model(mid, state=JobState.RUNNING)
+    api.storage.update_model(mid, state=JobState.SUCCEEDED, checkpoint_uri="file:///ckpt/best.pt")
+    assert api.client.post(f"/api/v1/models/{mid}/deploy", json={"name": "fast"}, headers=api.alice).status_code == 202
+    body = api.client.get("/api/v1/deployments/fast", headers=api.alice).json()
+    assert body["serving_latency"] is None and body["latency"] is None  # nothing served yet
+    did = api.storage.find_deployment("fast").id  # type: ignore[union-attr]
+    report = {"input_size": [64, 128], "requests": 40, "p50_ms": 25.0, "p90_ms": 30.0, "mean_ms": 26.0,
+              "mean_batch": 1.0, "backend": "onnxruntime", "device": "cpu", "device_class": "cpu"}  # fmt: skip
+    api.storage.record_serving_latency(did, report)
+    body = api.client.get("/api/v1/deployments/fast", headers=api.alice).json()
+    latency = body["latency"]
+    assert latency["measured"]["p50_ms"] == 25.0 and latency["measured"]["at"]
+    assert latency["predicted"] == {"latency_ms": 20.0, "source": "lut:cpu", "input_size": [64, 128], "search_id": sid}
+    assert (latency["error_ms"], latency["error_pct"], latency["note"]) == (5.0, 25.0, None)
+    listed = api.client.get("/api/v1/deployments", headers=api.alice).json()["data"]
+    assert listed[0]["serving_latency"]["p50_ms"] == 25.0 and listed[0]["latency"] is None  # no per-row queries
+    # Served at another size: the prediction is shown, the error is not.
+    api.storage.record_serving_latency(did, {**report, "input_size": [128, 256]})
+    latency = api.client.get("/api/v1/deployments/fast", headers=api.alice).json()["latency"]
+    assert latency["predicted"]["latency_ms"] == 20.0 and latency["error_ms"] is None and "128x256" in latency["note"]
+    # A redeploy with new options clears what was measured on the old ones.
+    assert api.client.post(f"/api/v1/models/{mid}/deploy", json={"name": "fast", "max_batch_size": 4},
+                           headers=api.alice).status_code == 202  # fmt: skip
+    assert api.client.get("/api/v1/deployments/fast", headers=api.alice).json()["serving_latency"] is None
+    # A preset model: measured, nothing predicted.
+    pid = api.storage.create_model("p", arch.to_official(), arch.hash, owner="alice", source={"preset": "hyctas-s"})
+    api.storage.update_model(pid, state=JobState.RUNNING)
+    api.storage.update_model(pid, state=JobState.SUCCEEDED, checkpoint_uri="file:///ckpt/p.pt")
+    assert api.client.post(f"/api/v1/models/{pid}/deploy", json={"name": "pre"}, headers=api.alice).status_code == 202
+    api.storage.record_serving_latency(api.storage.find_deployment("pre").id, report)  # type: ignore[union-attr]
+    latency = api.client.get("/api/v1/deployments/pre", headers=api.alice).json()["latency"]
+    assert latency["predicted"] is None and "did not come from a search" in latency["note"]
+
+
 def test_cancel_a_search_then_cancel_again_is_409(api: Api) -> None:
     body = _search(api)
     r = api.client.post(f"/api/v1/searches/{body['id']}/cancel", headers=api.alice)

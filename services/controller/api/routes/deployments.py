@@ -7,7 +7,7 @@ from fastapi import APIRouter, status
 from services.controller import service
 from services.controller.api.responses import CONFLICT, NOT_FOUND
 from services.controller.deps import CurrentUser, EventsDep, QueueDep, RowId, StorageDep
-from services.controller.schemas import DeploymentCreate, DeploymentPublic, DeploymentsPublic
+from services.controller.schemas import DeploymentCreate, DeploymentPublic, DeploymentsPublic, LatencyComparison
 from services.storage.base import DeploymentRecord, Storage
 
 router = APIRouter(tags=["deployments"])
@@ -39,8 +39,15 @@ def list_deployments(user: CurrentUser, storage: StorageDep) -> DeploymentsPubli
 
 @router.get("/deployments/{name}", response_model=DeploymentPublic, responses=NOT_FOUND)
 def get_deployment(name: str, user: CurrentUser, storage: StorageDep) -> DeploymentPublic:
-    """One deployment."""
-    return DeploymentPublic.model_validate(owned_deployment(storage, name, user))
+    """One deployment, with its measured serving latency beside the search's prediction."""
+    deployment = owned_deployment(storage, name, user)
+    public = DeploymentPublic.model_validate(deployment)
+    public.latency = (
+        LatencyComparison.model_validate(service.serving_latency(storage, deployment))
+        if deployment.serving_latency
+        else None
+    )
+    return public
 
 
 @router.delete(
