@@ -52,9 +52,10 @@ def test_supernet_ranking_quick_report_shape(tmp_path: Path) -> None:
     assert other["supernet_config"]["warmup_steps"] == 1 and other["supernet_config"]["sampling"] == "prior"
 
 
-def test_synth_separation_quick_report_shape() -> None:
+def test_synth_separation_quick_report_shape(tmp_path: Path) -> None:
     bench = _load("synth_separation")
-    report = bench.main(["--quick", "--seed", "2", "--log-every", "0"])
+    cache = tmp_path / "cache.json"
+    report = bench.main(["--quick", "--seed", "2", "--log-every", "0", "--cache", str(cache)])
     json.dumps(report, allow_nan=False)
     groups = report["groups"]
     assert set(groups) == {"multi_attn", "single_conv", "large", "tiny"}
@@ -86,3 +87,8 @@ def test_synth_separation_quick_report_shape() -> None:
     assert {k: [a.hash for a in v] for k, v in again.items()} == {
         k: [r["arch_hash"] for r in v] for k, v in groups.items()
     }
+    # A second run takes every network from the cache: the same rows and gaps, nothing retrained.
+    assert len(json.loads(cache.read_text())) == 4  # one network per group
+    bench.train_eval = None  # would raise if called
+    rerun = bench.main(["--quick", "--seed", "2", "--log-every", "0", "--cache", str(cache)])
+    assert rerun["groups"] == groups and rerun["gap_size"] == report["gap_size"]
