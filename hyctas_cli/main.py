@@ -224,6 +224,7 @@ def _mount() -> None:
     app.command("serve")(service_cli.serve_local)
     app.command("deploy")(service_cli.deploy)
     app.add_typer(service_cli.apikey_app, name="apikey")
+    cli_train.latency_app.command("fold-serving")(service_cli.fold_serving)
 
 
 _mount()

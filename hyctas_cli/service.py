@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from hyctas_cli.utils import fail
 
-__all__ = ["apikey_app", "controller", "deploy", "serve_local", "worker"]
+__all__ = ["apikey_app", "controller", "deploy", "fold_serving", "serve_local", "worker"]
 
 apikey_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke.")
 
@@ -297,3 +298,77 @@ def deploy(
     if deployment["state"] == "failed":
         fail(f"deployment {deployment['name']!r} failed: {deployment['error']}")
     typer.echo(f"{deployment['name']}: {deployment['state']} at {deployment['route']}")
+
+
+def fold_serving(
+    table: Annotated[Path, typer.Option("--table", help="latency table (JSON) to calibrate")],
+    out: Annotated[Path | None, typer.Option("--out", help="write here (default: the table itself)")] = None,
+    db: DbOpt = None,
+    deployment: Annotated[
+        list[str] | None, typer.Option("--deployment", help="only these deployments (repeatable; default: all)")
+    ] = None,
+    min_requests: Annotated[int, typer.Option(min=1, help="ignore reports of fewer requests")] = 20,
+) -> None:
+    """Fold what served models measured into a latency table's calibration for their device.
+
+    Takes every deployment whose replicas reported a latency at the table's input size, on its
+    device class and with its model config, and fits the table to those end-to-end times
+    (``hyctas_core.latency.fold_measurements``): later searches with the table predict what
+    serving measures.
+    """
+    from hyctas_core.latency import LatencyTable, fold_measurements
+    from hyctas_core.retrain import load_model
+    from hyctas_core.search_space import Arch
+
+    try:
+        lut = LatencyTable.load(table)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    storage = _storage(_settings(database_url=db).database_url)
+    wanted = set(deployment or [])
+    used: list[tuple[str, Arch, float]] = []
+    for d in storage.list_deployments():
+        if wanted and d.name not in wanted:
+            continue
+        report = d.serving_latency
+        why = _fold_mismatch(lut, d, report, min_requests)
+        if why is None:
+            model = storage.get_model(d.model_id)
+            try:
+                _, arch, cfg = load_model(Path((model.checkpoint_uri or "").removeprefix("file://")))
+            except (FileNotFoundError, ValueError, KeyError) as exc:
+                why = f"its checkpoint does not load: {exc}"
+            else:
+                if not lut.matches(None, lut.input_size, cfg.model.to_dict()):
+                    why = "its model config differs from the table's"
+        if why is not None:
+            typer.echo(f"  skip {d.name}: {why}")
+            continue
+        used.append((d.name, arch, float(report["p50_ms"])))
+        typer.echo(f"  use  {d.name}: {report['p50_ms']} ms p50 over {report['requests']} requests")
+    if missing := wanted - {d.name for d in storage.list_deployments()}:
+        fail(f"no deployment {', '.join(sorted(missing))}")
+    if not used:
+        fail("no deployment's measurements match this table (see above)")
+    note = fold_measurements(
+        lut, [a for _, a, _ in used], [ms for _, _, ms in used], source="serving: " + ", ".join(n for n, _, _ in used)
+    )
+    lut.save(out or table)
+    typer.echo(
+        f"{note['method']}: error {note['mape_before_pct']} % -> {note['mape_after_pct']} % on {note['networks']} "
+        f"served network(s); wrote {out or table}"
+    )
+
+
+def _fold_mismatch(table: Any, deployment: Any, report: dict[str, Any] | None, min_requests: int) -> str | None:
+    """Why a deployment's report cannot calibrate ``table``, or None."""
+    if not report:
+        return "no latency reported yet"
+    if int(report.get("requests", 0)) < min_requests:
+        return f"only {report.get('requests', 0)} requests measured (--min-requests {min_requests})"
+    if list(report.get("input_size") or []) != list(table.input_size):
+        size = "x".join(str(v) for v in report.get("input_size") or [])
+        return f"served at {size}, the table is for {table.input_size[0]}x{table.input_size[1]}"
+    if table.device_class is not None and report.get("device_class") != table.device_class:
+        return f"measured on {report.get('device_class')}, the table is for {table.device_class}"
+    return None

@@ -154,6 +154,9 @@ class LatencyTable:
     # The device class it was built on (``cpu``, ``V100``, ...; what a search targets); None in
     # tables from before classes existed.
     device_class: str | None = None
+    # Measurements folded into ``calibration`` after the build (:func:`fold_measurements`): one
+    # note per fold (source, networks, method, error before and after).
+    folds: list[dict[str, Any]] = field(default_factory=list)
 
     def matches(self, device_class: str | None, input_size: tuple[int, int], model: dict[str, Any]) -> bool:
         """Whether this table serves that device class (None: any), input size and model config."""
@@ -307,6 +310,51 @@ def calibrate(lut: LookupTableLatency, archs: list[Arch], measured_ms: list[floa
     X = np.array([[lut.components(a)[n] for n in names] for a in archs])
     coef, _ = nnls(X, np.asarray(measured_ms, dtype=np.float64))
     return {n: round(float(c), 6) for n, c in zip(names, coef, strict=True)}
+
+
+def _mape(predicted: list[float], measured: list[float]) -> float:
+    return round(float(np.mean([abs(p - m) / m for p, m in zip(predicted, measured, strict=True)])) * 100, 2)
+
+
+def fold_measurements(
+    table: LatencyTable, archs: list[Arch], measured_ms: list[float], *, source: str
+) -> dict[str, Any]:
+    """Fold end-to-end timings of whole networks (say, what served models measured on the
+    device the table stands for) into ``table.calibration``, in place; returns the fold's note.
+
+    With more networks than the calibration has coefficients (one per entry group plus the
+    per-cell cost), the coefficients are refitted on them (NNLS, as :func:`calibrate`); with
+    fewer, the current prediction is rescaled by the median of measured / predicted, which
+    keeps the table's ranking and moves its level to the measurements.
+
+    Raises:
+        ValueError: no networks, a count mismatch, or a non-positive measurement.
+    """
+    if not archs or len(archs) != len(measured_ms):
+        raise ValueError(f"need one measurement per network, got {len(archs)} networks and {len(measured_ms)} times")
+    if min(measured_ms) <= 0:
+        raise ValueError("measured latencies must be positive")
+    lut = LookupTableLatency(table)
+    before = [lut.predict(a) for a in archs]
+    names = [*GROUPS, "per_cell"]
+    if len(archs) > len(names):
+        table.calibration = calibrate(lut, archs, measured_ms)  # components do not depend on calibration
+        method = f"refit on {len(archs)} networks (NNLS)"
+    else:
+        factor = float(np.median([m / p for m, p in zip(measured_ms, before, strict=True)]))
+        current = table.calibration or {**dict.fromkeys(GROUPS, 1.0), "per_cell": 0.0}
+        table.calibration = {n: round(current.get(n, 0.0) * factor, 6) for n in names}
+        method = f"scaled by {factor:.4f} (median measured / predicted of {len(archs)} networks)"
+    after = [LookupTableLatency(table).predict(a) for a in archs]
+    note = {
+        "source": source,
+        "networks": len(archs),
+        "method": method,
+        "mape_before_pct": _mape(before, measured_ms),
+        "mape_after_pct": _mape(after, measured_ms),
+    }
+    table.folds.append(note)
+    return note
 
 
 def build_table(

@@ -133,3 +133,35 @@ def test_calibration_is_fitted_stored_and_applied(tmp_path: Path) -> None:
     for group in ("sa", "conv", "stem", "per_cell"):
         assert fitted[group] == pytest.approx(truth[group], abs=1e-3), group
     assert entry_group("sa_H8_W16_Cin96_Cout96_s1") == "sa" and entry_group("agg_8_16") == "agg"
+
+
+def test_measurements_fold_into_the_calibration(table: LatencyTable, tmp_path: Path) -> None:
+    """A few served networks rescale the prediction (ranking kept, level moved to them); more
+    networks than coefficients refit it; the table keeps a note of each fold."""
+    from dataclasses import replace
+
+    from hyctas_core.latency import GROUPS, fold_measurements
+
+    rng = np.random.default_rng(5)
+    archs = [sample_arch(rng, CFG.num_layers) for _ in range(12)]
+    plain = LookupTableLatency(table)
+    # Serving measures 1.5x the plain sum: two networks are enough to learn the level.
+    few = replace(table, calibration={}, folds=[])
+    note = fold_measurements(few, archs[:2], [1.5 * plain.predict(a) for a in archs[:2]], source="serving: a, b")
+    assert note["networks"] == 2 and "scaled by 1.5000" in note["method"]
+    assert note["mape_before_pct"] == pytest.approx(100 / 3, abs=0.01) and note["mape_after_pct"] == pytest.approx(0)
+    folded = LookupTableLatency(few)
+    for a in archs:  # every other network moves by the same factor
+        assert folded.predict(a) == pytest.approx(1.5 * plain.predict(a), rel=1e-5)
+    # Twelve networks following known per-group scales: refitted, not rescaled.
+    truth = dict.fromkeys([*GROUPS, "per_cell"], 0.0) | {"sa": 2.0, "conv": 0.7, "stem": 1.0, "agg": 1.0}
+    measured = [sum(truth[g] * v for g, v in plain.components(a).items()) for a in archs]
+    many = replace(table, calibration={}, folds=[])
+    note = fold_measurements(many, archs, measured, source="serving")
+    assert "refit on 12 networks" in note["method"] and note["mape_after_pct"] < 1.0
+    many.save(tmp_path / "t.json")
+    assert LatencyTable.load(tmp_path / "t.json").folds == [note]
+    with pytest.raises(ValueError, match="one measurement per network"):
+        fold_measurements(many, archs, measured[:3], source="x")
+    with pytest.raises(ValueError, match="positive"):
+        fold_measurements(many, archs[:1], [0.0], source="x")

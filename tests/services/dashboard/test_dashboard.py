@@ -228,7 +228,17 @@ def test_search_page_plots_hovers_and_shows_an_architecture(tab: Tab, dashboard:
         dashboard.storage.update_model(models[0].id, state=JobState.SUCCEEDED, checkpoint_uri="/ckpt/m.pt")
         page.click("#deploy")
         expect(page.locator("#retrain-status")).to_contain_text(f"deployment model-{models[0].id}")
-        assert dashboard.storage.find_deployment(f"model-{models[0].id}") is not None
+        deployment = dashboard.storage.find_deployment(f"model-{models[0].id}")
+        assert deployment is not None
+        # Once its replicas report, the panel shows the served latency beside the prediction.
+        measured = round(1.25 * o["latency_ms"], 3)
+        dashboard.storage.record_serving_latency(deployment.id, {
+            "input_size": [64, 128], "requests": 40, "p50_ms": measured, "p90_ms": measured, "mean_ms": measured,
+            "mean_batch": 1.0, "backend": "onnxruntime", "device": "cpu", "device_class": "cpu"})  # fmt: skip
+        page.mouse.click(x, y)
+        served = page.locator(f"#served .served-latency[data-deployment='model-{models[0].id}']")
+        expect(served).to_contain_text(f"{measured:.2f} ms measured (p50 of 40 requests, onnxruntime on cpu, 64x128)")
+        expect(served).to_contain_text(f"{o['latency_ms']:.2f} ms predicted")
     else:
         expect(page.locator("#deploy")).to_be_disabled()
         expect(page.locator("#deploy")).to_have_attribute("title", "serving: coming")

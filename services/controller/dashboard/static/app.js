@@ -842,8 +842,36 @@
         deploy,
       ),
       status,
+      el('div', { id: 'served', 'aria-live': 'polite' }),
     );
     if (open) renderCrumbs('search');
+    showServed(ind).catch(() => {});
+  }
+
+  // Where this architecture is served: what its replicas measured beside what the search predicted.
+  async function showServed(ind) {
+    if (!state.deployEnabled) return;
+    const reported = (await api('/deployments')).data.filter((d) => d.serving_latency);
+    const rows = [];
+    for (const d of reported) {
+      const model = await api(`/models/${d.model_id}`);
+      if (model.arch_hash !== ind.arch_hash) continue;
+      rows.push(servedRow(await api(`/deployments/${encodeURIComponent(d.name)}`)));
+    }
+    const box = $('#served');
+    if (!box || state.selected !== ind) return; // another arch was opened meanwhile
+    box.replaceChildren(...(rows.length ? [el('h3', {}, 'Served'), ...rows] : []));
+  }
+
+  function servedRow(d) {
+    const l = d.latency;
+    const m = l.measured;
+    const where = `${m.backend || '?'} on ${m.device_class || m.device || '?'}, ${m.input_size.join('x')}`;
+    const parts = [`${d.name}: ${fmt(m.p50_ms, 2)} ms measured (p50 of ${m.requests} requests, ${where})`];
+    if (l.predicted) parts.push(`${fmt(l.predicted.latency_ms, 2)} ms predicted (${l.predicted.source || 'search'})`);
+    if (l.error_pct !== null && l.error_pct !== undefined) parts.push(`error ${l.error_pct > 0 ? '+' : ''}${fmt(l.error_pct, 1)} %`);
+    if (l.note) parts.push(l.note);
+    return el('p', { class: 'served-latency', dataset: { deployment: d.name } }, parts.join(' \u00b7 '));
   }
 
   function branchView(branch, b, layers) {
