@@ -12,7 +12,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hyctas_cli.utils import cli_console, fail, load_arch, parse_size
+from hyctas_cli.utils import (
+    HeadOpt,
+    HeadsOpt,
+    QkOpt,
+    RatioOpt,
+    SeOpt,
+    StemOpt,
+    StrideOpt,
+    cli_console,
+    fail,
+    load_arch,
+    model_config,
+    parse_size,
+)
 from hyctas_core.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -25,12 +38,14 @@ app = typer.Typer(
 )
 
 
-PresetOpt = Annotated[str | None, typer.Option("--preset", help="hyctas-s, hyctas-m or hyctas-l")]
+PresetOpt = Annotated[
+    str | None,
+    typer.Option("--preset", help="hyctas-s, hyctas-m, hyctas-l (official modules) or hyctas-s-lite, ... (light)"),
+]
 JsonOpt = Annotated[Path | None, typer.Option("--from-json", help="arch in the official JSON format")]
 ChannelsOpt = Annotated[int, typer.Option("--base-channels", min=1, max=256, help="F: full widths 8F/16F/32F")]
 SizeOpt = Annotated[str, typer.Option("--input-size", help="HxW")]
 ClassesOpt = Annotated[int, typer.Option("--num-classes", min=1, max=10000)]
-StrideOpt = Annotated[int, typer.Option("--output-stride", help="8, or 4 to fuse the 1/4 stem feature")]
 
 
 @app.command()
@@ -40,22 +55,31 @@ def arch(
     base_channels: ChannelsOpt = 12,
     input_size: SizeOpt = "512x1024",
     num_classes: ClassesOpt = 19,
-    output_stride: StrideOpt = 8,
+    output_stride: StrideOpt = None,
+    head: HeadOpt = None,
+    attn_heads: HeadsOpt = None,
+    attn_ratio: RatioOpt = None,
+    attn_qk_ratio: QkOpt = None,
+    se_reduction: SeOpt = None,
+    stem_width: StemOpt = None,
     latency_seconds: Annotated[float, typer.Option(min=0.0, help="timing duration; 0 skips the latency")] = 2.0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Show an architecture: branches, cells, params, GMACs and batch-1 latency here."""
     import torch
 
-    from hyctas_core.network import build
+    from hyctas_core.network import HyCTASNet
     from hyctas_core.profile import count_macs, count_params, measure_latency
 
     a = load_arch(preset, from_json)
     size = parse_size(input_size)
-    if output_stride not in (4, 8):
-        fail(f"--output-stride must be 4 or 8, got {output_stride}")
+    cfg = model_config(
+        preset, a, base_channels=base_channels, num_classes=num_classes, output_stride=output_stride, head=head,
+        attn_heads=attn_heads, attn_ratio=attn_ratio, attn_qk_ratio=attn_qk_ratio, se_reduction=se_reduction,
+        stem_width=stem_width,
+    )  # fmt: skip
     torch.manual_seed(0)
-    net = build(a, num_classes=num_classes, base_channels=base_channels, output_stride=output_stride).eval()
+    net = HyCTASNet(a, cfg).eval()
     params = count_params(net)
     macs = count_macs(net, size)
     latency = measure_latency(net, size, duration_s=latency_seconds) if latency_seconds > 0 else None
@@ -65,6 +89,7 @@ def arch(
         "output_scales": list(a.combination),
         "num_layers": a.num_layers,
         "base_channels": base_channels,
+        "model": cfg.to_dict(),
         "params_m": round(params / 1e6, 4),
         "gmacs": round(macs / 1e9, 4),
         "latency_ms": round(latency.median_ms, 3) if latency else None,
@@ -119,13 +144,19 @@ def export(
     base_channels: ChannelsOpt = 12,
     input_size: SizeOpt = "512x1024",
     num_classes: ClassesOpt = 19,
-    output_stride: StrideOpt = 8,
+    output_stride: StrideOpt = None,
+    head: HeadOpt = None,
+    attn_heads: HeadsOpt = None,
+    attn_ratio: RatioOpt = None,
+    attn_qk_ratio: QkOpt = None,
+    se_reduction: SeOpt = None,
+    stem_width: StemOpt = None,
 ) -> None:
     """Export a network to ONNX (one file) or TorchScript: a retrained checkpoint's trained
     network (--checkpoint), or a freshly initialised one for an architecture (--preset / --from-json,
     to time or inspect it)."""
     from hyctas_core.export import export_onnx, export_torchscript
-    from hyctas_core.network import build
+    from hyctas_core.network import HyCTASNet
 
     size = parse_size(input_size)
     if fmt not in ("onnx", "torchscript"):
@@ -144,7 +175,12 @@ def export(
         what = f"the trained network of {checkpoint}"
     else:
         a = load_arch(preset, from_json)
-        net = build(a, num_classes=num_classes, base_channels=base_channels, output_stride=output_stride)
+        cfg = model_config(
+            preset, a, base_channels=base_channels, num_classes=num_classes, output_stride=output_stride,
+            head=head, attn_heads=attn_heads, attn_ratio=attn_ratio, attn_qk_ratio=attn_qk_ratio,
+            se_reduction=se_reduction, stem_width=stem_width,
+        )  # fmt: skip
+        net = HyCTASNet(a, cfg)
         what = "a freshly initialised network"
     net.eval()
     if fmt == "onnx":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -12,9 +12,10 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, ProgressColumn
 
+    from hyctas_core.config import ModelConfig
     from hyctas_core.search_space import Arch
 
-__all__ = ["cli_console", "cli_progress", "fail", "load_arch", "parse_size"]
+__all__ = ["cli_console", "cli_progress", "fail", "load_arch", "model_config", "parse_size"]
 
 # Width of output that goes to a pipe or a file: wide enough that no table cell is folded.
 PIPE_WIDTH = 1000
@@ -59,6 +60,37 @@ def parse_size(text: str) -> tuple[int, int]:
     if not (16 <= h <= 8192 and 16 <= w <= 8192):
         fail(f"size {text!r}: height and width must be in 16..8192")
     return h, w
+
+
+# The model options of ``hyctas arch`` / ``hyctas export``: the ModelConfig fields a network is
+# built with. Unset (None), they are the preset's (official for hyctas-s/m/l, light for -lite;
+# the ModelConfig defaults for --from-json).
+StrideOpt = Annotated[int | None, typer.Option("--output-stride", help="8, or 4 to fuse the 1/4 stem feature")]
+HeadOpt = Annotated[str | None, typer.Option("--head", help="light or official (attention + zoomed conv)")]
+HeadsOpt = Annotated[int | None, typer.Option("--attn-heads", min=1, max=64, help="attention heads")]
+RatioOpt = Annotated[float | None, typer.Option("--attn-ratio", help="attention width / cell width, (0, 1]")]
+QkOpt = Annotated[float | None, typer.Option("--attn-qk-ratio", help="query/key width / value width, (0, 1]")]
+SeOpt = Annotated[int | None, typer.Option("--se-reduction", min=1, max=64, help="fusion SE reduction")]
+StemOpt = Annotated[float | None, typer.Option("--stem-width", help="stem width multiplier")]
+
+
+def model_config(
+    preset: str | None, arch: Arch, *, base_channels: int, num_classes: int, **options: Any
+) -> ModelConfig:
+    """The network's config: the preset's (or the defaults), with the options that were given.
+    A bad combination exits with one line."""
+    from hyctas_core.config import ModelConfig
+    from hyctas_core.presets import preset_model
+
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        if preset is not None:
+            return preset_model(preset, base_channels=base_channels, num_classes=num_classes, **given)
+        return ModelConfig(
+            num_layers=max(arch.num_layers, 3), base_channels=base_channels, num_classes=num_classes, **given
+        )
+    except ValueError as e:
+        fail(str(e))
 
 
 def load_arch(preset: str | None, from_json: Path | None) -> Arch:

@@ -37,8 +37,14 @@ class ModelConfig(ConfigBase):
     # than input/output channels"; the official code uses 1 head at full width).
     attn_heads: int = 2
     attn_ratio: float = 0.5
+    # Width of the attention's queries and keys relative to its values (official: 1/8, the
+    # SAGAN / DANet position attention).
+    attn_qk_ratio: float = 1.0
     # Squeeze-excitation reduction in the branch-fusion block (official: 1).
     se_reduction: int = 4
+    # "light": 3x3 conv-BN-ReLU -> classifier. "official": the official HRTSemHead blocks, an
+    # attention refinement at half resolution, a zoomed double conv, then the 3x3 conv.
+    head: str = "light"
     align_corners: bool = False
 
     def __post_init__(self) -> None:
@@ -50,6 +56,10 @@ class ModelConfig(ConfigBase):
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.output_stride not in (4, 8):
             raise ValueError(f"output_stride must be 4 or 8, got {self.output_stride}")
+        if self.head not in ("light", "official"):
+            raise ValueError(f"head must be 'light' or 'official', got {self.head!r}")
+        if not 0 < self.attn_qk_ratio <= 1:
+            raise ValueError(f"attn_qk_ratio must be in (0, 1], got {self.attn_qk_ratio}")
         if self.attn_heads < 1 or not 0 < self.attn_ratio <= 1:
             raise ValueError(
                 f"attn_heads >= 1 and 0 < attn_ratio <= 1 required, got {self.attn_heads}, {self.attn_ratio}"

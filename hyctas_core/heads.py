@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyctas_core.layers import ConvNormAct, resize
+from hyctas_core.ops import OFFICIAL_QK_RATIO, EfficientSelfAttention, LightConv2x
 
 __all__ = ["BranchFusion", "FeatureFusion", "SegHead", "Stem"]
 
@@ -108,30 +109,59 @@ class FeatureFusion(nn.Module):
 
 
 class SegHead(nn.Module):
-    """3x3 conv-BN-ReLU -> 1x1 classifier, optionally fusing the stride-4 stem feature first.
+    """Segmentation head, optionally fusing the stride-4 stem feature first.
 
     ``s4_chs > 0`` gives the output-stride-4 head (official ``HRTSemHead1``): the stride-4
-    feature is projected to 48 channels and concatenated with the upsampled input. The
-    official head starts with an extra attention block (``SAHead``); ours leaves attention to
-    the searched cells so that the head is the same light block for every architecture.
+    feature is projected to 48 channels and concatenated with the upsampled input.
+
+    - ``official=False`` (the light head): 3x3 conv-BN-ReLU -> 1x1 classifier. Attention is
+      left to the searched cells, so the head is one small block for every architecture.
+    - ``official=True`` (``HRTSemHead1`` / ``HRTSemHeadLight``): an attention refinement of the
+      input first (``SAHead``: 1x1 conv-BN-ReLU, single-head position attention with queries and
+      keys at 1/8 width, run at half resolution, BN-ReLU, back to full resolution, 1x1 conv-BN,
+      + input, ReLU), then a zoomed double conv (``conv_2x_downup``) to the head width, then the
+      3x3 conv-BN-ReLU and the classifier. Ours scales the attention logits by 1/sqrt(d) and
+      starts the refinement as its bypass (last BN scale 0), where the official code does not.
     """
 
-    def __init__(self, in_chs: int, num_classes: int, *, s4_chs: int = 0, align_corners: bool = False) -> None:
+    def __init__(
+        self,
+        in_chs: int,
+        num_classes: int,
+        *,
+        s4_chs: int = 0,
+        align_corners: bool = False,
+        official: bool = False,
+    ) -> None:
         super().__init__()
         self.align_corners = align_corners
+        self.attention = (
+            EfficientSelfAttention(
+                in_chs, in_chs, 1, heads=1, ratio=1.0, qk_ratio=OFFICIAL_QK_RATIO, half_res=True,
+                align_corners=align_corners,
+            )
+            if official
+            else None
+        )  # fmt: skip
         self.s4_proj = ConvNormAct(s4_chs, 48, 1) if s4_chs else None
         mid = in_chs if in_chs <= 256 else in_chs // 2
-        self.conv = ConvNormAct(in_chs + (48 if s4_chs else 0), mid, 3)
+        fused = in_chs + (48 if s4_chs else 0)
+        self.zoom = LightConv2x(fused, mid, 1, align_corners=align_corners) if official else None
+        self.conv = ConvNormAct(mid if official else fused, mid, 3)
         self.classifier = nn.Conv2d(mid, num_classes, 1)
         nn.init.normal_(self.classifier.weight, std=0.001)
         nn.init.zeros_(self.classifier.bias)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor, s4: torch.Tensor | None = None) -> torch.Tensor:
+        if self.attention is not None:
+            x = self.attention(x)
         if self.s4_proj is not None:
             if s4 is None:
                 raise ValueError("the output-stride-4 head needs the stride-4 stem feature")
             x = resize(x, (s4.shape[-2], s4.shape[-1]), self.align_corners)
             x = torch.cat([x, self.s4_proj(s4)], dim=1)
+        if self.zoom is not None:
+            x = self.zoom(x)
         logits: torch.Tensor = self.classifier(self.conv(x))
         return logits
 

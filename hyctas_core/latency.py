@@ -275,6 +275,7 @@ def _entries(
                             stride,
                             heads=cfg.attn_heads,
                             ratio=cfg.attn_ratio,
+                            qk_ratio=cfg.attn_qk_ratio,
                             align_corners=cfg.align_corners,
                         )
                         module = module.to(device).eval()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from hyctas_core.config import ModelConfig
 from hyctas_core.layers import feature_sizes
 from hyctas_core.network import NetPlan, plan_network, stem_widths
-from hyctas_core.ops import attn_dim
+from hyctas_core.ops import OFFICIAL_QK_RATIO, attn_dim, qk_dim
 from hyctas_core.search_space import Arch, ArchError, num_filters
 
 __all__ = ["MemoryBudget", "MemoryEstimate", "activation_elements", "estimate_train_memory"]
@@ -63,15 +63,16 @@ def _cell_elements(
         return acts, params
     if op == "sa":
         d = attn_dim(cout, cfg.attn_ratio, cfg.attn_heads)
+        qk = qk_dim(d, cfg.attn_qk_ratio, cfg.attn_heads)
         n_tok = area_in
-        acts = 2 * d * n_tok + 3 * d * n_tok  # reduce (conv, ReLU), q/k/v
+        acts = 2 * d * n_tok + (2 * qk + d) * n_tok  # reduce (conv, ReLU), q/k/v
         if attention_map:
             acts += cfg.attn_heads * n_tok * n_tok  # softmax probabilities
         else:
             acts += d * n_tok + cfg.attn_heads * n_tok  # fused kernels: output and log-sum-exp
         acts += d * n_tok + d * area_out  # residual sum (saved by BN / pooling), BN-ReLU output
         acts += cout * area_out * 2  # expand conv output, final ReLU output
-        params = cin * d + 2 * d + 3 * (d * d + d) + 2 * d + d * cout + 2 * cout
+        params = cin * d + 2 * d + 2 * (d * qk + qk) + d * d + d + 2 * d + d * cout + 2 * cout
         if stride == 2 or cin != cout:
             k = 9 if stride == 2 else 1
             acts += cout * area_out
@@ -121,6 +122,15 @@ def activation_elements(
     if cfg.output_stride == 4:
         acts += 2 * 48 * area[4]
         params += s4 * 48 + 96
+    if cfg.head == "official":  # attention at half of stride 8, then a zoomed double conv
+        n_tok = max(1, area[8] // 4)
+        qk = qk_dim(chs, OFFICIAL_QK_RATIO, 1)
+        acts += 2 * chs * area[8] + (2 * qk + chs) * n_tok + 3 * chs * n_tok + 3 * chs * area[8]
+        acts += n_tok * n_tok if attention_map else chs * n_tok
+        params += 3 * chs * chs + 2 * (chs * qk + qk) + 7 * chs
+        acts += head_in * head_area // 4 + 3 * mid * head_area // 4 + 3 * mid * head_area
+        params += 9 * head_in * mid + 9 * mid * mid + head_in * mid + 6 * mid
+        head_in = mid
     acts += head_in * head_area + 2 * mid * head_area + cfg.num_classes * head_area
     params += 9 * head_in * mid + 2 * mid + mid * cfg.num_classes + cfg.num_classes
     # Aux head on the coarsest branch; the loss keeps one log-softmax per head at full size.

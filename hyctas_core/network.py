@@ -207,7 +207,9 @@ def _new_aggregation(combination: tuple[int, ...], cfg: ModelConfig) -> tuple[Fe
     chs = num_filters(8, cfg.base_channels) * len(combination)
     s4_chs = stem_widths(cfg)[1] if cfg.output_stride == 4 else 0
     ffm = FeatureFusion(chs, chs, cfg.se_reduction)
-    head = SegHead(chs, cfg.num_classes, s4_chs=s4_chs, align_corners=cfg.align_corners)
+    head = SegHead(
+        chs, cfg.num_classes, s4_chs=s4_chs, align_corners=cfg.align_corners, official=cfg.head == "official"
+    )
     return ffm, head
 
 
@@ -264,7 +266,8 @@ class HyCTASNet(_HyCTASBase):
             {
                 c.key: create_op(
                     c.op, c.in_chs, c.out_chs, c.stride,
-                    heads=cfg.attn_heads, ratio=cfg.attn_ratio, align_corners=cfg.align_corners,
+                    heads=cfg.attn_heads, ratio=cfg.attn_ratio, qk_ratio=cfg.attn_qk_ratio,
+                    align_corners=cfg.align_corners,
                 )
                 for c in self.plan.cells
             }

@@ -152,6 +152,15 @@ def attn_dim(out_chs: int, ratio: float, heads: int) -> int:
     return heads * max(1, math.ceil(out_chs * ratio / heads))
 
 
+# The official position attention (SAGAN / DANet): queries and keys at 1/8 of the value width.
+OFFICIAL_QK_RATIO = 0.125
+
+
+def qk_dim(dim: int, qk_ratio: float, heads: int) -> int:
+    """Width of the queries and keys of an attention of value width ``dim``."""
+    return heads * max(1, math.ceil(dim * qk_ratio / heads))
+
+
 class EfficientSelfAttention(_Op):
     """``sa``: memory-efficient self-attention as a bottleneck, without FFN.
 
@@ -172,16 +181,21 @@ class EfficientSelfAttention(_Op):
         *,
         heads: int = 2,
         ratio: float = 0.5,
+        qk_ratio: float = 1.0,
+        half_res: bool = False,
+        align_corners: bool = False,
         slim: bool = False,
         **_: object,
     ) -> None:
         super().__init__(in_chs, out_chs, stride)
-        self.heads, self.ratio = heads, ratio
+        self.heads, self.ratio, self.qk_ratio = heads, ratio, qk_ratio
+        self.half_res, self.align_corners = half_res, align_corners
         dim = attn_dim(out_chs, ratio, heads)
+        qk = qk_dim(dim, qk_ratio, heads)
         conv_layer = SlimConv2d if slim else nn.Conv2d
         self.reduce = ConvNormAct(in_chs, dim, 1, slim=slim)
-        self.q = conv_layer(dim, dim, 1)
-        self.k = conv_layer(dim, dim, 1)
+        self.q = conv_layer(dim, qk, 1)
+        self.k = conv_layer(dim, qk, 1)
         self.v = conv_layer(dim, dim, 1)
         self.attn = SDPAttention()
         self.norm = (SlimBatchNorm2d if slim else nn.BatchNorm2d)(dim)
@@ -197,9 +211,10 @@ class EfficientSelfAttention(_Op):
     def _set_out(self, out_chs: int) -> None:
         dim = attn_dim(out_chs, self.ratio, self.heads)
         self.reduce.set_out(dim)
-        for conv in (self.q, self.k, self.v):
+        qk = qk_dim(dim, self.qk_ratio, self.heads)
+        for conv, width in ((self.q, qk), (self.k, qk), (self.v, dim)):
             assert isinstance(conv, SlimConv2d)
-            conv.out_active = dim
+            conv.out_active = width
         self.expand.set_out(out_chs)
         if self.bypass is not None:
             self.bypass.set_out(out_chs)
@@ -210,12 +225,18 @@ class EfficientSelfAttention(_Op):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.reduce(x)  # (B, D, H, W)
+        full = (y.shape[-2], y.shape[-1])
+        if self.half_res:
+            y = resize(y, half_size(full), self.align_corners)
         B, D, H, W = y.shape
         a = self.attn(self._split_heads(self.q(y)), self._split_heads(self.k(y)), self._split_heads(self.v(y)))
         y = y + a.transpose(-1, -2).reshape(B, D, H, W)  # (B, h, N, d) -> (B, D, H, W)
         if self.stride == 2:
             y = F.avg_pool2d(y, 2, ceil_mode=True)
-        y = self.expand(F.relu(self.norm(y)))
+        y = F.relu(self.norm(y))
+        if self.half_res:
+            y = resize(y, full, self.align_corners)
+        y = self.expand(y)
         use_identity = self.bypass is None or (self.stride == 1 and x.shape[1] == self.out_active)
         shortcut = x if use_identity else self.bypass(x)  # type: ignore[misc]
         return F.relu(y + shortcut)
@@ -239,9 +260,12 @@ def create_op(
     slim: bool = False,
     heads: int = 2,
     ratio: float = 0.5,
+    qk_ratio: float = 1.0,
     align_corners: bool = False,
 ) -> _Op:
     """Build op ``name`` from :data:`OPS`; raises ``KeyError`` naming the known ops."""
     if name not in OPS:
         raise KeyError(f"unknown op {name!r}; known: {', '.join(OPS)}")
-    return OPS[name](in_chs, out_chs, stride, slim=slim, heads=heads, ratio=ratio, align_corners=align_corners)
+    return OPS[name](
+        in_chs, out_chs, stride, slim=slim, heads=heads, ratio=ratio, qk_ratio=qk_ratio, align_corners=align_corners
+    )

@@ -9,9 +9,27 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from hyctas_core.config import ModelConfig
 from hyctas_core.search_space import Arch, ArchError
 
-__all__ = ["PRESETS", "PresetName", "get_preset", "preset_names"]
+__all__ = ["OFFICIAL_MODEL", "PRESETS", "PresetName", "get_preset", "preset_model", "preset_names"]
+
+# The official modules around the searched cells (``semantic.yaml``, ``model_type: 1``): the
+# stride-4 head with its attention refinement and zoomed double conv, single-head attention at
+# full width with queries and keys at 1/8, and the fusion SE without reduction. With these,
+# the presets count the official model's params and MACs (``tests/core/test_presets.py``).
+OFFICIAL_MODEL: dict[str, Any] = {
+    "output_stride": 4,
+    "head": "official",
+    "attn_heads": 1,
+    "attn_ratio": 1.0,
+    "attn_qk_ratio": 0.125,
+    "se_reduction": 1,
+}
+# "-lite" presets: the same cells with the project's light modules (the ModelConfig defaults,
+# also what the supernet uses): stride-8 light head, 2 attention heads at half width with
+# full-width queries and keys, SE reduction 4.
+LITE_SUFFIX = "-lite"
 
 
 def _paths(downs: list[int]) -> list[int]:
@@ -30,8 +48,8 @@ _S_DOWNS = _downs(11, (1, 3))
 _M_DOWNS = _downs(17, (1, 15))
 _L_DOWNS = [_downs(20, ()), _downs(20, (9,)), _downs(20, (5, 11))]
 
-PresetName = Literal["hyctas-s", "hyctas-m", "hyctas-l"]
-PRESETS: dict[PresetName, dict[str, Any]] = {
+PresetName = Literal["hyctas-s", "hyctas-m", "hyctas-l", "hyctas-s-lite", "hyctas-m-lite", "hyctas-l-lite"]
+PRESETS: dict[str, dict[str, Any]] = {
     # 1 branch ending at 1/32, 11 cells, one attention cell at 1/32.
     "hyctas-s": {
         "ops": [[3, 2, 2, 1, 2, 4, 1, 3, 3, 2, 3]],
@@ -84,12 +102,26 @@ PRESETS: dict[PresetName, dict[str, Any]] = {
 
 
 def preset_names() -> list[str]:
-    return sorted(PRESETS)
+    return sorted([*PRESETS, *(name + LITE_SUFFIX for name in PRESETS)])
+
+
+def _key(name: str) -> str:
+    key = name.lower().replace("_", "-")
+    if key.removesuffix(LITE_SUFFIX) not in PRESETS:
+        raise ArchError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}")
+    return key
 
 
 def get_preset(name: str) -> Arch:
-    """The preset architecture ``name`` (case-insensitive, ``_`` or ``-``)."""
-    key = name.lower().replace("_", "-")
-    if key not in PRESETS:
-        raise ArchError(f"unknown preset {name!r}; choose one of {', '.join(preset_names())}")
-    return Arch.from_official(PRESETS[key])
+    """The preset architecture ``name`` (case-insensitive, ``_`` or ``-``; ``-lite`` names the
+    same cells, see :func:`preset_model`)."""
+    return Arch.from_official(PRESETS[_key(name).removesuffix(LITE_SUFFIX)])
+
+
+def preset_model(name: str, **overrides: Any) -> ModelConfig:
+    """The model config of preset ``name``: the official modules (:data:`OFFICIAL_MODEL`) for
+    ``hyctas-s/m/l``, the light ones (the :class:`ModelConfig` defaults) for ``-lite``;
+    ``overrides`` (``base_channels``, ``num_classes``, any field) win."""
+    key = _key(name)
+    fields = {} if key.endswith(LITE_SUFFIX) else OFFICIAL_MODEL
+    return ModelConfig(**{"num_layers": get_preset(key).num_layers, **fields, **overrides})

@@ -64,9 +64,9 @@ def count_macs(model: nn.Module, input_size: tuple[int, int], in_chs: int = 3) -
 
     def attn_hook(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         nonlocal total
-        q, k = inp[0], inp[1]  # (B, h, N, d)
-        heads, n_q, d = q.shape[1], q.shape[2], q.shape[3]
-        total += 2 * heads * n_q * k.shape[2] * d
+        q, k, v = inp[0], inp[1], inp[2]  # (B, h, N, d); queries and keys may be narrower than values
+        heads, n_q, n_k = q.shape[1], q.shape[2], k.shape[2]
+        total += heads * n_q * n_k * (q.shape[3] + v.shape[3])  # QK^T and AV
 
     handles = []
     for m in model.modules():

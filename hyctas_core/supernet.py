@@ -67,7 +67,8 @@ class Supernet(_HyCTASBase):
                         out_chs = num_filters(scale * stride, F)
                         cells[_cell_key(layer, scale, op, stride)] = create_op(
                             op, in_chs, out_chs, stride, slim=True,
-                            heads=cfg.attn_heads, ratio=cfg.attn_ratio, align_corners=cfg.align_corners,
+                            heads=cfg.attn_heads, ratio=cfg.attn_ratio, qk_ratio=cfg.attn_qk_ratio,
+                            align_corners=cfg.align_corners,
                         )  # fmt: skip
         self.cells = nn.ModuleDict(cells)
         max8 = max(stem8, num_filters(8, F))

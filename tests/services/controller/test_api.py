@@ -338,6 +338,24 @@ def test_models_from_a_search_front_and_invalid_archs(api: Api) -> None:
     assert job.kind == "retrain" and job.payload["asha"] is True and job.payload["retrain"]["epochs"] == 2
 
 
+def test_presets_retrain_with_their_own_modules(api: Api) -> None:
+    """Without a supernet, hyctas-s trains the official network and hyctas-s-lite the light one;
+    one job does not mix them."""
+    body = {"dataset": SUPERNET["dataset"], "epochs": 1}
+    models = {}
+    for preset in ("hyctas-s", "hyctas-s-lite"):
+        r = api.client.post("/api/v1/models", json={**body, "archs": [{"name": preset, "preset": preset}]},
+                            headers=api.alice)  # fmt: skip
+        assert r.status_code == 201, r.text
+        models[preset] = api.storage.get_job(r.json()["job_id"]).payload["retrain"]["model"]
+    assert (models["hyctas-s"]["head"], models["hyctas-s"]["output_stride"], models["hyctas-s"]["attn_qk_ratio"]) == (
+        "official", 4, 0.125)  # fmt: skip
+    assert (models["hyctas-s-lite"]["head"], models["hyctas-s-lite"]["output_stride"]) == ("light", 8)
+    archs = [{"name": "a", "preset": "hyctas-s"}, {"name": "b", "preset": "hyctas-s-lite"}]
+    r = api.client.post("/api/v1/models", json={**body, "archs": archs}, headers=api.alice)
+    assert r.status_code == 422 and "share their modules" in r.text
+
+
 # -- state transitions -------------------------------------------------------------------------
 def test_another_users_deployment_name_is_not_revealed(api: Api) -> None:
     """A name in use by someone else is a 409 that says nothing of its owner; their deployment stays a 404."""

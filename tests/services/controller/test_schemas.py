@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import get_args
 
-from hyctas_core.presets import PRESETS
+from hyctas_core.presets import preset_names
 from hyctas_core.search import MAX_POPULATION, MIN_POPULATION, OBJECTIVES, SearchConfig
 from hyctas_core.train import SAMPLINGS, SupernetTrainConfig
 from services.controller.schemas import ArchChoice, DeploymentCreate, SearchCreate, SupernetCreate
@@ -20,7 +20,7 @@ def _choices(model: type, field: str) -> set[object]:
 def test_choices_are_the_cores() -> None:
     assert _choices(SearchCreate, "objective") == set(OBJECTIVES)
     assert _choices(SupernetCreate, "sampling") == set(SAMPLINGS)
-    assert _choices(ArchChoice, "preset") == set(PRESETS)
+    assert _choices(ArchChoice, "preset") == set(preset_names())
     assert _choices(DeploymentCreate, "backend") == set(BACKENDS)
     # ... and every choice is one the core accepts.
     for objective in OBJECTIVES:
