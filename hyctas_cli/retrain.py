@@ -21,6 +21,7 @@ from hyctas_cli.parallel import (
 from hyctas_cli.utils import cli_progress, fail, load_arch
 
 if TYPE_CHECKING:
+    from hyctas_core.config import ModelConfig
     from hyctas_core.data.cityscapes import CityscapesDataset
     from hyctas_core.data.transforms import SegTransform
     from hyctas_core.retrain import RetrainConfig, RetrainProgress
@@ -61,6 +62,19 @@ def _config(
         return cfg, section
     except (OSError, ValueError) as e:
         fail(str(e).splitlines()[0])
+
+
+def _with_modules(cfg: RetrainConfig, source: ModelConfig) -> RetrainConfig:
+    """``cfg`` with ``source``'s modules (head, attention, SE: see ``OFFICIAL_MODEL``) wherever
+    the config left a module field at its default."""
+    from hyctas_core.config import ModelConfig
+    from hyctas_core.presets import OFFICIAL_MODEL
+
+    defaults, model = ModelConfig(), cfg.model.to_dict()
+    for key in OFFICIAL_MODEL:
+        if model[key] == getattr(defaults, key):
+            model[key] = getattr(source, key)
+    return dataclasses.replace(cfg, model=ModelConfig(**model))
 
 
 def _arch(arch_file: Path | None, preset: str | None, resumed: Arch | None) -> Arch:
@@ -131,6 +145,12 @@ def retrain(
             fail(str(e))
     candidate = _arch(arch, preset, resumed_arch)
     cfg, section = _config(config, resumed_cfg, epochs, task)
+    if resumed_cfg is not None:  # a config file given with --resume keeps the run's modules
+        cfg = _with_modules(cfg, resumed_cfg.model)
+    elif preset is not None:  # hyctas-s/m/l train the official modules, -lite the light ones
+        from hyctas_core.presets import preset_model
+
+        cfg = _with_modules(cfg, preset_model(preset))
     spec = resolve_spec(section, workers, use_gpu)
     check_workers(spec.workers, cfg.batch_size)
     if device != "cpu":
