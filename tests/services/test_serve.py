@@ -305,6 +305,28 @@ def test_replicas_report_their_measured_latency(served: Served) -> None:
     _deploy(served, "seg")
 
 
+def test_a_deployment_whose_app_died_is_reconciled_then_redeployed(served: Served) -> None:
+    """Its Serve app gone (replicas died with a worker): the worker's reconcile marks the row
+    failed with the reason, requests get a 404 (not a hang or a 500), and a redeploy serves again."""
+    from services.serve.app import APP_PREFIX
+    from services.worker.jobs import reconcile_deployments
+
+    deployment = served.storage.find_deployment("seg")
+    assert deployment is not None and deployment.state == "running"
+    serve.delete(APP_PREFIX + "seg")
+    assert reconcile_deployments(served.storage) == ["seg"]
+    failed = served.storage.get_deployment(deployment.id)
+    assert failed.state == "failed" and failed.error is not None and "redeploy" in failed.error
+    time.sleep(1.1)  # the gateway's cached row is at most a second old
+    r = httpx.post(f"{served.base}/segment/seg", content=served.png, headers=served.alice, timeout=60)
+    assert r.status_code == 404, r.text
+    _deploy(served, "seg")
+    assert served.storage.get_deployment(deployment.id).error is None
+    r = httpx.post(f"{served.base}/segment/seg", content=served.png, headers=served.alice, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert reconcile_deployments(served.storage) == []
+
+
 def test_gateway_health(served: Served) -> None:
     assert httpx.get(f"{served.base}/health").json() == {"status": "ok"}
     assert httpx.get(f"{served.base}/ready").status_code == 200
