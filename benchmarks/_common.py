@@ -41,16 +41,28 @@ def machine() -> dict[str, Any]:
 
 class ResultCache:
     """Results by key in a JSON file, rewritten atomically after each new one, so that a long
-    benchmark stopped part-way goes on where it was."""
+    benchmark stopped part-way goes on where it was. Several processes may share the file (say,
+    shards of one run): each write merges under a lock with what the others stored."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.data: dict[str, Any] = json.loads(path.read_text()) if path is not None and path.exists() else {}
 
+    def refresh(self) -> None:
+        """Take in what other processes stored since."""
+        if self.path is not None and self.path.exists():
+            self.data = {**json.loads(self.path.read_text()), **self.data}
+
     def put(self, key: str, value: Any) -> None:
         self.data[key] = value
-        if self.path is not None:
-            tmp = self.path.with_suffix(".tmp")
+        if self.path is None:
+            return
+        import fcntl
+
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.refresh()
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(self.data, indent=0))
             tmp.replace(self.path)
 

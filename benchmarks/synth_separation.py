@@ -278,11 +278,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="JSON file of trained networks' results: a run stopped part-way goes on where it was",
     )
+    parser.add_argument(
+        "--shard",
+        default="0/1",
+        help="K/N: train only every N-th network from the K-th (with a shared --cache, N processes split one run; "
+        "the report has the gaps once every network is in the cache)",
+    )
     parser.add_argument("--quick", action="store_true", help="toy sizes: a smoke run, not a measurement")
     parser.add_argument(
         "--groups", default=",".join(GROUPS), help=f"which groups to train, of {','.join(GROUPS)} (gaps need pairs)"
     )
     args = parser.parse_args(argv)
+    try:
+        k, n = (int(v) for v in args.shard.split("/"))
+        if not 0 <= k < n:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--shard must be K/N with 0 <= K < N, got {args.shard!r}")
+    if n > 1 and args.cache is None:
+        parser.error("--shard K/N needs --cache FILE: the shards meet there")
+    args.shard = (k, n)
     args.groups = [g for g in args.groups.split(",") if g]
     if not args.groups or set(args.groups) - set(GROUPS):
         parser.error(f"--groups must name some of {', '.join(GROUPS)}, got {args.groups}")
@@ -306,24 +321,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: dict[str, list[dict[str, Any]]] = {}
     cms: dict[str, torch.Tensor] = {}
     cache = ResultCache(args.cache)
+    shard, shards = args.shard
+    missing = []
     t0 = time.perf_counter()
-    for name, archs in groups.items():
-        rows[name] = []
-        for i, arch in enumerate(archs):
-            key = cache_key(arch, args)
-            if key not in cache.data:
-                row, cm = train_eval(arch, model, (xt, yt, xv, yv), args, f"{name}[{i}]")
-                cache.put(key, {"row": row, "confusions": cm.tolist()})
-            row, cm = cache.data[key]["row"], torch.tensor(cache.data[key]["confusions"])
-            rows[name].append(row)
-            cms[arch.hash] = cm
-            print(f"{name}[{i}] {arch.hash} mIoU {row['miou']:.4f} {row['latency_ms']} ms", file=sys.stderr)
+    for n, (name, i, arch) in enumerate((g, i, a) for g, archs in groups.items() for i, a in enumerate(archs)):
+        key = cache_key(arch, args)
+        cache.refresh()
+        if key not in cache.data and n % shards == shard:
+            row, cm = train_eval(arch, model, (xt, yt, xv, yv), args, f"{name}[{i}]")
+            cache.put(key, {"row": row, "confusions": cm.tolist()})
+        if key not in cache.data:  # another shard's
+            missing.append(f"{name}[{i}]")
+            continue
+        row, cm = cache.data[key]["row"], torch.tensor(cache.data[key]["confusions"])
+        rows.setdefault(name, []).append(row)
+        cms[arch.hash] = cm
+        print(f"{name}[{i}] {arch.hash} mIoU {row['miou']:.4f} {row['latency_ms']} ms", file=sys.stderr)
     result: dict[str, Any] = {
         "benchmark": "synth_separation",
-        **gaps(rows, cms),
+        **(gaps(rows, cms) if not missing else {"missing": missing}),
         "colour_baseline": colour_baseline(xt, yt, xv, yv),
         "groups": rows,
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "log_every"},
+        "settings": {
+            k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("log_every", "shard")
+        },
         "timings_s": {"render": round(render_s, 1), "train_eval": round(time.perf_counter() - t0, 1)},
         "machine": machine(),
     }

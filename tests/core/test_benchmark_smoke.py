@@ -87,6 +87,19 @@ def test_synth_separation_quick_report_shape(tmp_path: Path) -> None:
     assert {k: [a.hash for a in v] for k, v in again.items()} == {
         k: [r["arch_hash"] for r in v] for k, v in groups.items()
     }
+    # Two shards split the networks over a shared cache: the first reports what is missing, the
+    # second completes the report, equal to the plain run's.
+    shared = tmp_path / "shared.json"
+    args = ["--quick", "--seed", "2", "--log-every", "0", "--cache", str(shared)]
+    first = bench.main([*args, "--shard", "0/2"])
+    assert first["missing"] == ["single_conv[0]", "tiny[0]"]  # networks 1 and 3 of 0..3
+    assert "gap_size" not in first and len(json.loads(shared.read_text())) == 2
+    second = bench.main([*args, "--shard", "1/2"])
+    def trained(r: dict) -> dict:  # what training decides (timings differ from run to run)
+        return {g: [(row["arch_hash"], row["miou"]) for row in rows] for g, rows in r["groups"].items()}
+
+    assert "missing" not in second and trained(second) == trained(report)
+    assert second["gap_size"]["points"] == report["gap_size"]["points"]
     # A second run takes every network from the cache: the same rows and gaps, nothing retrained.
     assert len(json.loads(cache.read_text())) == 4  # one network per group
     bench.train_eval = None  # would raise if called
