@@ -95,6 +95,7 @@ def test_synth_separation_quick_report_shape(tmp_path: Path) -> None:
     assert first["missing"] == ["single_conv[0]", "tiny[0]"]  # networks 1 and 3 of 0..3
     assert "gap_size" not in first and len(json.loads(shared.read_text())) == 2
     second = bench.main([*args, "--shard", "1/2"])
+
     def trained(r: dict) -> dict:  # what training decides (timings differ from run to run)
         return {g: [(row["arch_hash"], row["miou"]) for row in rows] for g, rows in r["groups"].items()}
 
