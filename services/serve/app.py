@@ -373,6 +373,8 @@ class LatencyWindow:
         }
 
 
+# Module-level helpers of the deployments stay above them: Serve serializes a deployment's
+# class when it is decorated, with the globals that exist at that moment.
 def _device_class() -> str | None:
     """The device class of the node this replica runs on (see ``services.devices``)."""
     try:
@@ -387,7 +389,6 @@ def _device_class() -> str | None:
         return None
 
 
-# Defined above the deployments: Serve serializes a deployment's class when it is decorated.
 class _PrefixIsRoot:
     """ASGI middleware: a request for the route prefix itself (``/segment/{name}``, no trailing
     slash) is the app's ``/`` route, served as is rather than redirected."""
