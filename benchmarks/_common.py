@@ -63,7 +63,7 @@ class ResultCache:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.refresh()
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.data, indent=0))
+            tmp.write_text(json.dumps(self.data, separators=(",", ":")))  # compact: small diffs when committed
             tmp.replace(self.path)
 
 
