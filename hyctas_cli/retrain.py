@@ -68,13 +68,11 @@ def _with_modules(cfg: RetrainConfig, source: ModelConfig) -> RetrainConfig:
     """``cfg`` with ``source``'s modules (head, attention, SE: see ``OFFICIAL_MODEL``) wherever
     the config left a module field at its default."""
     from hyctas_core.config import ModelConfig
-    from hyctas_core.presets import OFFICIAL_MODEL
+    from hyctas_core.presets import modules_of
 
-    defaults, model = ModelConfig(), cfg.model.to_dict()
-    for key in OFFICIAL_MODEL:
-        if model[key] == getattr(defaults, key):
-            model[key] = getattr(source, key)
-    return dataclasses.replace(cfg, model=ModelConfig(**model))
+    defaults = modules_of(ModelConfig())
+    given = {k: v for k, v in modules_of(cfg.model).items() if v != defaults[k]}
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **{**modules_of(source), **given}))
 
 
 def _arch(arch_file: Path | None, preset: str | None, resumed: Arch | None) -> Arch:

@@ -317,7 +317,7 @@ def fold_serving(
     serving measures.
     """
     from hyctas_core.latency import LatencyTable, fold_measurements
-    from hyctas_core.retrain import load_model
+    from hyctas_core.retrain import read_checkpoint
     from hyctas_core.search_space import Arch
 
     try:
@@ -327,7 +327,8 @@ def fold_serving(
     storage = _storage(_settings(database_url=db).database_url)
     wanted = set(deployment or [])
     used: list[tuple[str, Arch, float]] = []
-    for d in storage.list_deployments():
+    deployments = storage.list_deployments()
+    for d in deployments:
         if wanted and d.name not in wanted:
             continue
         report = d.serving_latency
@@ -335,7 +336,7 @@ def fold_serving(
         if why is None:
             model = storage.get_model(d.model_id)
             try:
-                _, arch, cfg = load_model(Path((model.checkpoint_uri or "").removeprefix("file://")))
+                cfg, arch, _ = read_checkpoint(Path((model.checkpoint_uri or "").removeprefix("file://")))
             except (FileNotFoundError, ValueError, KeyError) as exc:
                 why = f"its checkpoint does not load: {exc}"
             else:
@@ -346,7 +347,7 @@ def fold_serving(
             continue
         used.append((d.name, arch, float(report["p50_ms"])))
         typer.echo(f"  use  {d.name}: {report['p50_ms']} ms p50 over {report['requests']} requests")
-    if missing := wanted - {d.name for d in storage.list_deployments()}:
+    if missing := wanted - {d.name for d in deployments}:
         fail(f"no deployment {', '.join(sorted(missing))}")
     if not used:
         fail("no deployment's measurements match this table (see above)")

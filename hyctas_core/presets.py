@@ -10,20 +10,21 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from hyctas_core.config import ModelConfig
+from hyctas_core.ops import OFFICIAL_QK_RATIO
 from hyctas_core.search_space import Arch, ArchError
 
-__all__ = ["OFFICIAL_MODEL", "PRESETS", "PresetName", "get_preset", "preset_model", "preset_names"]
+__all__ = ["OFFICIAL_MODEL", "PRESETS", "PresetName", "get_preset", "modules_of", "preset_model", "preset_names"]
 
 # The official modules around the searched cells (``semantic.yaml``, ``model_type: 1``): the
 # stride-4 head with its attention refinement and zoomed double conv, single-head attention at
 # full width with queries and keys at 1/8, and the fusion SE without reduction. With these,
-# the presets count the official model's params and MACs (``tests/core/test_presets.py``).
+# the presets count the official model's params and MACs (``tests/core/test_profile.py``).
 OFFICIAL_MODEL: dict[str, Any] = {
     "output_stride": 4,
     "head": "official",
     "attn_heads": 1,
     "attn_ratio": 1.0,
-    "attn_qk_ratio": 0.125,
+    "attn_qk_ratio": OFFICIAL_QK_RATIO,
     "se_reduction": 1,
 }
 # "-lite" presets: the same cells with the project's light modules (the ModelConfig defaults,
@@ -116,6 +117,12 @@ def get_preset(name: str) -> Arch:
     """The preset architecture ``name`` (case-insensitive, ``_`` or ``-``; ``-lite`` names the
     same cells, see :func:`preset_model`)."""
     return Arch.from_official(PRESETS[_key(name).removesuffix(LITE_SUFFIX)])
+
+
+def modules_of(model: ModelConfig) -> dict[str, Any]:
+    """The module fields of ``model`` (the keys of :data:`OFFICIAL_MODEL`): what tells an
+    official network from a lite one with the same cells."""
+    return {key: getattr(model, key) for key in OFFICIAL_MODEL}
 
 
 def preset_model(name: str, **overrides: Any) -> ModelConfig:

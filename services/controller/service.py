@@ -7,7 +7,6 @@ the job is cancelled with the reason (nothing half-submitted stays QUEUED foreve
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 from hyctas_core.config import ModelConfig
 from hyctas_core.evaluate import EvaluatorSpec
-from hyctas_core.presets import OFFICIAL_MODEL, get_preset, preset_model
+from hyctas_core.presets import get_preset, modules_of, preset_model
 from hyctas_core.retrain import RetrainConfig
 from hyctas_core.search import SearchConfig
 from hyctas_core.search_space import Arch, ArchError, validate
@@ -335,13 +334,10 @@ def submit_models(
     presets = [c.preset for c in req.archs if c.preset]
     if supernet is None and presets and len(presets) == len(req.archs):
         # Presets without a supernet: their own modules (official, or light for -lite ones).
-        modules = {
-            json.dumps({k: v for k, v in preset_model(p).to_dict().items() if k in OFFICIAL_MODEL}, sort_keys=True)
-            for p in presets
-        }
-        if len(modules) != 1:
+        modules = [modules_of(preset_model(p)) for p in presets]
+        if any(m != modules[0] for m in modules):
             raise Invalid("presets of one retrain job must share their modules: do not mix hyctas-x and hyctas-x-lite")
-        model_cfg = {**json.loads(modules.pop()), **model_cfg}
+        model_cfg = {**modules[0], **model_cfg}
     try:
         config = RetrainConfig(
             model=ModelConfig(**model_cfg),

@@ -495,17 +495,22 @@ class SegmentationModel:
             self._reported = (0, 0.0)  # retry at the next chance
             raise
 
+    def _observe(self, images: list[np.ndarray], seconds: float) -> None:
+        """Record one model call of ``images`` that took ``seconds``: the batch-size histogram, and
+        for each request the model-latency histogram and the window the replica reports."""
+        self.batch_sizes.observe(len(images))
+        for image in images:
+            self.window.add(image.shape[:2], seconds, len(images))
+            self.model_latency.observe(seconds, tags={"model": self.name})
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def predict(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
         segmenter = self.segmenter  # one model for the whole batch, even if reconfigured meanwhile
         assert segmenter is not None
-        self.batch_sizes.observe(len(images))
         t0 = time.perf_counter()
         labels = await asyncio.to_thread(segmenter.predict, images)
         seconds = time.perf_counter() - t0
-        for image in images:
-            self.window.add(image.shape[:2], seconds, len(images))
-            self.model_latency.observe(seconds, tags={"model": self.name})
+        self._observe(images, seconds)
         identity = segmenter.identity
         return [{"labels": lab, "batch_size": len(images), "model": identity, "model_s": seconds} for lab in labels]
 
@@ -602,9 +607,7 @@ class SegmentationModel:
         t2 = time.perf_counter()
         body = _render(image, labels, output)
         timing.update(decode=t1 - t0, model=t2 - t1, encode=time.perf_counter() - t2)
-        self.batch_sizes.observe(1)
-        self.window.add(image.shape[:2], t2 - t1, 1)
-        self.model_latency.observe(t2 - t1, tags={"model": self.name})
+        self._observe([image], t2 - t1)
         return {"batch_size": 1, "model": segmenter.identity, "model_s": t2 - t1}, body
 
 

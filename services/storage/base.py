@@ -119,7 +119,7 @@ class DeploymentRecord:
     created_at: datetime
     updated_at: datetime
     # What its replicas measured: the model's time per request (``LatencyWindow.summary`` plus
-    # backend, device, replica and ``at``); None until a replica has served and reported.
+    # backend, device, device class and ``at``); None until a replica has served and reported.
     serving_latency: dict[str, Any] | None = None
 
 

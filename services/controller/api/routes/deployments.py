@@ -42,11 +42,8 @@ def get_deployment(name: str, user: CurrentUser, storage: StorageDep) -> Deploym
     """One deployment, with its measured serving latency beside the search's prediction."""
     deployment = owned_deployment(storage, name, user)
     public = DeploymentPublic.model_validate(deployment)
-    public.latency = (
-        LatencyComparison.model_validate(service.serving_latency(storage, deployment))
-        if deployment.serving_latency
-        else None
-    )
+    comparison = service.serving_latency(storage, deployment)  # None before a replica reported
+    public.latency = LatencyComparison.model_validate(comparison) if comparison is not None else None
     return public
 
 
