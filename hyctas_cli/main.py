@@ -12,20 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hyctas_cli.utils import (
-    HeadOpt,
-    HeadsOpt,
-    QkOpt,
-    RatioOpt,
-    SeOpt,
-    StemOpt,
-    StrideOpt,
-    cli_console,
-    fail,
-    load_arch,
-    model_config,
-    parse_size,
-)
+from hyctas_cli.utils import ModelOptions, cli_console, fail, model_options
 from hyctas_core.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -38,30 +25,10 @@ app = typer.Typer(
 )
 
 
-PresetOpt = Annotated[
-    str | None,
-    typer.Option("--preset", help="hyctas-s, hyctas-m, hyctas-l (official modules) or hyctas-s-lite, ... (light)"),
-]
-JsonOpt = Annotated[Path | None, typer.Option("--from-json", help="arch in the official JSON format")]
-ChannelsOpt = Annotated[int, typer.Option("--base-channels", min=1, max=256, help="F: full widths 8F/16F/32F")]
-SizeOpt = Annotated[str, typer.Option("--input-size", help="HxW")]
-ClassesOpt = Annotated[int, typer.Option("--num-classes", min=1, max=10000)]
-
-
 @app.command()
+@model_options
 def arch(
-    preset: PresetOpt = None,
-    from_json: JsonOpt = None,
-    base_channels: ChannelsOpt = 12,
-    input_size: SizeOpt = "512x1024",
-    num_classes: ClassesOpt = 19,
-    output_stride: StrideOpt = None,
-    head: HeadOpt = None,
-    attn_heads: HeadsOpt = None,
-    attn_ratio: RatioOpt = None,
-    attn_qk_ratio: QkOpt = None,
-    se_reduction: SeOpt = None,
-    stem_width: StemOpt = None,
+    model: ModelOptions,
     latency_seconds: Annotated[float, typer.Option(min=0.0, help="timing duration; 0 skips the latency")] = 2.0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
@@ -71,13 +38,9 @@ def arch(
     from hyctas_core.network import HyCTASNet
     from hyctas_core.profile import count_macs, count_params, measure_latency
 
-    a = load_arch(preset, from_json)
-    size = parse_size(input_size)
-    cfg = model_config(
-        preset, a, base_channels=base_channels, num_classes=num_classes, output_stride=output_stride, head=head,
-        attn_heads=attn_heads, attn_ratio=attn_ratio, attn_qk_ratio=attn_qk_ratio, se_reduction=se_reduction,
-        stem_width=stem_width,
-    )  # fmt: skip
+    a = model.arch()
+    size = model.size()
+    cfg = model.config(a)
     torch.manual_seed(0)
     net = HyCTASNet(a, cfg).eval()
     params = count_params(net)
@@ -88,7 +51,7 @@ def arch(
         "branches": a.num_branches,
         "output_scales": list(a.combination),
         "num_layers": a.num_layers,
-        "base_channels": base_channels,
+        "base_channels": model.base_channels,
         "model": cfg.to_dict(),
         "params_m": round(params / 1e6, 4),
         "gmacs": round(macs / 1e9, 4),
@@ -133,24 +96,15 @@ def _print_arch(net: HyCTASNet, result: dict[str, Any]) -> None:
 
 
 @app.command()
+@model_options
 def export(
     out: Annotated[Path, typer.Option("--out", help="output file (.onnx or .pt)")],
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="a retrained best.pt / last.pt: export its trained network")
     ] = None,
-    preset: PresetOpt = None,
-    from_json: JsonOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript")] = "onnx",
-    base_channels: ChannelsOpt = 12,
-    input_size: SizeOpt = "512x1024",
-    num_classes: ClassesOpt = 19,
-    output_stride: StrideOpt = None,
-    head: HeadOpt = None,
-    attn_heads: HeadsOpt = None,
-    attn_ratio: RatioOpt = None,
-    attn_qk_ratio: QkOpt = None,
-    se_reduction: SeOpt = None,
-    stem_width: StemOpt = None,
+    *,
+    model: ModelOptions,
 ) -> None:
     """Export a network to ONNX (one file) or TorchScript: a retrained checkpoint's trained
     network (--checkpoint), or a freshly initialised one for an architecture (--preset / --from-json,
@@ -158,13 +112,13 @@ def export(
     from hyctas_core.export import export_onnx, export_torchscript
     from hyctas_core.network import HyCTASNet
 
-    size = parse_size(input_size)
+    size = model.size()
     if fmt not in ("onnx", "torchscript"):
         fail(f"--format must be onnx or torchscript, got {fmt!r}")
     if not out.parent.exists():
         fail(f"output directory {str(out.parent)!r} does not exist")
     if checkpoint is not None:
-        if preset is not None or from_json is not None:
+        if model.given:
             fail("--checkpoint holds its architecture: give no --preset / --from-json with it")
         from hyctas_core.retrain import load_model
 
@@ -174,13 +128,8 @@ def export(
             fail(str(e).splitlines()[0])
         what = f"the trained network of {checkpoint}"
     else:
-        a = load_arch(preset, from_json)
-        cfg = model_config(
-            preset, a, base_channels=base_channels, num_classes=num_classes, output_stride=output_stride,
-            head=head, attn_heads=attn_heads, attn_ratio=attn_ratio, attn_qk_ratio=attn_qk_ratio,
-            se_reduction=se_reduction, stem_width=stem_width,
-        )  # fmt: skip
-        net = HyCTASNet(a, cfg)
+        a = model.arch()
+        net = HyCTASNet(a, model.config(a))
         what = "a freshly initialised network"
     net.eval()
     if fmt == "onnx":

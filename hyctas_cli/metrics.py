@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 
@@ -33,6 +34,24 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 
 
+R = TypeVar("R", "SemsegResult", "PanopticResult")
+
+
+def _report(compute: Callable[[], R], as_json: bool, show: Callable[[R], None]) -> None:
+    """Compute the metric (a MetricsError exits 2 with its one line), then print it as one JSON
+    object or as ``show`` draws it."""
+    from hyctas_core.metrics import MetricsError
+
+    try:
+        result = compute()
+    except MetricsError as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        show(result)
+
+
 @app.command()
 def semseg(
     dataset: Annotated[str, typer.Option("--dataset", help="cityscapes or ade20k")] = "",
@@ -53,7 +72,7 @@ def semseg(
     as_json: JsonFlag = False,
 ) -> None:
     """Per-class IoU and mIoU of prediction PNGs against Cityscapes or ADE20K ground truth."""
-    from hyctas_core.metrics import PRED_IDS, MetricsError, PredIds, evaluate_semseg_files
+    from hyctas_core.metrics import PRED_IDS, PredIds, evaluate_semseg_files
 
     if dataset not in _DATASETS:
         fail(f"--dataset must be cityscapes or ade20k, got {dataset!r}")
@@ -63,14 +82,11 @@ def semseg(
         fail("give at least one --gt FILE_OR_DIR")
     if not pred:
         fail("give at least one --pred FILE_OR_DIR")
-    try:
-        result = evaluate_semseg_files(cast("SemsegDataset", dataset), gt, pred, cast("PredIds", pred_ids))
-    except MetricsError as e:
-        fail(str(e))
-    if as_json:
-        typer.echo(json.dumps(result.to_dict()))
-        return
-    _print_semseg(result)
+    _report(
+        lambda: evaluate_semseg_files(cast("SemsegDataset", dataset), gt, pred, cast("PredIds", pred_ids)),
+        as_json,
+        _print_semseg,
+    )
 
 
 def _print_semseg(result: SemsegResult) -> None:
@@ -104,21 +120,14 @@ def panoptic(
     as_json: JsonFlag = False,
 ) -> None:
     """PQ / SQ / RQ (All, Things, Stuff and per class) with the panopticapi matching rules."""
-    from hyctas_core.metrics import MetricsError, pq_compute
+    from hyctas_core.metrics import pq_compute
 
     given = {"--gt-json": gt_json, "--gt-folder": gt_folder, "--pred-json": pred_json, "--pred-folder": pred_folder}
     missing = [name for name, value in given.items() if value is None]
     if missing:
         fail(f"missing option(s) {', '.join(missing)}; all of --gt-json, --gt-folder, --pred-json, --pred-folder")
     assert gt_json is not None and gt_folder is not None and pred_json is not None and pred_folder is not None
-    try:
-        result = pq_compute(gt_json, gt_folder, pred_json, pred_folder)
-    except MetricsError as e:
-        fail(str(e))
-    if as_json:
-        typer.echo(json.dumps(result.to_dict()))
-        return
-    _print_panoptic(result)
+    _report(lambda: pq_compute(gt_json, gt_folder, pred_json, pred_folder), as_json, _print_panoptic)
 
 
 def _print_panoptic(result: PanopticResult) -> None:

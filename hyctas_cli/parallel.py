@@ -20,7 +20,7 @@ import typer
 
 from hyctas_cli.utils import fail
 
-__all__ = ["UseGpuOpt", "WorkersOpt", "check_workers", "read_training_yaml", "resolve_spec", "run_parallel"]
+__all__ = ["UseGpuOpt", "WorkersOpt", "read_training_yaml", "resolve_spec", "run_parallel"]
 
 WorkersOpt = Annotated[
     int | None,
@@ -44,9 +44,11 @@ def read_training_yaml(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return data, parallel
 
 
-def resolve_spec(section: dict[str, Any], workers: int | None, use_gpu: bool) -> Any:
+def resolve_spec(section: dict[str, Any], workers: int | None, use_gpu: bool, *, batch_size: int) -> Any:
     """The :class:`~services.worker.data_parallel.ParallelSpec` of a run: the YAML's ``parallel:``
-    section with ``--workers`` / ``--use-gpu`` over it (exit 2 with one line if it is bad)."""
+    section with ``--workers`` / ``--use-gpu`` over it. Exits 2 with one line if it is bad, or if
+    the global ``batch_size`` does not split evenly over its workers."""
+    from hyctas_core.parallel import DataParallel
     from services.worker.data_parallel import ParallelSpec
 
     data = dict(section)
@@ -55,19 +57,14 @@ def resolve_spec(section: dict[str, Any], workers: int | None, use_gpu: bool) ->
     if use_gpu:
         data["use_gpu"] = True
     try:
-        return ParallelSpec.from_mapping(data)
+        spec = ParallelSpec.from_mapping(data)
     except (TypeError, ValueError) as e:
         fail(f"parallel: {str(e).splitlines()[0]}")
-
-
-def check_workers(workers: int, batch_size: int) -> None:
-    """Exit 2 with one line unless the global batch splits evenly over the workers."""
-    from hyctas_core.parallel import DataParallel
-
     try:
-        DataParallel(0, workers).local_batch(batch_size)
+        DataParallel(0, spec.workers).local_batch(batch_size)
     except ValueError as e:
-        fail(f"--workers {workers}: {e}")
+        fail(f"--workers {spec.workers}: {e}")
+    return spec
 
 
 def run_parallel(

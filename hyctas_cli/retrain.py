@@ -10,14 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hyctas_cli.parallel import (
-    UseGpuOpt,
-    WorkersOpt,
-    check_workers,
-    read_training_yaml,
-    resolve_spec,
-    run_parallel,
-)
+from hyctas_cli.parallel import UseGpuOpt, WorkersOpt, read_training_yaml, resolve_spec, run_parallel
 from hyctas_cli.utils import cli_progress, fail, load_arch
 
 if TYPE_CHECKING:
@@ -149,8 +142,7 @@ def retrain(
         from hyctas_core.presets import preset_model
 
         cfg = _with_modules(cfg, preset_model(preset))
-    spec = resolve_spec(section, workers, use_gpu)
-    check_workers(spec.workers, cfg.batch_size)
+    spec = resolve_spec(section, workers, use_gpu, batch_size=cfg.batch_size)
     if device != "cpu":
         import torch
 

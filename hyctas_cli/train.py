@@ -9,14 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from hyctas_cli.parallel import (
-    UseGpuOpt,
-    WorkersOpt,
-    check_workers,
-    read_training_yaml,
-    resolve_spec,
-    run_parallel,
-)
+from hyctas_cli.parallel import UseGpuOpt, WorkersOpt, read_training_yaml, resolve_spec, run_parallel
 from hyctas_cli.utils import cli_progress, fail, load_arch, parse_size
 
 if TYPE_CHECKING:
@@ -79,8 +72,7 @@ def train_supernet(
     if config is not None and not config.is_file():
         fail(f"config file {str(config)!r} does not exist")
     cfg, section = _load_config(config, {"epochs": epochs})
-    spec = resolve_spec(section, workers, use_gpu)
-    check_workers(spec.workers, cfg.batch_size)
+    spec = resolve_spec(section, workers, use_gpu, batch_size=cfg.batch_size)
     has_ckpt = (out / "last.pt").exists()
     if has_ckpt and not resume:
         fail(f"{out} already holds a run (last.pt): pass --resume to continue it, or choose another --out")

@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from rich.console import Console
     from rich.progress import Progress, ProgressColumn
 
     from hyctas_core.config import ModelConfig
     from hyctas_core.search_space import Arch
 
-__all__ = ["cli_console", "cli_progress", "fail", "load_arch", "model_config", "parse_size"]
+__all__ = [
+    "ModelOptions",
+    "cli_console",
+    "cli_progress",
+    "fail",
+    "load_arch",
+    "model_config",
+    "model_options",
+    "parse_size",
+]
 
 # Width of output that goes to a pipe or a file: wide enough that no table cell is folded.
 PIPE_WIDTH = 1000
@@ -62,16 +74,85 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-# The model options of ``hyctas arch`` / ``hyctas export``: the ModelConfig fields a network is
-# built with. Unset (None), they are the preset's (official for hyctas-s/m/l, light for -lite;
-# the ModelConfig defaults for --from-json).
-StrideOpt = Annotated[int | None, typer.Option("--output-stride", help="8, or 4 to fuse the 1/4 stem feature")]
-HeadOpt = Annotated[str | None, typer.Option("--head", help="light or official (attention + zoomed conv)")]
-HeadsOpt = Annotated[int | None, typer.Option("--attn-heads", min=1, max=64, help="attention heads")]
-RatioOpt = Annotated[float | None, typer.Option("--attn-ratio", help="attention width / cell width, (0, 1]")]
-QkOpt = Annotated[float | None, typer.Option("--attn-qk-ratio", help="query/key width / value width, (0, 1]")]
-SeOpt = Annotated[int | None, typer.Option("--se-reduction", min=1, max=64, help="fusion SE reduction")]
-StemOpt = Annotated[float | None, typer.Option("--stem-width", help="stem width multiplier")]
+# The model options of ``hyctas arch`` / ``hyctas export``: the arch, the input and the ModelConfig
+# fields a network is built with. Unset (None), a config field is the preset's (official for
+# hyctas-s/m/l, light for -lite; the ModelConfig defaults for --from-json).
+_FLAGS: dict[str, Any] = {
+    "preset": Annotated[
+        str | None,
+        typer.Option("--preset", help="hyctas-s, hyctas-m, hyctas-l (official modules) or hyctas-s-lite, ... (light)"),
+    ],
+    "from_json": Annotated[Path | None, typer.Option("--from-json", help="arch in the official JSON format")],
+    "base_channels": Annotated[int, typer.Option("--base-channels", min=1, max=256, help="F: full widths 8F/16F/32F")],
+    "input_size": Annotated[str, typer.Option("--input-size", help="HxW")],
+    "num_classes": Annotated[int, typer.Option("--num-classes", min=1, max=10000)],
+    "output_stride": Annotated[int | None, typer.Option(help="8, or 4 to fuse the 1/4 stem feature")],
+    "head": Annotated[str | None, typer.Option(help="light or official (attention + zoomed conv)")],
+    "attn_heads": Annotated[int | None, typer.Option(min=1, max=64, help="attention heads")],
+    "attn_ratio": Annotated[float | None, typer.Option(help="attention width / cell width, (0, 1]")],
+    "attn_qk_ratio": Annotated[float | None, typer.Option(help="query/key width / value width, (0, 1]")],
+    "se_reduction": Annotated[int | None, typer.Option(min=1, max=64, help="fusion SE reduction")],
+    "stem_width": Annotated[float | None, typer.Option(help="stem width multiplier")],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """What ``--preset`` / ``--from-json`` and the model flags ask for (see :func:`model_options`)."""
+
+    preset: str | None = None
+    from_json: Path | None = None
+    base_channels: int = 12
+    input_size: str = "512x1024"
+    num_classes: int = 19
+    output_stride: int | None = None
+    head: str | None = None
+    attn_heads: int | None = None
+    attn_ratio: float | None = None
+    attn_qk_ratio: float | None = None
+    se_reduction: int | None = None
+    stem_width: float | None = None
+
+    @property
+    def given(self) -> bool:
+        """Whether an arch was named (``--preset`` or ``--from-json``)."""
+        return self.preset is not None or self.from_json is not None
+
+    def size(self) -> tuple[int, int]:
+        return parse_size(self.input_size)
+
+    def arch(self) -> Arch:
+        return load_arch(self.preset, self.from_json)
+
+    def config(self, arch: Arch) -> ModelConfig:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("preset", "from_json", "base_channels", "input_size", "num_classes"):
+            del fields[name]
+        return model_config(self.preset, arch, base_channels=self.base_channels, num_classes=self.num_classes, **fields)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def model_options(command: _F) -> _F:
+    """Give a Typer command the model flags: its ``model: ModelOptions`` parameter becomes
+    ``--preset``, ``--from-json``, ``--base-channels``, ... on the command line, and the command is
+    called with them gathered into one :class:`ModelOptions`."""
+    own = inspect.signature(command, eval_str=True)
+    flags = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=_FLAGS[f.name])
+        for f in dataclasses.fields(ModelOptions)
+    ]
+    params = [p for name, p in own.parameters.items() if name != "model"] + flags
+
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> Any:
+        model = ModelOptions(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(ModelOptions)})
+        return command(model=model, **kwargs)
+
+    run.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params} | {"return": own.return_annotation}
+    return run  # type: ignore[return-value]
 
 
 def model_config(

@@ -41,6 +41,7 @@ __all__ = [
     "SEARCH_TRANSITIONS",
     "DuplicateName",
     "EvaluationRecord",
+    "GenerationCommit",
     "GenerationRecord",
     "IllegalTransition",
     "IndividualRecord",
@@ -171,6 +172,16 @@ def check_transition(what: str, current: S, new: S, allowed: Mapping[S, frozense
 
 
 @dataclass
+class GenerationCommit:
+    """One generation as :meth:`SearchStore.append_generation` hands it to a backend: validated
+    copies of the generation (``created_at`` set), its individuals and its evaluation-cache entries."""
+
+    generation: GenerationRecord
+    individuals: list[IndividualRecord]
+    evaluations: list[EvaluationRecord]
+
+
+@dataclass
 class SearchEdit:
     """A search opened for writing by :meth:`SearchStore._edit_search`: the record to change in place
     (its fields are written back when the block ends without an error) and the backend's own
@@ -202,15 +213,9 @@ class SearchStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def _append_generation(
-        self,
-        edit: SearchEdit,
-        generation: GenerationRecord,
-        individuals: list[IndividualRecord],
-        evaluations: list[EvaluationRecord],
-    ) -> None:
-        """Insert a generation (its ``created_at`` set), its individuals and the evaluation-cache entries
-        (a key already there keeps its first value) inside ``edit``'s transaction.
+    def _append_generation(self, edit: SearchEdit, commit: GenerationCommit) -> None:
+        """Insert the generation, its individuals and the evaluation-cache entries (a key already
+        there keeps its first value) inside ``edit``'s transaction.
 
         Raises: IllegalTransition: the generation exists (a concurrent writer was first).
         """
@@ -342,7 +347,7 @@ class SearchStore(abc.ABC):
                     f" (expected {search.generation + 1})"
                 )
             gen.created_at = utcnow()
-            self._append_generation(edit, gen, inds, evals)
+            self._append_generation(edit, GenerationCommit(gen, inds, evals))
             search.generation = index
             search.updated_at = gen.created_at
 

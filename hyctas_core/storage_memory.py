@@ -17,7 +17,7 @@ from typing import Any
 
 from hyctas_core.storage import (
     DuplicateName,
-    EvaluationRecord,
+    GenerationCommit,
     GenerationRecord,
     IndividualRecord,
     SearchEdit,
@@ -69,17 +69,11 @@ class InMemorySearchStore(SearchStore):
             yield edit
             data.record = edit.record
 
-    def _append_generation(
-        self,
-        edit: SearchEdit,
-        generation: GenerationRecord,
-        individuals: list[IndividualRecord],
-        evaluations: list[EvaluationRecord],
-    ) -> None:
+    def _append_generation(self, edit: SearchEdit, commit: GenerationCommit) -> None:
         data: _SearchData = edit.tx
-        data.generations.append(generation)
-        data.individuals.extend(individuals)
-        for ev in evaluations:
+        data.generations.append(commit.generation)
+        data.individuals.extend(commit.individuals)
+        for ev in commit.evaluations:
             self._evaluations.setdefault((ev.cache_key, ev.arch_hash), ev.result)
 
     # -- reads ----------------------------------------------------------------------------

@@ -8,20 +8,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from hyctas_core import Arch, ArchError, Branch, Cell, MemoryBudget, VectorCodec, get_preset, sample_arch, validate
 from hyctas_core.config import ModelConfig
-from hyctas_core.memory import MemoryBudget
 from hyctas_core.network import plan_network
-from hyctas_core.presets import PRESETS, get_preset
-from hyctas_core.search_space import (
-    OP_NAMES,
-    Arch,
-    ArchError,
-    Branch,
-    Cell,
-    VectorCodec,
-    sample_arch,
-    validate,
-)
+from hyctas_core.presets import PRESETS
+from hyctas_core.search_space import OP_NAMES
 
 # Per-cell (Cin, Cout) at F=16, from the official-code memo, section 7.
 S_CHANNELS = [

@@ -196,9 +196,10 @@ def test_the_cli_refuses_a_batch_that_does_not_split(job: dict[str, Any], tmp_pa
     from hyctas_cli.parallel import resolve_spec
 
     section = {"workers": 3, "sync_batchnorm": False}
-    assert resolve_spec(section, 2, False) == ParallelSpec(workers=2, sync_batchnorm=False)
-    assert resolve_spec(section, None, True) == ParallelSpec(workers=3, use_gpu=True, sync_batchnorm=False)
-    assert resolve_spec({}, None, False) == ParallelSpec()  # one worker: the in-process fast path
+    assert resolve_spec(section, 2, False, batch_size=4) == ParallelSpec(workers=2, sync_batchnorm=False)
+    gpus = ParallelSpec(workers=3, use_gpu=True, sync_batchnorm=False)
+    assert resolve_spec(section, None, True, batch_size=6) == gpus
+    assert resolve_spec({}, None, False, batch_size=4) == ParallelSpec()  # one worker: the in-process fast path
 
 
 def test_the_supernet_job_trains_on_its_workers(ray_session: None, job: dict[str, Any], tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, aliased, defer
 from hyctas_core.storage import (
     DuplicateName,
     EvaluationRecord,
+    GenerationCommit,
     GenerationRecord,
     IllegalTransition,
     IndividualRecord,
@@ -91,14 +92,9 @@ class SearchTables(SQLCore):
             row.verification = record.verification
             row.updated_at = record.updated_at
 
-    def _append_generation(
-        self,
-        edit: SearchEdit,
-        generation: GenerationRecord,
-        individuals: list[IndividualRecord],
-        evaluations: list[EvaluationRecord],
-    ) -> None:
+    def _append_generation(self, edit: SearchEdit, commit: GenerationCommit) -> None:
         session: Session = edit.tx
+        generation, individuals = commit.generation, commit.individuals
         search_id, index = edit.record.id, generation.index
         try:
             session.execute(
@@ -135,7 +131,7 @@ class SearchTables(SQLCore):
                 ],
             )
         assert generation.created_at is not None
-        self._insert_evaluations(session, evaluations, generation.created_at)
+        self._insert_evaluations(session, commit.evaluations, generation.created_at)
 
     def get_search(self, search_id: int) -> SearchRecord:
         return self._get(SearchRow, search_id, "search", search_record)
