@@ -40,9 +40,12 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 def open_storage(url: str, *, wait_s: float = 30.0) -> Storage:
-    """Migrate and open the database, retrying with back-off while it is unreachable (e.g. starting)."""
+    """Migrate and open the database, retrying with back-off while a database server is unreachable
+    (e.g. starting). A SQLite file is local: an error there is final at once."""
     from services.storage import SQLStorage
 
+    if url.startswith("sqlite"):
+        wait_s = 0.0
     deadline, delay = time.monotonic() + wait_s, 0.5
     while True:
         try:

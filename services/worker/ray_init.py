@@ -5,13 +5,21 @@ temp directory names; any ``ray start`` or ``ray.cluster_utils`` run leaves that
 and when the cluster it names is dead ``ray.init`` retries for minutes. Here no address means
 ``RAY_ADDRESS`` when that is set, else ``address="local"`` (always a new local Ray, never the
 file's cluster), and every attempt has a deadline.
+
+A deadline inside ``ray.init`` is a SIGALRM, which Python runs only when Ray's C++ client gives
+control back: connecting to a dead GCS blocks there for about 40 s whatever the deadline. So an
+address ``host:port`` or ``ray://host:port`` is first probed with plain TCP connections, retried
+until the deadline: an address where nothing listens fails in time, and a head still starting
+is waited for.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
+import time
 from typing import Any
 
 import ray
@@ -31,6 +39,30 @@ class _Deadline(BaseException):
 
 def _timed_out(signum: int, frame: Any) -> None:
     raise _Deadline
+
+
+def _endpoint(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``host:port`` or ``ray://host:port``; None for ``auto`` and other forms."""
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _wait_for_listener(host: str, port: int, deadline: float) -> str | None:
+    """None once a TCP connection to ``host:port`` opens before ``deadline`` (monotonic), else why not."""
+    reason = "no answer"
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return reason
+        try:
+            with socket.create_connection((host, port), timeout=min(left, 2.0)):
+                return None
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+        time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 
 
 def _shutdown_quietly() -> None:
@@ -67,6 +99,13 @@ def init_ray(address: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S
         "address": address or "local",
     }
     where = f"Ray at {address}" if address else "a local Ray"
+    endpoint = _endpoint(address) if address else None
+    if endpoint is not None:
+        started = time.monotonic()
+        reason = _wait_for_listener(*endpoint, started + timeout_s)
+        if reason is not None:
+            raise RayStartError(f"{where} did not answer within {timeout_s:g} s ({reason}; HYCTAS_RAY_INIT_TIMEOUT_S)")
+        timeout_s = max(1.0, timeout_s - (time.monotonic() - started))
     # ray.init runs in this thread: Ray ties the processes of a local cluster to the thread that
     # started them (they die with it), so no helper thread. The deadline is a SIGALRM, which
     # only the main thread can take; elsewhere there is none.
