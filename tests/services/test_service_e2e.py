@@ -123,9 +123,11 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         time.sleep(2)  # let the raylet register with the GCS
         yield f"127.0.0.1:{port}"
     finally:
+        # SIGTERM, then SIGKILL: a graceful `ray stop` of a head whose drivers were killed takes
+        # about 30 s; the group holds every process of this head and nothing else.
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(60)
+            head.wait(5)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(10)
