@@ -10,10 +10,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from hyctas_cli.main import app
 from hyctas_core.config import ModelConfig
 from hyctas_core.data.cityscapes import CityscapesDataset
 from hyctas_core.data.transforms import SegTransform
@@ -44,12 +47,16 @@ def _cmd(setup: tuple[Path, Path], db: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def _pareto(db: Path) -> dict[str, Any]:
+    """``hyctas pareto --json`` of search "s" (in process: the CLI, without a second interpreter)."""
+    result = CliRunner().invoke(app, ["pareto", "--db", f"sqlite:///{db}", "--search", "s", "--json"])
+    assert result.exit_code == 0, result.output
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
 def _front(db: Path) -> list[dict[str, object]]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "hyctas_cli", "pareto", "--db", f"sqlite:///{db}", "--search", "s", "--json"],
-        capture_output=True, text=True, env=ENV, check=True,
-    )  # fmt: skip
-    data = json.loads(proc.stdout)
+    data = _pareto(db)
     assert data["state"] == "succeeded" and data["generation"] == 5
     # The search decides on mIoU and GMACs (objective "flops"), both deterministic; the
     # measured latency stored beside them is wall-clock and differs from run to run.
@@ -90,14 +97,14 @@ def test_sigkill_then_resume_gives_the_same_front(setup: tuple[Path, Path], tmp_
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         assert "resuming" in resumed.stdout
         assert _front(db) == reference, f"front differs after a kill during generation {k}"
-    again = subprocess.run(_cmd(setup, db, "--resume"), env=ENV, capture_output=True, text=True)
-    assert again.returncode == 0 and "already finished" in again.stdout
+    again = CliRunner().invoke(app, _cmd(setup, db, "--resume")[3:])  # in process: nothing left to compute
+    assert again.exit_code == 0 and "already finished" in again.stdout
 
 
 def test_bad_search_inputs_exit_2(setup: tuple[Path, Path], tmp_path: Path) -> None:
     root, ckpt = setup
     db = tmp_path / "x.db"
-    base = [sys.executable, "-m", "hyctas_cli", "search", "--db", f"sqlite:///{db}"]
+    base = ["search", "--db", f"sqlite:///{db}"]
     cases = [
         (["--supernet", str(ckpt), "--data", str(root), "--objective", "energy"], "unknown objective 'energy'"),
         (["--supernet", str(tmp_path / "none.pt"), "--data", str(root)], "does not exist"),
@@ -105,16 +112,13 @@ def test_bad_search_inputs_exit_2(setup: tuple[Path, Path], tmp_path: Path) -> N
         (["--resume", "--name", "ghost"], "no search named 'ghost'"),
         (["--supernet", str(ckpt), "--data", str(root), "--branches", "1,4"], "subset of 1, 2, 3"),
     ]
-    for args, needle in cases:
-        proc = subprocess.run(base + args, capture_output=True, text=True, env=ENV)
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, proc.stderr)
-    proc = subprocess.run(
-        [sys.executable, "-m", "hyctas_cli", "search", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/x",
-         "--supernet", str(ckpt), "--data", str(root)],
-        capture_output=True, text=True, env=ENV, timeout=60,
-    )  # fmt: skip
-    assert proc.returncode == 2 and "cannot connect" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    runs = [(base + args, needle) for args, needle in cases]
+    pg = "postgresql+psycopg://nobody@127.0.0.1:1/x"
+    runs.append((["search", "--db", pg, "--supernet", str(ckpt), "--data", str(root)], "cannot connect"))
+    for args, needle in runs:
+        result = CliRunner().invoke(app, args)
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and needle in lines[0], (args, result.output)
 
 
 @pytest.mark.slow
@@ -127,10 +131,7 @@ def test_verify_on_a_one_point_front_says_why_and_keeps_the_search(setup: tuple[
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == "cannot verify: search 's' has 1 front point(s): nothing to rank"
     assert "Pareto front of 's' (1 archs, succeeded)" in proc.stdout
-    data = json.loads(subprocess.run(
-        [sys.executable, "-m", "hyctas_cli", "pareto", "--db", f"sqlite:///{db}", "--search", "s", "--json"],
-        capture_output=True, text=True, env=ENV, check=True,
-    ).stdout)  # fmt: skip
+    data = _pareto(db)
     assert data["state"] == "succeeded" and len(data["front"]) == 1
     assert data["verification"]["state"] == "failed" and "nothing to rank" in data["verification"]["error"]
 
@@ -165,10 +166,7 @@ def test_verify_retrains_front_points_and_reports_the_fidelity(setup: tuple[Path
     assert "resuming its verification" in proc.stdout and "retrained mIoU %" in proc.stdout
     summary = [ln for ln in proc.stdout.splitlines() if ln.startswith("supernet fidelity:")]
     assert len(summary) == 2 and "over 3 retrained front points" in summary[0], proc.stdout  # the line and the caption
-    data = json.loads(subprocess.run(
-        [sys.executable, "-m", "hyctas_cli", "pareto", "--db", f"sqlite:///{db}", "--search", "s", "--json"],
-        capture_output=True, text=True, env=ENV, check=True,
-    ).stdout)  # fmt: skip
+    data = _pareto(db)
     record = data["verification"]
     assert record["state"] == "succeeded" and record["k"] == record["done"] == 3 and record["epochs"] == 1
     assert [r["arch_hash"] for r in record["rows"]] == [front[0].arch_hash, front[2].arch_hash, front[4].arch_hash]
