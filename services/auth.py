@@ -10,10 +10,24 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 from services.storage.base import Storage
 
-__all__ = ["KEY_PREFIX", "USER_PATTERN", "authenticate", "hash_key", "issue_api_key", "new_api_key"]
+__all__ = [
+    "KEY_PREFIX",
+    "USER_PATTERN",
+    "KeyCache",
+    "TTLCache",
+    "authenticate",
+    "hash_key",
+    "issue_api_key",
+    "new_api_key",
+]
 
 KEY_PREFIX = "hyk_"
 USER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
@@ -51,3 +65,63 @@ def authenticate(storage: Storage, key: str) -> str | None:
     if record is None or record.revoked_at is not None:
         return None
     return record.user
+
+
+class TTLCache:
+    """``fetch(key)`` results for ``ttl_s``, at most ``size`` of them (least recently used out);
+    a None result is never cached."""
+
+    def __init__(
+        self, fetch: Callable[[str], Any], *, ttl_s: float, size: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.fetch, self.ttl_s, self.size, self.clock = fetch, ttl_s, size, clock
+        self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def cached(self, slot: str) -> bool:
+        """Whether ``slot`` holds a fresh entry (a :meth:`get` would not fetch)."""
+        hit = self._entries.get(slot)
+        return hit is not None and self.clock() - hit[0] < self.ttl_s
+
+    def get(self, key: str, slot: str | None = None) -> Any:
+        slot = key if slot is None else slot
+        now = self.clock()
+        with self._lock:
+            hit = self._entries.get(slot)
+            if hit is not None and now - hit[0] < self.ttl_s:
+                self._entries.move_to_end(slot)
+                return hit[1]
+            self._entries.pop(slot, None)
+        value = self.fetch(key)
+        if value is not None:
+            with self._lock:
+                self._entries[slot] = (now, value)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        return value
+
+
+class KeyCache(TTLCache):
+    """API key -> user, for keys that verified: at most ``size`` of them (least recently used out),
+    each for ``ttl_s`` (a revoked key stops working within that). A key that does not verify is
+    never cached, so random bearer strings cannot fill it; keys are held as sha256 digests."""
+
+    def __init__(
+        self,
+        verify: Callable[[str], str | None],
+        *,
+        ttl_s: float = 1.0,
+        size: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(verify, ttl_s=ttl_s, size=size, clock=clock)
+
+    def user(self, key: str) -> str | None:
+        user: str | None = self.get(key, hash_key(key))
+        return user
+
+    def cached_user(self, key: str) -> bool:
+        return self.cached(hash_key(key))

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
 from hyctas_core.storage import DuplicateName, IllegalTransition, StorageError, StorageUnavailable
+from services.auth import KeyCache, authenticate
 from services.controller.api.main import api_router
 from services.controller.dashboard import router as dashboard_router
 from services.controller.service import Conflict, Invalid, NotFound
@@ -110,16 +111,44 @@ class BodyLimit:
             await too_large(scope, receive, send)
 
 
-def _route_of(request: Request) -> str:
+def _route_of(scope: Scope) -> str:
     """The route template (``/api/v1/searches/{search_id}``): bounded label values, no ids."""
-    route = request.scope.get("route")
+    route = scope.get("route")
     if route is None:
         return "unmatched"
     path = str(getattr(route, "path", ""))
     # Routers are included lazily: the route's own path lacks the /api/v1 prefix.
-    if request.url.path.startswith(API_PREFIX + "/") and not path.startswith(API_PREFIX + "/"):
+    if str(scope.get("path", "")).startswith(API_PREFIX + "/") and not path.startswith(API_PREFIX + "/"):
         path = API_PREFIX + path
     return path
+
+
+class Measure:
+    """Counts each HTTP request and times it, by method, route template and status (plain ASGI:
+    no per-request task or body stream, unlike ``@app.middleware``)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        code = 500
+
+        async def sent(message: Message) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            route = _route_of(scope)
+            HTTP_REQUEST_SECONDS.labels(scope["method"], route).observe(time.perf_counter() - t0)
+            HTTP_REQUESTS.labels(scope["method"], route, str(code)).inc()
 
 
 def _limits_in_openapi(app: FastAPI, settings: Settings) -> None:
@@ -197,15 +226,9 @@ def create_app(
     app.state.events = events
     _limits_in_openapi(app, settings)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        route = _route_of(request)
-        HTTP_REQUEST_SECONDS.labels(request.method, route).observe(time.perf_counter() - t0)
-        HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-        return response
-
+    # API key -> user for settings.key_cache_s: a request with a known key runs no auth query.
+    app.state.keys = KeyCache(lambda key: authenticate(app.state.storage, key), ttl_s=settings.key_cache_s)
+    app.add_middleware(Measure)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     def _error(code: int, detail: Any) -> JSONResponse:

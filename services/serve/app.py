@@ -23,13 +23,12 @@ the API can set it beside the search's prediction.
 
 import asyncio
 import base64
-import hashlib
 import io
 import re
 import statistics
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -41,6 +40,7 @@ from PIL import Image, UnidentifiedImageError
 from ray import serve
 from ray.serve import metrics
 
+from services.auth import KeyCache, TTLCache
 from services.serve.segmenter import Segmenter, SegmenterConfig
 
 __all__ = [
@@ -155,70 +155,6 @@ async def _multipart_image(request: Request, max_bytes: int) -> bytes:
     return data
 
 
-class _TTLCache:
-    """``fetch(key)`` results for ``ttl_s``, at most ``size`` of them (least recently used out);
-    a None result is never cached."""
-
-    def __init__(
-        self, fetch: Callable[[str], Any], *, ttl_s: float, size: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.fetch, self.ttl_s, self.size, self.clock = fetch, ttl_s, size, clock
-        self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def cached(self, slot: str) -> bool:
-        """Whether ``slot`` holds a fresh entry (a :meth:`get` would not fetch)."""
-        hit = self._entries.get(slot)
-        return hit is not None and self.clock() - hit[0] < self.ttl_s
-
-    def get(self, key: str, slot: str | None = None) -> Any:
-        slot = key if slot is None else slot
-        now = self.clock()
-        with self._lock:
-            hit = self._entries.get(slot)
-            if hit is not None and now - hit[0] < self.ttl_s:
-                self._entries.move_to_end(slot)
-                return hit[1]
-            self._entries.pop(slot, None)
-        value = self.fetch(key)
-        if value is not None:
-            with self._lock:
-                self._entries[slot] = (now, value)
-                while len(self._entries) > self.size:
-                    self._entries.popitem(last=False)
-        return value
-
-
-class KeyCache(_TTLCache):
-    """API key -> user, for keys that verified: at most ``size`` of them (least recently used out),
-    each for ``ttl_s`` (a revoked key stops working within that). A key that does not verify is
-    never cached, so random bearer strings cannot fill it; keys are held as sha256 digests."""
-
-    def __init__(
-        self,
-        verify: Callable[[str], str | None],
-        *,
-        ttl_s: float = 1.0,
-        size: int = 1024,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(verify, ttl_s=ttl_s, size=size, clock=clock)
-
-    def user(self, key: str) -> str | None:
-        user: str | None = self.get(key, _digest(key))
-        return user
-
-    def cached_user(self, key: str) -> bool:
-        return self.cached(_digest(key))
-
-
-def _digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
 def _bearer(authorization: str | None) -> str | None:
     if authorization and authorization.lower().startswith("bearer "):
         return authorization[7:].strip() or None
@@ -236,7 +172,7 @@ class _Access:
 
             self.storage = SQLStorage(database_url)
         self._keys = KeyCache(self._authenticate)
-        self._deployments = _TTLCache(self._find, ttl_s=1.0, size=256)
+        self._deployments = TTLCache(self._find, ttl_s=1.0, size=256)
 
     def _authenticate(self, key: str) -> str | None:
         from services.auth import authenticate

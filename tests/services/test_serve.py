@@ -374,7 +374,7 @@ def test_decompression_bombs_are_413_and_messages_show_no_reprs() -> None:
 
 
 def test_key_cache_is_bounded_keeps_only_verified_keys_and_expires() -> None:
-    from services.serve.app import KeyCache
+    from services.auth import KeyCache
 
     now = [0.0]
     valid = {f"hyk_{i}": f"user{i}" for i in range(5)}

@@ -44,6 +44,11 @@ class SQLCore(Storage):
         if create:
             upgrade_database(url, connect_timeout_s=connect_timeout_s)
         self._engine = create_storage_engine(url, connect_timeout_s=connect_timeout_s, busy_timeout_s=busy_timeout_s)
+        # Reads on PostgreSQL run in autocommit: no BEGIN and COMMIT round trips around them. At
+        # READ COMMITTED each statement takes its own snapshot inside a transaction anyway, so a
+        # read sees what it saw before. (SQLite's BEGIN / COMMIT are local calls: left as they are.)
+        postgres = self._engine.url.get_backend_name() == "postgresql"
+        self._read_engine = self._engine.execution_options(isolation_level="AUTOCOMMIT") if postgres else self._engine
 
     @classmethod
     def connect(
@@ -111,15 +116,17 @@ class SQLCore(Storage):
 
     @contextmanager
     def _session_scope(self, *, write: bool = False) -> Iterator[Session]:
-        """One transaction: commit on success, roll back on any error, always close.
+        """One transaction (for a read on PostgreSQL: autocommit statements): commit on success,
+        roll back on any error, always close.
 
         SQLAlchemy / DBAPI errors become :class:`StorageError` with a one-line message; the
         storage's own errors (KeyError, IllegalTransition, ...) pass through unchanged.
 
         Args:
             write: The transaction will write: on SQLite it starts with ``BEGIN IMMEDIATE``.
+                Without it, the block must only read.
         """
-        session = Session(self._engine, autoflush=False, expire_on_commit=False)
+        session = Session(self._engine if write else self._read_engine, autoflush=False, expire_on_commit=False)
         try:
             if write:
                 session.connection(execution_options={WRITE_OPTION: True})

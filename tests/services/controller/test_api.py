@@ -38,10 +38,16 @@ def test_every_api_call_needs_a_key(api: Api, method: str, path: str) -> None:
         assert "API key" in r.json()["detail"]
 
 
-def test_revoked_key_is_refused(api: Api) -> None:
+def test_revoked_key_is_refused_within_the_key_cache_time(api: Api) -> None:
+    """A verified key is remembered for ``key_cache_s`` (1 s): its revocation holds after that."""
+    now = [100.0]
+    api.client.app.state.keys.clock = lambda: now[0]  # type: ignore[attr-defined]
     assert api.client.get("/api/v1/searches", headers=api.bob).status_code == 200
     (bob_key,) = api.storage.list_api_keys("bob")
     api.storage.revoke_api_key(bob_key.id)
+    now[0] += 0.9
+    assert api.client.get("/api/v1/searches", headers=api.bob).status_code == 200  # still remembered
+    now[0] += 0.2
     assert api.client.get("/api/v1/searches", headers=api.bob).status_code == 401
 
 

@@ -28,13 +28,14 @@ _CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 
 
 @contextmanager
-def statements(storage: SQLStorage) -> Iterator[list[str]]:
-    """The SQL statements sent through ``storage``'s engine inside the block (see the module doc)."""
+def statements(storage: SQLStorage, *, keys: bool = False) -> Iterator[list[str]]:
+    """The SQL statements sent through ``storage``'s engine inside the block (see the module doc;
+    ``keys``: the API-key lookups too)."""
     seen: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         text = " ".join(statement.split())
-        if not text.upper().startswith(_CONTROL) and "api_keys" not in text:
+        if not text.upper().startswith(_CONTROL) and (keys or "api_keys" not in text):
             seen.append(text)
 
     event.listen(storage.engine, "before_cursor_execute", record)
@@ -125,3 +126,17 @@ def test_a_scrape_takes_a_constant_number_of_queries_and_no_algorithm_state(api:
     assert len(small["hyctas_search_hypervolume"]) == 1 and len(large["hyctas_search_hypervolume"]) == 13
     jobs = {s.labels["state"]: s.value for s in large["hyctas_jobs"]}
     assert jobs["succeeded"] == 2 and jobs["queued"] == 0  # a trained supernet and the search's job
+
+
+def test_a_remembered_key_costs_no_query(api: Api) -> None:
+    """Authentication queries the key once, then answers from the key cache until it expires."""
+    assert isinstance(api.storage, SQLStorage)
+    now = [100.0]
+    api.client.app.state.keys.clock = lambda: now[0]  # type: ignore[attr-defined]
+    lookups = []
+    for step in (0.0, 0.5, 0.6):  # t = 100 (query), 100.5 (cached), 101.1 (expired: query again)
+        now[0] += step
+        with statements(api.storage, keys=True) as seen:
+            assert api.client.get("/api/v1/jobs", headers=api.alice).status_code == 200
+        lookups.append(sum("api_keys" in s for s in seen))
+    assert lookups == [1, 0, 1]
