@@ -190,7 +190,7 @@ def apikey_list(user: Annotated[str | None, typer.Option()] = None, db: DbOpt = 
 def apikey_revoke(
     key_id: Annotated[int, typer.Argument(help="id from `hyctas apikey list`")], db: DbOpt = None
 ) -> None:
-    """Revoke a key: requests with it get 401 from now on."""
+    """Revoke a key: requests with it get 401 within HYCTAS_KEY_CACHE_S (1 s)."""
     storage = _storage(_settings(database_url=db).database_url)
     try:
         storage.revoke_api_key(key_id)
