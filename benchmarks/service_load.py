@@ -5,8 +5,9 @@ Redis from ``HYCTAS_DATABASE_URL`` / ``HYCTAS_REDIS_URL``, default the local ser
 throw-away database is created and dropped), trains a tiny supernet, then runs the same search
 twice: alone, and with ``--clients`` concurrent clients reading in a loop what a dashboard and
 scripts read during a search: the search list, the search, its front, its individuals and the
-job list. Prints one JSON object: throughput, p50 / p99 latency and errors of the reads, and the
-search's slowdown under them.
+job list. Prints one JSON object: throughput, p50 / p99 latency and errors of the reads, the
+search's slowdown under them, and where the cores went (``client_cores``: the load generator,
+an aiohttp session on uvloop in this process; ``controller_cores`` and its CPU per request).
 
     python benchmarks/service_load.py --clients 200 --generations 4
 """
@@ -28,7 +29,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp  # installed with Ray; a load generator several times lighter per request than httpx
 import httpx
+import uvloop
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -89,6 +92,7 @@ def main() -> None:
         procs.append(subprocess.Popen([BIN / "hyctas", "controller", "--port", str(port), "--log-level", "warning",
                                        *workers], env=env, stdout=log, stderr=log))  # fmt: skip
         base = f"http://127.0.0.1:{port}"
+        api_base = base + "/api/v1"
         _wait(lambda: {"ok": _ready(base)}, lambda b: b["ok"], 60)
         procs.append(subprocess.Popen([BIN / "hyctas", "worker", "--ray-address", f"127.0.0.1:{ray_port}",
                                        "--metrics-port", "0"], env=env, stdout=log, stderr=log))  # fmt: skip
@@ -119,15 +123,16 @@ def main() -> None:
             error_kinds: dict[str, int] = {}
             stop = asyncio.Event()
 
-            async def client(c: httpx.AsyncClient, k: int) -> None:
+            async def client(c: aiohttp.ClientSession, k: int) -> None:
                 nonlocal errors
                 i = k
                 while not stop.is_set():
                     t0 = time.perf_counter()
                     try:
-                        status = (await c.get(paths[i % len(paths)])).status_code
-                        kind = "" if status == 200 else f"HTTP {status}"
-                    except httpx.HTTPError as exc:
+                        async with c.get(api_base + paths[i % len(paths)]) as r:
+                            await r.read()
+                            kind = "" if r.status == 200 else f"HTTP {r.status}"
+                    except (aiohttp.ClientError, TimeoutError) as exc:
                         kind = type(exc).__name__
                     latencies.append(time.perf_counter() - t0)
                     if kind:
@@ -136,13 +141,13 @@ def main() -> None:
                     i += 1
 
             async def load() -> dict[str, Any]:
-                limits = httpx.Limits(max_connections=clients + 1, max_keepalive_connections=clients + 1)
-                async with httpx.AsyncClient(
-                    base_url=base + "/api/v1", headers=headers, timeout=60, limits=limits
-                ) as c:
+                connector = aiohttp.TCPConnector(limit=clients + 1)
+                timeout = aiohttp.ClientTimeout(total=60)
+                async with aiohttp.ClientSession(headers=headers, connector=connector, timeout=timeout) as c:
                     tasks = [asyncio.create_task(client(c, k)) for k in range(clients)]
                     while True:
-                        body: dict[str, Any] = (await c.get(f"/searches/{search_id}")).json()
+                        async with c.get(f"{api_base}/searches/{search_id}") as r:
+                            body: dict[str, Any] = await r.json()
                         if body["state"] == "succeeded":
                             break
                         await asyncio.sleep(0.5)
@@ -150,9 +155,11 @@ def main() -> None:
                     await asyncio.gather(*tasks)
                     return body
 
-            t0 = time.perf_counter()
-            done = asyncio.run(load())
+            controller = procs[0].pid
+            t0, client0, server0 = time.perf_counter(), time.process_time(), _tree_cpu_s(controller)
+            done = uvloop.run(load())
             wall = time.perf_counter() - t0
+            client_s, server_s = time.process_time() - client0, _tree_cpu_s(controller) - server0
             out: dict[str, Any] = {
                 "search_s": round(wall, 2),
                 "mean_generation_s": done["timings"]["mean_generation_s"],
@@ -161,7 +168,11 @@ def main() -> None:
                 q = statistics.quantiles(latencies, n=100)
                 out.update(requests=len(latencies), throughput_rps=round(len(latencies) / wall, 1),
                            p50_ms=round(1000 * q[49], 2), p99_ms=round(1000 * q[98], 2), errors=errors,
-                           error_kinds=error_kinds)  # fmt: skip
+                           error_kinds=error_kinds,
+                           # Where the 2 cores went: the load generator (this process) and the
+                           # controller's processes, in cores busy over the run and per request.
+                           client_cores=round(client_s / wall, 2), controller_cores=round(server_s / wall, 2),
+                           controller_cpu_ms_per_request=round(1000 * server_s / len(latencies), 2))  # fmt: skip
             return out
 
         alone = run_search("alone", 0, supernets[0])
@@ -180,6 +191,18 @@ def main() -> None:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and its live descendants, from /proc."""
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except (OSError, IndexError, ValueError):
+        return total
+    return total + sum(_tree_cpu_s(int(c)) for c in children)
 
 
 def _listening(port: int) -> bool:
