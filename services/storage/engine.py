@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import re
+import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -23,6 +24,10 @@ __all__ = ["UNAVAILABLE", "WRITE_OPTION", "create_storage_engine", "mask_url", "
 UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
 
 WRITE_OPTION = "hyctas_write"  # execution option: the SQLite transaction starts with BEGIN IMMEDIATE
+# A pooled PostgreSQL connection idle this long is pinged at checkout; a busier one is not (a
+# round trip per checkout was an eighth of a read's cost). A restart is then noticed by the
+# first statement on a busy connection, which invalidates the whole pool: one request fails.
+PING_IDLE_S = 2.0
 _MAX_MESSAGE = 400
 
 
@@ -77,7 +82,7 @@ def create_storage_engine(
 
     SQLite: WAL journal (``synchronous=NORMAL``), foreign keys on, ``busy_timeout_s`` for a writer waiting on another,
     ``BEGIN IMMEDIATE`` for transactions run with the ``hyctas_write`` execution option.
-    PostgreSQL: ``connect_timeout_s``, pre-ping of pooled connections. Both: strict JSON.
+    PostgreSQL: ``connect_timeout_s``, a ping of pooled connections idle over PING_IDLE_S. Both: strict JSON.
 
     Args:
         url: A SQLAlchemy URL.
@@ -103,7 +108,6 @@ def create_storage_engine(
         kwargs["connect_args"] = {"timeout": busy_timeout_s}
     elif backend == "postgresql":
         kwargs["connect_args"] = {"connect_timeout": max(1, math.ceil(connect_timeout_s))}
-        kwargs["pool_pre_ping"] = pooled
     try:
         engine = create_engine(parsed, **kwargs)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
@@ -111,4 +115,27 @@ def create_storage_engine(
     if backend == "sqlite":
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
+    elif pooled:
+        _ping_when_idle(engine)
     return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection at checkout when it sat in the pool over :data:`PING_IDLE_S`; a
+    failed ping makes the pool replace it (SQLAlchemy's pessimistic disconnect handling, for
+    idle connections only)."""
+
+    def checkin(_dbapi: Any, record: ConnectionPoolEntry) -> None:
+        record.info["checked_in_at"] = time.monotonic()
+
+    def checkout(dbapi: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        since = record.info.get("checked_in_at")
+        if since is not None and time.monotonic() - since < PING_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi)
+        except Exception as exc:  # any driver error: the connection is gone
+            raise DisconnectionError(f"stale pooled connection: {one_line(exc)}") from exc
+
+    event.listen(engine, "checkin", checkin)
+    event.listen(engine, "checkout", checkout)

@@ -30,6 +30,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Engine, Integer, MetaData, create_engine, insert, inspect, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from hyctas_core.storage import IllegalTransition, SearchState, SearchStore, StorageError
 from hyctas_core.storage_memory import InMemorySearchStore
@@ -274,6 +275,36 @@ def test_connect_refuses_unknown_schema_revision(sqlite_url: str) -> None:
 def test_connect_accepts_the_postgres_database(pg_url: str) -> None:
     """connect() succeeds on the migrated PostgreSQL database."""
     with SQLStorage.connect(pg_url) as storage:
+        assert storage.list_searches() == ([], 0)
+
+
+@pytest.mark.integration
+def test_a_dropped_connection_is_replaced(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server closes the pooled connections (a restart): an idle one is pinged and replaced
+    at checkout, unseen by the caller; on a busy one the first read fails as unavailable (503)
+    and the pool is renewed, so the next read works."""
+    from hyctas_core.storage import StorageUnavailable
+    from services.storage import engine as engine_module
+
+    def drop_connections(storage: SQLStorage) -> None:
+        """Terminate the storage's pooled connections (one: its calls run one at a time)."""
+        with storage.engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        admin = create_engine(pg_url, poolclass=NullPool)
+        with admin.connect() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+        admin.dispose()
+        time.sleep(0.2)
+
+    with SQLStorage.connect(pg_url) as storage:
+        assert storage.list_searches() == ([], 0)
+        monkeypatch.setattr(engine_module, "PING_IDLE_S", 0.0)  # every pooled connection counts as idle
+        drop_connections(storage)
+        assert storage.list_searches() == ([], 0)
+        monkeypatch.setattr(engine_module, "PING_IDLE_S", 3600.0)  # none does: no ping
+        drop_connections(storage)
+        with pytest.raises(StorageUnavailable):
+            storage.list_searches()
         assert storage.list_searches() == ([], 0)
 
 
