@@ -18,7 +18,14 @@ from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from hyctas_core.storage import StorageError
 
-__all__ = ["UNAVAILABLE", "WRITE_OPTION", "create_storage_engine", "mask_url", "one_line"]
+__all__ = [
+    "POOL_CONNECTIONS",
+    "UNAVAILABLE",
+    "WRITE_OPTION",
+    "create_storage_engine",
+    "mask_url",
+    "one_line",
+]
 
 # Errors that mean "the database cannot be reached now" (a 503 to clients), not a bad request.
 UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
@@ -28,6 +35,10 @@ WRITE_OPTION = "hyctas_write"  # execution option: the SQLite transaction starts
 # round trip per checkout was an eighth of a read's cost). A restart is then noticed by the
 # first statement on a busy connection, which invalidates the whole pool: one request fails.
 PING_IDLE_S = 2.0
+# A pooled PostgreSQL engine keeps up to POOL_SIZE connections open and opens up to POOL_OVERFLOW
+# more under load (SQLAlchemy's defaults, also SQLite's: the controller sizes its thread pool by them).
+POOL_SIZE, POOL_OVERFLOW = 5, 10
+POOL_CONNECTIONS = POOL_SIZE + POOL_OVERFLOW
 _MAX_MESSAGE = 400
 
 
@@ -103,6 +114,8 @@ def create_storage_engine(
     }
     if not pooled:
         kwargs["poolclass"] = NullPool
+    elif parsed.get_backend_name() == "postgresql":
+        kwargs.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         kwargs["connect_args"] = {"timeout": busy_timeout_s}
