@@ -41,6 +41,7 @@ from services.storage.models import (
 )
 from services.storage.sql.core import SQLCore
 from services.storage.sql.records import (
+    INDIVIDUAL_COLUMNS,
     chunks,
     generation_record,
     individual_record,
@@ -196,10 +197,10 @@ class SearchTables(SQLCore):
     def list_individuals(self, search_id: int, *, generation: int | None = None) -> list[IndividualRecord]:
         with self._session_scope() as session:
             self._require_search(session, search_id)
-            query = select(IndividualRow).where(IndividualRow.search_id == search_id)
+            query = select(*INDIVIDUAL_COLUMNS).where(IndividualRow.search_id == search_id)
             if generation is not None:
                 query = query.where(IndividualRow.generation == generation)
-            rows = session.scalars(query.order_by(IndividualRow.generation, IndividualRow.id)).all()
+            rows = session.execute(query.order_by(IndividualRow.generation, IndividualRow.id)).all()
             return [individual_record(r) for r in rows]
 
     def get_evaluations(self, cache_key: str, arch_hashes: list[str]) -> dict[str, dict[str, Any]]:
@@ -294,8 +295,8 @@ class SearchTables(SQLCore):
                 return None, []
             first: dict[str, IndividualRecord] = {}
             for chunk in chunks(list(dict.fromkeys(generation.front))):
-                rows = session.scalars(
-                    select(IndividualRow)
+                rows = session.execute(
+                    select(*INDIVIDUAL_COLUMNS)
                     .where(IndividualRow.search_id == search_id, IndividualRow.arch_hash.in_(chunk))
                     .order_by(IndividualRow.generation, IndividualRow.id)
                 )
