@@ -3,8 +3,9 @@
 Counted with SQLAlchemy's ``before_cursor_execute`` event on the storage's engine. Transaction
 control (BEGIN / COMMIT / ROLLBACK) is not a query, and the API-key lookup of authentication
 (one statement when a key is not remembered; see ``test_a_remembered_key_costs_no_query``) is
-left out: what is counted is what the route reads. The limits are the issue's: ``GET /searches`` at most 3 per page whatever its size,
-``/pareto`` at most 3, a Prometheus scrape a constant number that loads no algorithm state.
+left out: what is counted is what the route reads. The limits are the issue's: ``GET /searches``
+at most 3 per page whatever its size, ``/pareto`` at most 3, a Prometheus scrape a constant
+number that loads no algorithm state.
 """
 
 from __future__ import annotations
