@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -74,44 +75,30 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-# The model options of ``hyctas arch`` / ``hyctas export``: the arch, the input and the ModelConfig
-# fields a network is built with. Unset (None), a config field is the preset's (official for
-# hyctas-s/m/l, light for -lite; the ModelConfig defaults for --from-json).
-_FLAGS: dict[str, Any] = {
-    "preset": Annotated[
-        str | None,
-        typer.Option("--preset", help="hyctas-s, hyctas-m, hyctas-l (official modules) or hyctas-s-lite, ... (light)"),
-    ],
-    "from_json": Annotated[Path | None, typer.Option("--from-json", help="arch in the official JSON format")],
-    "base_channels": Annotated[int, typer.Option("--base-channels", min=1, max=256, help="F: full widths 8F/16F/32F")],
-    "input_size": Annotated[str, typer.Option("--input-size", help="HxW")],
-    "num_classes": Annotated[int, typer.Option("--num-classes", min=1, max=10000)],
-    "output_stride": Annotated[int | None, typer.Option(help="8, or 4 to fuse the 1/4 stem feature")],
-    "head": Annotated[str | None, typer.Option(help="light or official (attention + zoomed conv)")],
-    "attn_heads": Annotated[int | None, typer.Option(min=1, max=64, help="attention heads")],
-    "attn_ratio": Annotated[float | None, typer.Option(help="attention width / cell width, (0, 1]")],
-    "attn_qk_ratio": Annotated[float | None, typer.Option(help="query/key width / value width, (0, 1]")],
-    "se_reduction": Annotated[int | None, typer.Option(min=1, max=64, help="fusion SE reduction")],
-    "stem_width": Annotated[float | None, typer.Option(help="stem width multiplier")],
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
-    """What ``--preset`` / ``--from-json`` and the model flags ask for (see :func:`model_options`)."""
+    """What ``--preset`` / ``--from-json`` and the model flags of ``hyctas arch`` / ``hyctas export``
+    ask for (see :func:`model_options`): the arch, the input and the ModelConfig fields a network
+    is built with. Unset (None), a config field is the preset's (official for hyctas-s/m/l, light
+    for -lite; the ModelConfig defaults for --from-json)."""
 
-    preset: str | None = None
-    from_json: Path | None = None
-    base_channels: int = 12
-    input_size: str = "512x1024"
-    num_classes: int = 19
-    output_stride: int | None = None
-    head: str | None = None
-    attn_heads: int | None = None
-    attn_ratio: float | None = None
-    attn_qk_ratio: float | None = None
-    se_reduction: int | None = None
-    stem_width: float | None = None
+    preset: Annotated[
+        str | None,
+        typer.Option("--preset", help="hyctas-s, hyctas-m, hyctas-l (official modules) or hyctas-s-lite, ... (light)"),
+    ] = None
+    from_json: Annotated[Path | None, typer.Option("--from-json", help="arch in the official JSON format")] = None
+    base_channels: Annotated[int, typer.Option("--base-channels", min=1, max=256, help="F: full widths 8F/16F/32F")] = (
+        12
+    )
+    input_size: Annotated[str, typer.Option("--input-size", help="HxW")] = "512x1024"
+    num_classes: Annotated[int, typer.Option("--num-classes", min=1, max=10000)] = 19
+    output_stride: Annotated[int | None, typer.Option(help="8, or 4 to fuse the 1/4 stem feature")] = None
+    head: Annotated[str | None, typer.Option(help="light or official (attention + zoomed conv)")] = None
+    attn_heads: Annotated[int | None, typer.Option(min=1, max=64, help="attention heads")] = None
+    attn_ratio: Annotated[float | None, typer.Option(help="attention width / cell width, (0, 1]")] = None
+    attn_qk_ratio: Annotated[float | None, typer.Option(help="query/key width / value width, (0, 1]")] = None
+    se_reduction: Annotated[int | None, typer.Option(min=1, max=64, help="fusion SE reduction")] = None
+    stem_width: Annotated[float | None, typer.Option(help="stem width multiplier")] = None
 
     @property
     def given(self) -> bool:
@@ -139,8 +126,9 @@ def model_options(command: _F) -> _F:
     ``--preset``, ``--from-json``, ``--base-channels``, ... on the command line, and the command is
     called with them gathered into one :class:`ModelOptions`."""
     own = inspect.signature(command, eval_str=True)
+    flag_types = typing.get_type_hints(ModelOptions, include_extras=True)  # Annotated[type, typer.Option]
     flags = [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=_FLAGS[f.name])
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=flag_types[f.name])
         for f in dataclasses.fields(ModelOptions)
     ]
     params = [p for name, p in own.parameters.items() if name != "model"] + flags

@@ -86,6 +86,16 @@ class TTLCache:
         hit = self._entries.get(slot)
         return hit is not None and self.clock() - hit[0] < self.ttl_s
 
+    def peek(self, slot: str) -> Any:
+        """The fresh entry of ``slot``, or None: never fetches (safe on an event loop)."""
+        now = self.clock()
+        with self._lock:
+            hit = self._entries.get(slot)
+            if hit is None or now - hit[0] >= self.ttl_s:
+                return None
+            self._entries.move_to_end(slot)
+            return hit[1]
+
     def get(self, key: str, slot: str | None = None) -> Any:
         slot = key if slot is None else slot
         now = self.clock()
@@ -125,3 +135,8 @@ class KeyCache(TTLCache):
 
     def cached_user(self, key: str) -> bool:
         return self.cached(hash_key(key))
+
+    def remembered(self, key: str) -> str | None:
+        """The user of ``key`` if it verified within ``ttl_s``, else None (no query)."""
+        user: str | None = self.peek(hash_key(key))
+        return user

@@ -76,7 +76,7 @@ async def current_user(
         )  # fmt: skip
     keys: KeyCache = request.app.state.keys
     key = credentials.credentials
-    user = keys.user(key) if keys.cached_user(key) else await run_in_threadpool(keys.user, key)
+    user = keys.remembered(key) or await run_in_threadpool(keys.user, key)
     if user is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"}

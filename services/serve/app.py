@@ -40,7 +40,7 @@ from PIL import Image, UnidentifiedImageError
 from ray import serve
 from ray.serve import metrics
 
-from services.auth import KeyCache, TTLCache
+from services.auth import KeyCache, TTLCache, authenticate
 from services.serve.segmenter import Segmenter, SegmenterConfig
 
 __all__ = [
@@ -175,8 +175,6 @@ class _Access:
         self._deployments = TTLCache(self._find, ttl_s=1.0, size=256)
 
     def _authenticate(self, key: str) -> str | None:
-        from services.auth import authenticate
-
         return authenticate(self.storage, key)
 
     def _find(self, name: str) -> Any:

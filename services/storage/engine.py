@@ -114,13 +114,13 @@ def create_storage_engine(
     }
     if not pooled:
         kwargs["poolclass"] = NullPool
-    elif parsed.get_backend_name() == "postgresql":
-        kwargs.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         kwargs["connect_args"] = {"timeout": busy_timeout_s}
     elif backend == "postgresql":
         kwargs["connect_args"] = {"connect_timeout": max(1, math.ceil(connect_timeout_s))}
+        if pooled:
+            kwargs.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
     try:
         engine = create_engine(parsed, **kwargs)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
@@ -128,7 +128,7 @@ def create_storage_engine(
     if backend == "sqlite":
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
-    elif pooled:
+    elif backend == "postgresql" and pooled:
         _ping_when_idle(engine)
     return engine
 
