@@ -100,6 +100,8 @@ def test_a_failed_attempt_is_retried_then_failed_for_good(settings: Settings, ba
     job = storage.get_job(job_id)
     assert attempts == [1, 2] and (job.attempts, job.failures) == (2, 2)
     assert job.error == "failed 2 times; last: RuntimeError: boom 2"
+    # The search is failed in the worker's next transaction, just after the job.
+    _wait_for(lambda: storage.find_search("s", owner="alice").state.is_finished())
     search = storage.find_search("s", owner="alice")
     assert search is not None and search.state is SearchState.FAILED and search.error == job.error
     _wait_for(lambda: queue.depth() == 0)
