@@ -7,9 +7,11 @@ twice: alone, and with ``--clients`` concurrent clients reading in a loop what a
 scripts read during a search: the search list, the search, its front, its individuals and the
 job list. Prints one JSON object: throughput, p50 / p99 latency and errors of the reads, the
 search's slowdown under them, and where the cores went (``client_cores``: the load generator,
-an aiohttp session on uvloop in this process; ``controller_cores`` and its CPU per request).
+an aiohttp session on uvloop in this process; ``controller_cores`` and its CPU per request) and
+how the controller's read cache answered (``read_cache``: hits, reads shared with one in flight,
+misses; ``--read-cache-s 0`` measures the routes without it).
 
-    python benchmarks/service_load.py --clients 200 --generations 4
+    python benchmarks/service_load.py --clients 200 --controller-workers 2
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 import aiohttp  # installed with Ray; a load generator several times lighter per request than httpx
 import httpx
 import uvloop
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -61,6 +64,9 @@ def main() -> None:
     ap.add_argument("--controller-workers", type=int, default=1, help="uvicorn worker processes of the controller")
     ap.add_argument("--generations", type=int, default=4)
     ap.add_argument("--population", type=int, default=6)
+    ap.add_argument(
+        "--read-cache-s", type=float, default=None, help="HYCTAS_READ_CACHE_S of the controller (default: its default)"
+    )
     args = ap.parse_args()
 
     db = make_url(os.environ.get("HYCTAS_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
@@ -78,6 +84,8 @@ def main() -> None:
         "HYCTAS_EVENTS_CHANNEL": f"hyctas:bench:events:{name}",
         "HYCTAS_ARTIFACT_DIR": str(tmp / "artifacts"), "HYCTAS_DATA_DIR": str(tmp),
     }  # fmt: skip
+    if args.read_cache_s is not None:
+        env["HYCTAS_READ_CACHE_S"] = str(args.read_cache_s)
     procs: list[subprocess.Popen[bytes]] = []
     log = open(tmp / "services.log", "ab")  # noqa: SIM115
     # Our own head, in its own process group: stopping it leaves any other Ray cluster alone.
@@ -156,6 +164,7 @@ def main() -> None:
                     return body
 
             controller = procs[0].pid
+            cache0 = _read_cache(base)
             t0, client0, server0 = time.perf_counter(), time.process_time(), _tree_cpu_s(controller)
             done = uvloop.run(load())
             wall = time.perf_counter() - t0
@@ -172,7 +181,8 @@ def main() -> None:
                            # Where the 2 cores went: the load generator (this process) and the
                            # controller's processes, in cores busy over the run and per request.
                            client_cores=round(client_s / wall, 2), controller_cores=round(server_s / wall, 2),
-                           controller_cpu_ms_per_request=round(1000 * server_s / len(latencies), 2))  # fmt: skip
+                           controller_cpu_ms_per_request=round(1000 * server_s / len(latencies), 2),
+                           read_cache={k: v - cache0.get(k, 0) for k, v in _read_cache(base).items()})  # fmt: skip
             return out
 
         alone = run_search("alone", 0, supernets[0])
@@ -203,6 +213,18 @@ def _tree_cpu_s(pid: int) -> float:
     except (OSError, IndexError, ValueError):
         return total
     return total + sum(_tree_cpu_s(int(c)) for c in children)
+
+
+def _read_cache(base: str) -> dict[str, int]:
+    """The controller's read-cache counters (summed over its processes), by result."""
+    text_ = httpx.get(base + "/metrics", timeout=10).text
+    counts: dict[str, int] = {}
+    for family in text_string_to_metric_families(text_):
+        if family.name == "hyctas_http_read_cache":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[sample.labels["result"]] = int(sample.value)
+    return counts
 
 
 def _listening(port: int) -> bool:

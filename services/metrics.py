@@ -45,6 +45,12 @@ HTTP_REQUEST_SECONDS = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+READ_CACHE = Counter(
+    "hyctas_http_read_cache_total",
+    "GETs of the API by how the read cache answered: hit (from memory), shared (waited for the same "
+    "read in flight), miss (ran the route)",
+    ["result"],
+)
 EVALUATIONS = Counter("hyctas_evaluations_total", "Sub-network evaluations run by workers", ["status"])
 EVALUATION_SECONDS = Histogram(
     "hyctas_evaluation_duration_seconds",

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     key_cache_s: float = Field(
         1.0, ge=0, description="a verified API key is remembered this long (a revocation holds within it; 0: never)"
     )
+    read_cache_s: float = Field(
+        1.0,
+        ge=0,
+        description="a GET of the API is answered from memory this long per user (own writes and events show at "
+        "once; 0: never)",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
     worker_metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus port of a worker (0: none)")
     # serving (Ray Serve HTTP proxy and the segmentation gateway)

@@ -24,6 +24,7 @@ from hyctas_core.storage import DuplicateName, IllegalTransition, StorageError, 
 from services.auth import KeyCache, authenticate
 from services.controller.api.main import api_router
 from services.controller.dashboard import router as dashboard_router
+from services.controller.read_cache import CachedReads, ReadCache
 from services.controller.service import Conflict, Invalid, NotFound
 from services.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS, StateCollector
 from services.queue import EventBus, JobQueue, QueueError
@@ -215,6 +216,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.read_cache.aclose()
             if registered:
                 REGISTRY.unregister(collector)
             for backend in opened:
@@ -234,6 +236,9 @@ def create_app(
 
     # API key -> user for settings.key_cache_s: a request with a known key runs no auth query.
     app.state.keys = KeyCache(lambda key: authenticate(app.state.storage, key), ttl_s=settings.key_cache_s)
+    # GETs of the API answered from memory for settings.read_cache_s (services/controller/read_cache.py).
+    app.state.read_cache = ReadCache(keys=app.state.keys, ttl_s=settings.read_cache_s, events=lambda: app.state.events)
+    app.add_middleware(CachedReads, cache=app.state.read_cache)
     app.add_middleware(Measure)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 

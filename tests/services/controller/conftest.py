@@ -27,6 +27,13 @@ class Api:
     alice: dict[str, str]
     bob: dict[str, str]
 
+    def let_read_cache_expire(self) -> None:
+        """Moves the read cache's clock past ``read_cache_s``: what a client sees once a write that
+        no event announces (a test writing the storage directly, as a worker would) shows."""
+        cache = self.client.app.state.read_cache  # type: ignore[attr-defined]
+        clock, step = cache.clock, cache.ttl_s
+        cache.clock = lambda: clock() + step
+
     def trained_supernet(self, owner: str = "alice", checkpoint: str = "/ckpt/supernet.pt") -> int:
         """A supernet job marked as trained (the worker's part is tested elsewhere)."""
         headers = self.alice if owner == "alice" else self.bob

@@ -212,6 +212,7 @@ def test_verification_is_stored_queued_after_the_search_shown_and_cancellable(ap
     ]
     record = {"state": "succeeded", "k": 3, "done": 3, "epochs": 2, "rows": rows, "kendall_tau": 0.3333}
     api.storage.set_search_verification(stored.id, {**record, "spearman": 0.5, "job_id": verify_id, "error": None})
+    api.let_read_cache_expire()
     shown = api.client.get(f"/api/v1/searches/{stored.id}", headers=api.alice).json()["verification"]
     assert shown["kendall_tau"] == 0.3333 and shown["spearman"] == 0.5 and shown["rows"] == rows
     listed = api.client.get("/api/v1/searches", headers=api.alice).json()["data"]
@@ -404,6 +405,7 @@ def test_a_deployment_shows_its_serving_latency_beside_the_search_prediction(api
     report = {"input_size": [64, 128], "requests": 40, "p50_ms": 25.0, "p90_ms": 30.0, "mean_ms": 26.0,
               "mean_batch": 1.0, "backend": "onnxruntime", "device": "cpu", "device_class": "cpu"}  # fmt: skip
     api.storage.record_serving_latency(did, report)
+    api.let_read_cache_expire()
     body = api.client.get("/api/v1/deployments/fast", headers=api.alice).json()
     latency = body["latency"]
     assert latency["measured"]["p50_ms"] == 25.0 and latency["measured"]["at"]
@@ -413,6 +415,7 @@ def test_a_deployment_shows_its_serving_latency_beside_the_search_prediction(api
     assert listed[0]["serving_latency"]["p50_ms"] == 25.0 and listed[0]["latency"] is None  # no per-row queries
     # Served at another size: the prediction is shown, the error is not.
     api.storage.record_serving_latency(did, {**report, "input_size": [128, 256]})
+    api.let_read_cache_expire()
     latency = api.client.get("/api/v1/deployments/fast", headers=api.alice).json()["latency"]
     assert latency["predicted"]["latency_ms"] == 20.0 and latency["error_ms"] is None and "128x256" in latency["note"]
     # A redeploy with new options clears what was measured on the old ones.
@@ -425,6 +428,7 @@ def test_a_deployment_shows_its_serving_latency_beside_the_search_prediction(api
     api.storage.update_model(pid, state=JobState.SUCCEEDED, checkpoint_uri="file:///ckpt/p.pt")
     assert api.client.post(f"/api/v1/models/{pid}/deploy", json={"name": "pre"}, headers=api.alice).status_code == 202
     api.storage.record_serving_latency(api.storage.find_deployment("pre").id, report)  # type: ignore[union-attr]
+    api.let_read_cache_expire()
     latency = api.client.get("/api/v1/deployments/pre", headers=api.alice).json()["latency"]
     assert latency["predicted"] is None and "did not come from a search" in latency["note"]
 
