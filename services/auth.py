@@ -81,11 +81,6 @@ class TTLCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def cached(self, slot: str) -> bool:
-        """Whether ``slot`` holds a fresh entry (a :meth:`get` would not fetch)."""
-        hit = self._entries.get(slot)
-        return hit is not None and self.clock() - hit[0] < self.ttl_s
-
     def peek(self, slot: str) -> Any:
         """The fresh entry of ``slot``, or None: never fetches (safe on an event loop)."""
         now = self.clock()
@@ -132,9 +127,6 @@ class KeyCache(TTLCache):
     def user(self, key: str) -> str | None:
         user: str | None = self.get(key, hash_key(key))
         return user
-
-    def cached_user(self, key: str) -> bool:
-        return self.cached(hash_key(key))
 
     def remembered(self, key: str) -> str | None:
         """The user of ``key`` if it verified within ``ttl_s``, else None (no query)."""

@@ -182,10 +182,18 @@ class _Access:
         return record if record is not None and record.state in ("running", "deploying") else None
 
     async def check_async(self, deployment: str, authorization: str | None) -> Any:
-        """:meth:`check` without a thread hop when both the row and the key are cached."""
-        key = _bearer(authorization)
-        if self._deployments.cached(deployment) and (key is None or self._keys.cached_user(key)):
-            return self.check(deployment, authorization)
+        """:meth:`check`, on the event loop when the row and the key are cached (read without ever
+        fetching: no query can run on the loop), else in a thread."""
+        if self.storage is None:
+            return None
+        record = self._deployments.peek(deployment)
+        if record is not None:
+            if record.public:
+                return record
+            key = _bearer(authorization)
+            user = self._keys.remembered(key) if key else None
+            if key is None or user is not None:
+                return self._allowed(deployment, record, user)
         return await asyncio.to_thread(self.check, deployment, authorization)
 
     def check(self, deployment: str, authorization: str | None) -> Any:
@@ -199,7 +207,11 @@ class _Access:
         if record.public:
             return record
         key = _bearer(authorization)
-        user = self._keys.user(key) if key else None
+        return self._allowed(deployment, record, self._keys.user(key) if key else None)
+
+    @staticmethod
+    def _allowed(deployment: str, record: Any, user: str | None) -> Any:
+        """``record`` for its owner; 401 without a valid key, 404 for another user's."""
         if user is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "this deployment needs 'Authorization: Bearer <key>'")
         if user != record.owner:
