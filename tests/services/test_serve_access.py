@@ -29,7 +29,7 @@ def access(tmp_path: Path) -> Any:
     for name, public in (("private", False), ("open", True)):
         deployment = storage.create_deployment(name, model, {}, owner="alice", public=public)
         storage.update_deployment(deployment, state="running")
-    access.keys_of = {user: f"Bearer {issue_api_key(storage, user)}" for user in ("alice", "bob")}
+    access.keys_of = {user: f"Bearer {issue_api_key(storage, user)}" for user in ("alice", "bob")}  # type: ignore[attr-defined]
     yield access
     storage.close()
 
@@ -64,7 +64,7 @@ def test_a_cached_row_and_key_run_no_query_and_no_thread(access: Any, monkeypatc
     def no_thread(*_: Any, **__: Any) -> Any:
         raise AssertionError("a thread hop for a cached row and key")
 
-    monkeypatch.setattr(serve_app.asyncio, "to_thread", no_thread)
+    monkeypatch.setattr("asyncio.to_thread", no_thread)
     with statements(access.storage, keys=True) as seen:
         assert _check(access, "private", alice).name == "private"
         assert _status(access, "private", None) == 401  # no key: nothing to look up
