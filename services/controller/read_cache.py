@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from anyio import to_thread
+from fastapi.security.utils import get_authorization_scheme_param
 
 from services.auth import KeyCache
 from services.metrics import READ_CACHE
@@ -52,7 +53,6 @@ _COUNT = {result: READ_CACHE.labels(result) for result in ("hit", "shared", "mis
 
 @dataclass(frozen=True)
 class _Answer:
-    user: str
     at: float
     headers: list[tuple[bytes, bytes]]
     body: bytes
@@ -126,7 +126,7 @@ class ReadCache:
         key = _bearer(scope)
         user = await self._user(key) if key else None
         if user is None:  # no valid key (or no database to tell): the route answers 401 or 503
-            await self._run(app, scope, receive, send, key, None)
+            await app(scope, receive, send)
             return
         slot = (user, path, scope.get("query_string", b""))
         answer = self._fresh(slot)
@@ -139,7 +139,7 @@ class ReadCache:
             await _replay(answer, send)
             return
         _COUNT["miss"].inc()
-        await self._run(app, scope, receive, send, key, slot)
+        await self._run(app, scope, receive, send, slot)
 
     def _listen(self) -> None:
         """Starts (or restarts, on a new loop) the task that drops answers on events."""
@@ -191,41 +191,39 @@ class ReadCache:
         scope: Scope,
         receive: Receive,
         send: Send,
-        key: str | None,
-        slot: tuple[str, str, bytes] | None,
+        slot: tuple[str, str, bytes],
     ) -> None:
-        """Runs the route, passing its answer on and keeping it if it may be reused."""
-        flight: asyncio.Future[_Answer | None] | None = None
-        if slot is not None:
-            flight = asyncio.get_running_loop().create_future()
-            self._flights[slot] = flight
+        """Runs the route for ``slot``, passing its answer on, and keeps the answer (for the
+        requests waiting on this one too) if it may be reused."""
+        flight: asyncio.Future[_Answer | None] = asyncio.get_running_loop().create_future()
+        self._flights[slot] = flight
         epoch, at = self._epoch, self.clock()
         start: Message | None = None
         chunks: list[bytes] = []
+        size = 0
         keep = True
 
         async def capture(message: Message) -> None:
-            nonlocal start, keep
+            nonlocal start, keep, size
             if message["type"] == "http.response.start":
                 start = message
                 keep = message["status"] == 200 and _json(message.get("headers", []))
             elif message["type"] == "http.response.body" and keep:
                 chunks.append(message.get("body", b""))
-                keep = sum(map(len, chunks)) <= self.max_body
+                size += len(chunks[-1])
+                keep = size <= self.max_body
             await send(message)
 
         answer = None
         try:
             await app(scope, receive, capture)
-            user = self.keys.remembered(key) if key else None
-            if keep and start is not None and user is not None and epoch == self._epoch:
+            if keep and start is not None and epoch == self._epoch:
                 headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"set-cookie"]
-                answer = _Answer(user, at, headers, b"".join(chunks), scope.get("route"))
-                self._keep((user, scope["path"], scope.get("query_string", b"")), answer)
+                answer = _Answer(at, headers, b"".join(chunks), scope.get("route"))
+                self._keep(slot, answer)
         finally:
-            if slot is not None and flight is not None:
-                self._flights.pop(slot, None)
-                flight.set_result(answer)
+            self._flights.pop(slot, None)
+            flight.set_result(answer)
 
     def _keep(self, slot: tuple[str, str, bytes], answer: _Answer) -> None:
         old = self._answers.pop(slot, None)
@@ -248,12 +246,12 @@ class CachedReads:
 
 
 def _bearer(scope: Scope) -> str | None:
+    """The key in ``Authorization``, read as the routes' ``HTTPBearer`` reads it (so a header the
+    routes refuse never reaches a cached answer)."""
     for name, value in scope.get("headers", []):
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer":
-                return None
-            return token.strip() or None
+            scheme, key = get_authorization_scheme_param(value.decode("latin-1"))
+            return key if scheme.lower() == "bearer" and key else None
     return None
 
 
