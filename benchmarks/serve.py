@@ -1,8 +1,9 @@
 """Serving benchmark: what the HTTP endpoint costs over calling the model in process, and what batching gains.
 
 A HyCTAS-S network (F=12, weights of a one-step retraining, saved as its checkpoint) at --size,
-served by the project's own deploy path (one model app at ``/segment/bench``, Serve's proxy in
-front) on a local Ray. Prints one JSON object on stdout; every log line goes to stderr.
+served by the project's own deploy path (one model app at ``/segment/bench``, behind HAProxy or
+Serve's Python proxy as ``--ingress`` says; the default is what a local Ray gets) on a local
+Ray. Prints one JSON object on stdout; every log line goes to stderr.
 
 - ``in_process``: each backend called directly (``Segmenter.predict``), batch 1 and 8.
 - Warm-up: requests until the p50 of two consecutive windows of 20 agrees within 5 %.
@@ -11,6 +12,8 @@ front) on a local Ray. Prints one JSON object on stdout; every log line goes to 
   header): HTTP, proxy, the hop to the replica, auth, decoding and encoding, queueing.
   ``endpoint_minus_inprocess_ms_p50`` is the same from the other side: endpoint p50 minus the
   in-process p50, measured in alternating rounds so that neither side gets a quieter machine.
+  ``http_floor``: the same client against a bare uvicorn server that only waits the model's time:
+  the part of the overhead that any Python HTTP server pays on this machine.
 - ``throughput_vs_inprocess``: requests/s at ``--clients`` clients (unbatched) over the model's
   in-process capacity (one caller, back to back, batch 1, the same backend and threads).
 - ``batching_ratio``: requests/s at ``--clients`` batched (max batch 8 with the deployment's
@@ -171,6 +174,63 @@ class Client:
         return most * window
 
 
+def _floor_server(port: int, wait_s: float, answer: int) -> None:
+    """A bare uvicorn server (no Serve, no model): reads the body, waits ``wait_s`` in a thread
+    (where the model would run) and answers ``answer`` bytes."""
+    import asyncio
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def segment(request: Any) -> Response:
+        await request.body()
+        await asyncio.to_thread(time.sleep, wait_s)
+        return Response(
+            b"\0" * answer, media_type="image/png", headers={"Server-Timing": f"model;dur={1000 * wait_s:.3f}"}
+        )
+
+    app = Starlette(routes=[Route("/segment/floor", segment, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error")
+
+
+def http_floor(body: bytes, wait_s: float, answer: int, seconds: float) -> dict[str, float]:
+    """What any Python HTTP server costs on this machine for this request, measured with the same
+    client: a bare uvicorn server that waits as long as the model took. Its latency minus the
+    wait is the floor under the endpoint's overhead that no serving stack removes (the client,
+    loopback HTTP, and waking the idle processes and cores once the model is done)."""
+    import multiprocessing
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = multiprocessing.get_context("spawn").Process(
+        target=_floor_server, args=(port, wait_s, answer), daemon=True
+    )
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{port}/segment/floor"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.post(url, content=b"", timeout=5)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        with httpx.Client(timeout=60) as c:
+            times = _timed(lambda: c.post(url, content=body).raise_for_status(), seconds, 20)
+        return {
+            "floor_ms_p50": round(_ms(times, 50) - 1000 * wait_s, 2),
+            "floor_ms_p99": round(_ms(times, 99) - 1000 * wait_s, 2),
+        }
+    finally:
+        server.terminate()
+        server.join()
+
+
 def _summary(run: dict[str, Any]) -> dict[str, Any]:
     lat = run["latencies"]
     return {
@@ -206,8 +266,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     ckpt = _checkpoint(tmp)
     image = _street_scene((h, w), args.noise)
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    png = buffer.getvalue()
+    Image.fromarray(image).save(
+        buffer, format=args.format.upper(), **({"quality": 90} if args.format == "jpeg" else {})
+    )
+    png = buffer.getvalue()  # the request body (PNG or JPEG)
     in_process = _in_process(ckpt, image, args.seconds, args.threads)
     backend = args.backend or min(in_process, key=lambda b: in_process[b]["batch1_p50_ms"])
 
@@ -221,7 +283,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from services.serve import ingress
+    from services.worker.ray_init import init_ray
+
+    init_ray(None, serve_ingress=args.ingress)  # a new local Ray, never a stale one's address
+    via = ingress.active()
     try:
         ensure_gateway(Endpoint(), http_port=port)
         client = Client(f"http://127.0.0.1:{port}/segment/bench", png)
@@ -238,6 +304,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for key in one:
                 one[key] += run[key]
         overhead = [1000 * t - m for t, m in zip(one["latencies"], one["model_ms"], strict=True)]
+        answer = len(httpx.post(client.url, content=png, timeout=120).content)
+        floor = http_floor(png, statistics.median(one["model_ms"]) / 1000, answer, args.seconds / 2)
         capacity = 1 / statistics.median(inproc)
         # Many clients, unbatched and batched, A-B-B-A.
         runs: dict[int, list[dict[str, Any]]] = {1: [], 8: []}
@@ -271,7 +339,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "in_process_calls": len(inproc),
             },  # fmt: skip
             "overhead_breakdown_ms_p50": {
-                "outside_the_replica (client, HTTP, Serve proxy, the hop)": round(
+                "outside_the_replica (client, HTTP, the proxy, the hop)": round(
                     float(
                         np.percentile(
                             [1000 * t - m["replica"] for t, m in zip(one["latencies"], one["timings"], strict=True)], 50
@@ -285,6 +353,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     if k != "model"
                 },
             },  # fmt: skip
+            # The same client against a bare uvicorn server waiting the model's time: the part of
+            # the overhead that any Python HTTP server pays on this machine.
+            "http_floor": floor,
             "in_process_capacity_rps": round(capacity, 2),
             f"clients_{args.clients}": {
                 "unbatched": {**_summary({**merged[1], "wall_s": sum(r["wall_s"] for r in runs[1])})},
@@ -293,7 +364,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "batching_plan": plan,
             "warm_up_requests": warm,
             "backend": backend,
-            "request_png_bytes": len(png),
+            "ingress": via,
+            "request_format": args.format,
+            "request_bytes": len(png),
             "in_process": in_process,
             "settings": {k: v for k, v in vars(args).items()},
             "machine": machine(),
@@ -308,11 +381,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="256x512", help="HxW of the request images")
     parser.add_argument("--seconds", type=float, default=8.0, help="per measurement phase")
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--format", default="png", choices=["png", "jpeg"], help="request image format")
     parser.add_argument("--noise", action="store_true", help="send uniform noise (worst-case PNG) instead of a scene")
     parser.add_argument("--rounds", type=int, default=2, help="alternations of each comparison")
     parser.add_argument("--threads", type=int, default=2, help="model threads, in process and in the replica")
     parser.add_argument("--force-batching", action="store_true", help="batched: always batch (no adaptive_batching)")
     parser.add_argument("--backend", default=None, help="endpoint backend (default: the fastest in process)")
+    parser.add_argument(
+        "--ingress",
+        default="auto",
+        choices=["auto", "haproxy", "proxy"],
+        help="how requests reach the replica (services.serve.ingress; default as deployed)",
+    )
     parser.add_argument("--quick", action="store_true", help="toy sizes: a smoke run, not a measurement")
     args = parser.parse_args(argv)
     apply_quick(parser, args, QUICK)

@@ -134,7 +134,7 @@ def worker(
 
     start_reaper()  # a `kill -9` of this worker must not leave its Ray processes behind
     try:  # before any job is claimed: a worker whose Ray cannot start takes nothing
-        init_ray(settings.ray_address, timeout_s=settings.ray_init_timeout_s)
+        init_ray(settings.ray_address, timeout_s=settings.ray_init_timeout_s, serve_ingress=settings.serve_ingress)
     except RayStartError as exc:
         fail(str(exc))
     if settings.worker_metrics_port:
@@ -236,19 +236,22 @@ def serve_local(
         fail(f"unknown backend {backend!r}; choose onnxruntime, torchscript or torch")
     import ray
 
+    from services.serve import ingress
     from services.serve.app import Endpoint
     from services.serve.deploy import deploy_model, ensure_gateway
     from services.worker.ray_init import RayStartError, init_ray
 
+    settings = _settings()
     try:
-        init_ray(timeout_s=_settings().ray_init_timeout_s)
+        init_ray(timeout_s=settings.ray_init_timeout_s, serve_ingress=settings.serve_ingress)
     except RayStartError as exc:
         fail(str(exc))
     ensure_gateway(Endpoint(), http_host=host, http_port=port)
     options = {"backend": backend, "max_batch_size": max_batch_size, "batch_wait_s": batch_wait_s,
                "min_replicas": replicas, "max_replicas": replicas}  # fmt: skip
     deploy_model(name, str(path.resolve()), options, endpoint=Endpoint())  # one local model, no keys
-    typer.echo(f"serving {trained.hash} on http://{host}:{port}/segment/{name} (Ctrl-C stops)")
+    via = "HAProxy to the replica" if ingress.active() == "haproxy" else "Serve's proxy"
+    typer.echo(f"serving {trained.hash} on http://{host}:{port}/segment/{name} via {via} (Ctrl-C stops)")
     try:
         while True:
             time.sleep(3600)

@@ -8,6 +8,7 @@ embedded single-machine set-up: SQLite under ``runs/``, Redis on localhost, a lo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +71,11 @@ class Settings(BaseSettings):
     # serving (Ray Serve HTTP proxy and the segmentation gateway)
     serve_host: str = Field("127.0.0.1", description="Ray Serve HTTP bind address (0.0.0.0 in a cluster)")
     serve_port: int = Field(8001, ge=1, le=65535, description="Ray Serve HTTP port: POST /segment/{name}")
+    serve_ingress: Literal["auto", "haproxy", "proxy"] = Field(
+        "auto",
+        description="how requests reach a local Ray's model replicas: HAProxy straight to the replica (auto: where "
+        "a binary exists, as ray[serve] bundles on Linux) or Serve's Python proxy",
+    )
     serve_max_bytes: int = Field(16_000_000, ge=1024, description="larger images get 413 at /segment")
     serve_max_pixels: int = Field(4_200_000, ge=1024, description="images with more pixels get 413 at /segment")
     # processes serving the REST API (`hyctas controller --workers`); about one per core

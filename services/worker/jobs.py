@@ -49,7 +49,9 @@ log = logging.getLogger(__name__)
 
 def _ensure_ray(ctx: JobContext) -> None:
     """Ray for the handlers: the worker's cluster (``HYCTAS_RAY_ADDRESS``) or its own local one."""
-    init_ray(ctx.settings.ray_address, timeout_s=ctx.settings.ray_init_timeout_s)
+    init_ray(
+        ctx.settings.ray_address, timeout_s=ctx.settings.ray_init_timeout_s, serve_ingress=ctx.settings.serve_ingress
+    )
 
 
 def pick_device(requested: str) -> str:

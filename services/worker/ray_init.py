@@ -24,6 +24,8 @@ from typing import Any
 
 import ray
 
+from services.serve import ingress
+
 __all__ = ["RayStartError", "init_ray"]
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -72,13 +74,22 @@ def _shutdown_quietly() -> None:
         pass
 
 
-def init_ray(address: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs: Any) -> bool:
+def init_ray(
+    address: str | None = None,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    serve_ingress: str | None = None,
+    **kwargs: Any,
+) -> bool:
     """``ray.init`` on ``address`` (None: a new local Ray) unless Ray is initialised already.
 
     Args:
         address: a cluster (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``) or None
             (``RAY_ADDRESS``, else a new local Ray).
         timeout_s: give up after this long.
+        serve_ingress: for a new local Ray, how HTTP reaches Serve's replicas
+            (``services.serve.ingress``: ``auto``, ``haproxy``, ``proxy``); None leaves the
+            environment as it is. A cluster at ``address`` has its own.
         kwargs: more ``ray.init`` arguments (``num_cpus`` ...); the dashboard, driver logs and
             Ray's logging set-up are off unless given.
 
@@ -99,6 +110,11 @@ def init_ray(address: str | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S
         "address": address or "local",
     }
     where = f"Ray at {address}" if address else "a local Ray"
+    if not address and serve_ingress is not None:
+        try:
+            ingress.apply(serve_ingress)
+        except ingress.IngressError as exc:
+            raise RayStartError(f"cannot start {where}: {exc}") from None
     endpoint = _endpoint(address) if address else None
     if endpoint is not None:
         started = time.monotonic()

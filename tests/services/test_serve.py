@@ -8,7 +8,9 @@ reading them. Deploys go through the worker's ``deploy`` job handler.
 from __future__ import annotations
 
 import io
+import os
 import socket
+import sys
 import threading
 import time
 import zlib
@@ -34,6 +36,7 @@ from services.settings import Settings  # noqa: E402
 from services.storage import SQLStorage  # noqa: E402
 from services.storage.base import JobState  # noqa: E402
 from services.worker.jobs import run_deploy  # noqa: E402
+from services.worker.ray_init import init_ray  # noqa: E402
 from services.worker.runner import JobContext  # noqa: E402
 from tests.fixtures import panoptic_checkpoint, tiny_retrained  # noqa: E402
 
@@ -92,7 +95,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         port = int(sock.getsockname()[1])
     settings = Settings(database_url=url, serve_port=port, serve_max_bytes=200_000, serve_max_pixels=300_000)
     image = np.asarray(Image.open(next((root / "leftImg8bit" / "val").rglob("*.png"))).convert("RGB"))
-    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
+    # The local Ray a worker starts, with the default ingress (HAProxy where Ray bundles it);
+    # Serve's switches are restored afterwards, so other modules' Rays start as before.
+    saved = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
+    init_ray(None, serve_ingress=settings.serve_ingress, num_cpus=3)
     s = Served(f"http://127.0.0.1:{port}", storage, settings, checkpoint, image, _png(image), alice, bob, model_id)
     try:
         _deploy(s, "seg")
@@ -101,6 +107,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         serve.shutdown()
         ray.shutdown()
         storage.close()
+        for key in [k for k in os.environ if k.startswith("RAY_SERVE_")]:
+            del os.environ[key]
+        os.environ.update(saved)
 
 
 def test_labels_equal_the_model_called_directly(served: Served) -> None:
@@ -259,6 +268,41 @@ def test_one_hop_the_model_app_answers_its_own_route(served: Served) -> None:
         s = served.settings
         ensure_gateway(Endpoint(s.database_url, s.serve_max_bytes, s.serve_max_pixels), http_port=s.serve_port)
     assert httpx.get(f"{served.base}/health", timeout=10).json() == {"status": "ok"}
+
+
+def _listening_executable(port: int) -> str:
+    """The executable of the process listening on TCP ``port`` (from /proc: Linux only)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                    inodes.add(fields[9])
+    assert inodes, f"nothing listens on {port}"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+            if any(f"socket:[{inode}]" in links for inode in inodes):
+                return os.readlink(f"/proc/{pid}/exe")
+        except OSError:  # a process that ended meanwhile
+            continue
+    raise AssertionError(f"no process found for port {port}")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ray[serve] bundles HAProxy on Linux only")
+def test_by_default_haproxy_hands_requests_straight_to_the_replica(served: Served) -> None:
+    """With the default settings a local Ray's Serve port is HAProxy's (bundled with ray[serve]),
+    which forwards to the model replica's own HTTP server: no Python proxy and no Ray RPC on the
+    way (the other tests of this module run through it too)."""
+    from services.serve import ingress
+
+    assert served.settings.serve_ingress == "auto" and ingress.active() == "haproxy"
+    assert os.path.basename(_listening_executable(served.settings.serve_port)) == "haproxy"
+    r = httpx.post(f"{served.base}/segment/seg", content=served.png, headers=served.alice, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    status = serve.status()
+    assert status.applications["hyctas-model-seg"].status == "RUNNING"
 
 
 def test_a_deployment_without_replicas_is_503_and_others_404(served: Served) -> None:

