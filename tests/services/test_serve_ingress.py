@@ -114,4 +114,3 @@ def test_haproxy_listeners_get_free_ports_the_users_are_kept(tmp_path: Path, mon
     monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "18404")  # the user's
     ingress.apply("auto")
     assert os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
-
