@@ -27,8 +27,9 @@ INGRESS_MODES: tuple[str, ...] = ("auto", "haproxy", "proxy")
 
 # A replica leaving (scale-in, redeploy, delete) keeps serving this long after HAProxy is told,
 # so that no request is sent to a closed port. Serve's default (30 s) is sized for multi-node
-# clusters whose HAProxies learn late; one machine learns within a second, and every undeploy
-# waits this long.
+# clusters whose HAProxies learn late; one machine learns within a second. Serve raises a
+# stopping ingress replica's graceful-shutdown timeout to this period (read in Serve's
+# deploy_utils, not timed here), so it bounds how long an undeploy may wait.
 LOCAL_DRAIN_S = 2.0
 
 
@@ -87,7 +88,11 @@ def environment(mode: str) -> dict[str, str]:
     or a second local Ray on the machine, would make HAProxy fail to start. A local Ray gets
     free ports instead.
     """
-    if resolve(mode) == "proxy":
+    return _environment(resolve(mode))
+
+
+def _environment(resolved: str) -> dict[str, str]:
+    if resolved == "proxy":
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -98,8 +103,14 @@ def environment(mode: str) -> dict[str, str]:
     }
 
 
-# What apply() set itself: a later apply() replaces these; any other value is the user's, kept.
+# What apply() set itself, by key: a value still equal to it is apply()'s and a later apply()
+# replaces it (a second local Ray in this process gets fresh listener ports); any other value is
+# the user's, kept.
 _applied: dict[str, str] = {}
+
+
+def _users(key: str) -> bool:
+    return key in os.environ and os.environ[key] != _applied.get(key)
 
 
 def apply(mode: str) -> str:
@@ -110,15 +121,14 @@ def apply(mode: str) -> str:
     Raises:
         IngressError: as :func:`resolve`.
     """
-    if mode == "auto" and "RAY_SERVE_ENABLE_HA_PROXY" in os.environ:
-        resolve(mode)  # still checks the mode
+    if mode == "auto" and _users("RAY_SERVE_ENABLE_HA_PROXY"):
         return active()
     resolved = resolve(mode)
-    env = environment(resolved)
+    env = _environment(resolved)
     for switch in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_ENABLE_DIRECT_INGRESS"):
-        os.environ[switch] = env.pop(switch)
+        os.environ[switch] = _applied[switch] = env.pop(switch)
     for key, value in env.items():
-        if key not in os.environ or os.environ[key] == _applied.get(key):
+        if not _users(key):
             os.environ[key] = _applied[key] = value
     return resolved
 

@@ -21,9 +21,11 @@ SWITCHES = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY
 
 
 @pytest.fixture(autouse=True)
-def clean_env() -> Iterator[None]:
-    """No Serve switch set at the start; every RAY_SERVE_* as it was afterwards (apply() writes
-    the process environment, which later tests' local Rays inherit)."""
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No Serve switch set at the start, as in a fresh process (nor apply()'s record of what it
+    wrote); every RAY_SERVE_* as it was afterwards (apply() writes the process environment, which
+    later tests' local Rays inherit)."""
+    monkeypatch.setattr(ingress, "_applied", {})
     saved = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
     for key in SWITCHES:
         os.environ.pop(key, None)
@@ -112,5 +114,21 @@ def test_haproxy_listeners_get_free_ports_the_users_are_kept(tmp_path: Path, mon
         assert all(int(p) != taken and int(p) > 0 for p in first.values())
         assert int(first["RAY_SERVE_HAPROXY_METRICS_PORT"]) != Settings().worker_metrics_port
     monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "18404")  # the user's
-    ingress.apply("auto")
+    with socket.socket() as first_ray:  # the first Ray's HAProxy still holds its metrics port
+        first_ray.bind(("", int(first["RAY_SERVE_HAPROXY_METRICS_PORT"])))
+        first_ray.listen()
+        assert ingress.apply("auto") == "haproxy"  # a second local Ray in this process
     assert os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
+    assert os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] != first["RAY_SERVE_HAPROXY_METRICS_PORT"]
+
+
+def test_auto_after_an_earlier_apply_decides_afresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The switch an earlier apply() wrote is not the user's choice: with a binary found since,
+    auto takes HAProxy; a switch the user changed afterwards still decides."""
+    binary: list[str | None] = [None]
+    monkeypatch.setattr(ingress, "haproxy_binary", lambda: binary[0])
+    assert ingress.apply("auto") == "proxy" and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    binary[0] = _fake_haproxy(tmp_path)  # installed since
+    assert ingress.apply("auto") == "haproxy" and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # the user's, after our "1"
+    assert ingress.apply("auto") == "proxy" and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
