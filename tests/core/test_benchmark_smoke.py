@@ -27,8 +27,9 @@ def test_supernet_ranking_quick_report_shape(tmp_path: Path) -> None:
     common = ["--quick", "--seed", "3", "--workdir", str(tmp_path / "w"), "--standalone-cache", str(cache)]
     report = bench.main([*common, "--sampling", "sandwich", "--distill"])
     json.dumps(report, allow_nan=False)  # strict JSON (an undefined correlation is null, never NaN)
-    for key in ("kendall_tau", "spearman", "top3_overlap", "standalone_tau"):
+    for key in ("kendall_tau", "spearman", "top3_overlap", "standalone_tau", "standalone_tau_pairs_mean"):
         assert report[key] is None or (isinstance(report[key], float) and -1.0 <= report[key] <= 1.0), key
+    assert len(report["kendall_tau_per_seed"]) == 2 and report["reference_tau"] is None  # no halves of 2+ seeds
     rows = report["rows"]
     assert len(rows) == 12 and len({r["arch_hash"] for r in rows}) == 12
     assert [r["branches"] for r in rows] == [1] * 4 + [2] * 4 + [3] * 4  # spread over branch counts
@@ -46,9 +47,13 @@ def test_supernet_ranking_quick_report_shape(tmp_path: Path) -> None:
     )
     assert [a.hash for a in again] == [r["arch_hash"] for r in rows]
     # Standalone results do not depend on the supernet: a second option reuses them from the cache.
-    other = bench.main([*common, "--warmup-steps", "1"])
-    assert [r["standalone_runs"] for r in other["rows"]] == [r["standalone_runs"] for r in rows]
-    assert len(json.loads(cache.read_text())) == 24  # 12 archs x 2 seeds, each trained once
+    # More standalone seeds: the first two come from the cache, the reference is the mean of all.
+    other = bench.main([*common, "--warmup-steps", "1", "--standalone-seeds", "6"])
+    assert [r["standalone_runs"][:2] for r in other["rows"]] == [r["standalone_runs"] for r in rows]
+    assert all(len(r["standalone_runs"]) == 6 for r in other["rows"])
+    assert len(json.loads(cache.read_text())) == 72  # 12 archs x 6 seeds, each trained once
+    assert len(other["kendall_tau_per_seed"]) == 6
+    assert other["reference_tau"] is None or -1.0 <= other["reference_tau"] <= 1.0  # 3 seeds against 3
     assert other["supernet_config"]["warmup_steps"] == 1 and other["supernet_config"]["sampling"] == "prior"
 
 
