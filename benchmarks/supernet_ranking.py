@@ -15,11 +15,14 @@ top-k loss left every network at 7-12 % mIoU and the standalone ceiling at tau 0
   ceiling: a supernet cannot rank better than training itself repeats
   (``standalone_tau_pairs_mean``: the mean over every pair of seeds);
 - ``reference_tau``: the mean of one half of the seeds against the mean of the other half, the
-  ceiling for a reference averaged over seeds. One standalone training is noisy at this size
-  (two seeds differ by up to 6 mIoU points on 256 val images, so a larger val split does not
-  help), and training longer makes it worse: at 24 epochs every network ends at 17-25 % mIoU
-  and ``standalone_tau`` fell to 0.48 / 0.64 (seeds 0 / 2). Averaging seeds is what steadies
-  the reference.
+  ceiling for a reference averaged over seeds.
+
+One standalone training is noisy at this size. Two seeds of one network differ by up to 6 mIoU
+points, also on 256 val images (a larger val split does not help). Training longer makes it
+worse: at 24 epochs every network ends at 17-25 % mIoU and ``standalone_tau`` fell to 0.48 /
+0.64 (seeds 0 / 2). With 4 seeds the mean pairwise standalone tau is 0.48-0.59 and
+``reference_tau`` 0.52-0.58 on seeds 0-2: the ranking of these 12 networks is only that
+reproducible by standalone training here.
 
 Prints one JSON object (settings, timings, a row per architecture). The default size runs on
 2 CPU cores in under an hour; ``--quick`` is a seconds-long smoke run for the test suite.
