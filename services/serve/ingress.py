@@ -21,7 +21,7 @@ import os
 import shutil
 import socket
 
-__all__ = ["INGRESS_MODES", "IngressError", "active", "apply", "environment", "haproxy_binary", "resolve"]
+__all__ = ["INGRESS_MODES", "IngressError", "active", "apply", "haproxy_binary", "resolve"]
 
 INGRESS_MODES: tuple[str, ...] = ("auto", "haproxy", "proxy")
 
@@ -80,18 +80,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def environment(mode: str) -> dict[str, str]:
-    """The environment a local Ray needs for ``mode`` (resolved as by :func:`resolve`).
+def _environment(resolved: str) -> dict[str, str]:
+    """The environment a local Ray needs for a resolved mode (``haproxy`` or ``proxy``).
 
     Serve keeps HAProxy's files per Ray node, but binds its Prometheus and stats listeners to
     fixed ports (9101, 8404) on every interface: a worker's own metrics port (9101 by default),
     or a second local Ray on the machine, would make HAProxy fail to start. A local Ray gets
     free ports instead.
     """
-    return _environment(resolve(mode))
-
-
-def _environment(resolved: str) -> dict[str, str]:
     if resolved == "proxy":
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
     return {
