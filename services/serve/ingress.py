@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from contextlib import ExitStack
 
 __all__ = ["INGRESS_MODES", "IngressError", "active", "apply", "haproxy_binary", "resolve"]
 
@@ -74,10 +75,13 @@ def resolve(mode: str) -> str:
     return "haproxy"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free now: each socket stays bound until all are picked."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 def _environment(resolved: str) -> dict[str, str]:
@@ -90,12 +94,13 @@ def _environment(resolved: str) -> dict[str, str]:
     """
     if resolved == "proxy":
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+    metrics_port, stats_port = _free_ports(2)
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(LOCAL_DRAIN_S),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
     }
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.ports import controller_ready, free_port
+
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _count(metrics: str, route: str) -> float:
@@ -38,7 +33,7 @@ def _count(metrics: str, route: str) -> float:
 
 
 def test_two_worker_processes_serve_one_api_and_sum_their_metrics(redis_url: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     suffix = uuid.uuid4().hex[:8]
     env = {
         **os.environ,
@@ -65,11 +60,8 @@ def test_two_worker_processes_serve_one_api_and_sum_their_metrics(redis_url: str
         deadline = time.monotonic() + 90
         while True:
             assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                if httpx.get(base + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+            if controller_ready(base):
+                break
             assert time.monotonic() < deadline, "the controller did not become ready"
             time.sleep(0.5)
         key = subprocess.run(

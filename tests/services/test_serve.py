@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import sys
 import threading
 import time
@@ -39,6 +38,7 @@ from services.worker.jobs import run_deploy  # noqa: E402
 from services.worker.ray_init import init_ray  # noqa: E402
 from services.worker.runner import JobContext  # noqa: E402
 from tests.fixtures import panoptic_checkpoint, tiny_retrained  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -90,9 +90,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     model_id = storage.create_model("s", get_preset("hyctas-s").to_official(), "h", owner="alice", job_id=job)
     storage.update_model(model_id, state=JobState.RUNNING)
     storage.update_model(model_id, state=JobState.SUCCEEDED, checkpoint_uri=f"file://{checkpoint}")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     settings = Settings(database_url=url, serve_port=port, serve_max_bytes=200_000, serve_max_pixels=300_000)
     image = np.asarray(Image.open(next((root / "leftImg8bit" / "val").rglob("*.png"))).convert("RGB"))
     # The local Ray a worker starts, with the default ingress (HAProxy where Ray bundles it);

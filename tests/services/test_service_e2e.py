@@ -27,6 +27,8 @@ from PIL import Image
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from tests.ports import controller_ready, free_port
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -40,12 +42,6 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Stack:
     """Starts and stops the service processes of one test."""
 
@@ -53,7 +49,7 @@ class Stack:
         self.env = env
         self.tmp = tmp
         self.ray_address = ray_address
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.controller: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
@@ -69,11 +65,8 @@ class Stack:
         deadline = time.monotonic() + 120  # a loaded 2-core runner can take a minute to import and migrate
         while time.monotonic() < deadline:
             assert self.controller.poll() is None, (self.tmp / "controller.log").read_text()[-2000:]
-            try:
-                if httpx.get(self.base + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            if controller_ready(self.base):
+                return
             time.sleep(0.3)
         raise AssertionError("controller did not become ready")
 
@@ -103,7 +96,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     Only this head is stopped (SIGTERM to its group): a Ray cluster the developer runs is left alone.
     """
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "wb")  # noqa: SIM115 - owned by the child
     head = subprocess.Popen(
@@ -162,7 +155,7 @@ def stack(ray_head: str, tmp_path: Path) -> Iterator[Stack]:
         "HYCTAS_ARTIFACT_DIR": str(tmp_path / "artifacts"),
         "HYCTAS_DATA_DIR": str(tmp_path / "data"),
         "HYCTAS_LEASE_S": "4",
-        "HYCTAS_SERVE_PORT": str(_free_port()),
+        "HYCTAS_SERVE_PORT": str(free_port()),
         "HYCTAS_HEARTBEAT_S": "0.5",
     }
     s = Stack(env, tmp_path, ray_head)
