@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -13,11 +14,10 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A benchmark imported under its own name, as its worker processes (spawned) import it."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
 
 
 @pytest.mark.slow
@@ -25,7 +25,7 @@ def test_supernet_ranking_quick_report_shape(tmp_path: Path) -> None:
     bench = _load("supernet_ranking")
     cache = tmp_path / "standalone.json"
     common = ["--quick", "--seed", "3", "--workdir", str(tmp_path / "w"), "--standalone-cache", str(cache)]
-    report = bench.main([*common, "--sampling", "sandwich", "--distill"])
+    report = bench.main([*common, "--sampling", "sandwich", "--distill", "--jobs", "1"])
     json.dumps(report, allow_nan=False)  # strict JSON (an undefined correlation is null, never NaN)
     for key in ("kendall_tau", "spearman", "top3_overlap", "standalone_tau", "standalone_tau_pairs_mean"):
         assert report[key] is None or (isinstance(report[key], float) and -1.0 <= report[key] <= 1.0), key
@@ -47,8 +47,9 @@ def test_supernet_ranking_quick_report_shape(tmp_path: Path) -> None:
     )
     assert [a.hash for a in again] == [r["arch_hash"] for r in rows]
     # Standalone results do not depend on the supernet: a second option reuses them from the cache.
-    # More standalone seeds: the first two come from the cache, the reference is the mean of all.
-    other = bench.main([*common, "--warmup-steps", "1", "--standalone-seeds", "6"])
+    # More standalone seeds: the first two come from the cache, the reference is the mean of all;
+    # the new ones train in two worker processes.
+    other = bench.main([*common, "--warmup-steps", "1", "--standalone-seeds", "6", "--jobs", "2"])
     assert [r["standalone_runs"][:2] for r in other["rows"]] == [r["standalone_runs"] for r in rows]
     assert all(len(r["standalone_runs"]) == 6 for r in other["rows"])
     assert len(json.loads(cache.read_text())) == 72  # 12 archs x 6 seeds, each trained once
