@@ -157,6 +157,9 @@ class SupernetCreate(DataParallelFields):
     base_channels: int = Field(12, ge=2, le=64)
     num_layers: int = Field(20, ge=2, le=40)
     lr: float = Field(0.02, gt=0, le=10)
+    lr_final: float | None = Field(
+        None, gt=0, le=1, description="last epoch's LR as a fraction of lr (exponential decay); null: the paper's 0.992"
+    )
     sampling: Sampling = Field(
         "prior", description="prior: one sub-network per step (paper); sandwich: largest + smallest + random"
     )

@@ -103,6 +103,7 @@ def submit_supernet(
             epochs=req.epochs,
             batch_size=req.batch_size,
             lr=req.lr,
+            lr_final=req.lr_final,
             crop_size=tuple(req.crop_size),  # type: ignore[arg-type]
             steps_per_epoch=req.steps_per_epoch,
             sampling=req.sampling,

@@ -29,12 +29,20 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "paper": {},
     "sandwich+distill+warmup": {"sampling": "sandwich", "sandwich_random": 1, "distill": True, "warmup_steps": 3},
     "prior+distill": {"distill": True},
+    "annealed": {"lr_final": 0.05},
 }
 
 
 @pytest.mark.parametrize(
     ("stop_at", "option"),
-    [(1, "paper"), (4, "paper"), (5, "paper"), (2, "sandwich+distill+warmup"), (5, "prior+distill")],
+    [
+        (1, "paper"),
+        (4, "paper"),
+        (5, "paper"),
+        (2, "sandwich+distill+warmup"),
+        (5, "prior+distill"),
+        (5, "annealed"),
+    ],
 )
 def test_resume_is_bit_identical(tmp_path: Path, stop_at: int, option: str) -> None:
     full = SupernetTrainer(_cfg(**OPTIONS[option]), ToyScenes(), tmp_path / "full")
@@ -74,6 +82,17 @@ def test_training_reduces_loss_and_updates_shared_weights(tmp_path: Path) -> Non
     supernet = load_supernet(tmp_path / "supernet.pt")
     for k, v in supernet.state_dict().items():
         assert torch.equal(v, after[k])
+
+
+def test_lr_final_anneals_the_last_epoch_to_that_fraction(tmp_path: Path) -> None:
+    cfg = _cfg(epochs=4, lr=0.08, lr_final=0.05)
+    assert cfg.gamma == pytest.approx(0.05 ** (1 / 3)) and _cfg(epochs=4).gamma == 0.992
+    trainer = SupernetTrainer(cfg, ToyScenes(), tmp_path)
+    lrs: dict[int, float] = {}
+    trainer.fit(progress=lambda p: lrs.setdefault(p.epoch, p.lr))
+    assert sorted(lrs) == [0, 1, 2, 3]
+    assert lrs[0] == pytest.approx(0.08) and lrs[3] == pytest.approx(0.08 * 0.05)
+    assert all(lrs[e + 1] < lrs[e] for e in range(3))
 
 
 def test_step_samples_follow_the_branch_prior(tmp_path: Path) -> None:
@@ -158,6 +177,8 @@ def test_distillation_pulls_students_towards_the_teacher(tmp_path: Path) -> None
         ("sandwich_random", -1, "sandwich_random must be >= 0"),
         ("distill_temperature", 0.0, "distill_temperature must be > 0"),
         ("warmup_steps", -2, "warmup_steps must be >= 0"),
+        ("lr_final", 0.0, "0 < lr_final <= 1"),
+        ("lr_final", 1.5, "0 < lr_final <= 1"),
     ],
 )
 def test_bad_training_options_are_refused(key: str, value: Any, needle: str) -> None:
