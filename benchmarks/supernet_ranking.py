@@ -208,11 +208,10 @@ def top_overlap(a: list[float], b: list[float], k: int = 3) -> float:
 
 @dataclass(frozen=True)
 class StandaloneJob:
-    """One standalone training: the ``index``-th architecture with one seed."""
+    """One standalone training: the ``index``-th architecture with ``config.seed``."""
 
     index: int
     arch: Arch
-    seed: int
     config: RetrainConfig
     data: Path
     data_order_seed: int
@@ -233,7 +232,7 @@ def _train_one(job: StandaloneJob, threads: int) -> float:
     retrainer = Retrainer(job.config, job.arch, train_set, val_set, job.workdir)
     retrainer.fit()
     if retrainer.last_miou is None:
-        raise RuntimeError(f"standalone training of {job.arch.hash} (seed {job.seed}) gave no mIoU")
+        raise RuntimeError(f"standalone training of {job.arch.hash} (seed {job.config.seed}) gave no mIoU")
     return float(retrainer.last_miou)
 
 
@@ -328,15 +327,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             return json.dumps({"arch": arch.hash, "seed": s, **budget}, sort_keys=True)
 
         todo = [
-            StandaloneJob(i, arch, s, replace(base_retrain, seed=s), data, args.seed, work / "standalone" / f"{i}-{s}")
+            StandaloneJob(i, arch, replace(base_retrain, seed=s), data, args.seed, work / "standalone" / f"{i}-{s}")
             for i, arch in enumerate(archs)
             for s in seeds
             if key_of(arch, s) not in cache.data
         ]
         jobs = min(args.jobs or (os.cpu_count() or 1), max(len(todo), 1))
         for job, miou in _train_all(todo, jobs, torch.get_num_threads()):
-            cache.put(key_of(job.arch, job.seed), miou)
-            done = f"[{job.index + 1}/{len(archs)}] {job.arch.hash} seed {job.seed}: {miou:.4f}"
+            cache.put(key_of(job.arch, job.config.seed), miou)
+            done = f"[{job.index + 1}/{len(archs)}] {job.arch.hash} seed {job.config.seed}: {miou:.4f}"
             print(done, file=sys.stderr, flush=True)
         standalone = [[float(cache.data[key_of(arch, s)]) for s in seeds] for arch in archs]
         timings["standalone_s"] = time.perf_counter() - t0
