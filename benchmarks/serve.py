@@ -31,7 +31,6 @@ import argparse
 import io
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -43,6 +42,8 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+
+from services.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import apply_quick, machine  # noqa: E402
@@ -202,9 +203,7 @@ def http_floor(body: bytes, wait_s: float, answer: int, seconds: float) -> dict[
     loopback HTTP, and waking the idle processes and cores once the model is done)."""
     import multiprocessing
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     server = multiprocessing.get_context("spawn").Process(
         target=_floor_server, args=(port, wait_s, answer), daemon=True
     )
@@ -280,9 +279,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from services.serve.deploy import ensure_gateway
     from services.serve.segmenter import Segmenter, SegmenterConfig
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     from services.serve import ingress
     from services.worker.ray_init import init_ray
 

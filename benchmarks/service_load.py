@@ -38,13 +38,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from services.ports import free_port
+
 BIN = Path(sys.executable).parent
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(fetch: Any, done: Any, timeout: float = 600) -> dict[str, Any]:
@@ -76,7 +72,7 @@ def main() -> None:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     tmp = Path(tempfile.mkdtemp(prefix="hyctas-bench-"))
-    ray_port, port = _port(), _port()
+    ray_port, port = free_port(), free_port()
     env = {
         **os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1",
         "HYCTAS_DATABASE_URL": db.set(database=name).render_as_string(hide_password=False),

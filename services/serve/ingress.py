@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-from contextlib import ExitStack
+
+from services.ports import free_ports
 
 __all__ = ["INGRESS_MODES", "IngressError", "active", "apply", "haproxy_binary", "resolve"]
 
@@ -75,15 +75,6 @@ def resolve(mode: str) -> str:
     return "haproxy"
 
 
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free now: each socket stays bound until all are picked."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-
-
 def _environment(resolved: str) -> dict[str, str]:
     """The environment a local Ray needs for a resolved mode (``haproxy`` or ``proxy``).
 
@@ -94,7 +85,7 @@ def _environment(resolved: str) -> dict[str, str]:
     """
     if resolved == "proxy":
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
-    metrics_port, stats_port = _free_ports(2)
+    metrics_port, stats_port = free_ports(2, host="")
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
