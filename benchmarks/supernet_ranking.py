@@ -1,16 +1,20 @@
 """Does the trained supernet rank sub-networks as training each one on its own would?
 
 Trains a supernet on the built-in synthetic street scenes, picks ``--archs`` valid
-architectures spread over 1 / 2 / 3 branches and over cost (GMACs quantiles per branch count,
-seeded by ``--seed``), scores each through the supernet (BN statistics recalibrated on
-training images, mIoU on the validation split) and trains each from scratch with one fixed
-budget (``hyctas retrain``'s trainer; plain cross-entropy by default: at the default size the
-top-k loss left every network at 7-12 % mIoU and the standalone ceiling at tau 0.09), with
-``--standalone-seeds`` seeds (8 by default). Reports the rank agreement of the two scores:
+architectures spread over 1 / 2 / 3 branches and over cost (per branch count, evenly spaced in
+GMACs from the cheapest to the most expensive of ``--candidates`` sampled ones, each with one
+width level so that they span slim to full width; seeded by ``--seed``), scores each through
+the supernet (BN statistics recalibrated on training images, mIoU on the validation split)
+and trains each from scratch with one fixed budget (``hyctas retrain``'s trainer; plain
+cross-entropy by default: at the default size the top-k loss left every network at 7-12 %
+mIoU and the standalone ceiling at tau 0.09), with ``--standalone-seeds`` seeds (8 by
+default). Reports the rank agreement of the two scores:
 
 - ``kendall_tau`` / ``spearman``: supernet mIoU against standalone mIoU (the mean of the
   standalone seeds), ``top3_overlap``: shared members of the two top-3 sets / 3,
-  ``kendall_tau_per_seed``: the supernet against each standalone seed alone;
+  ``kendall_tau_per_seed``: the supernet against each standalone seed alone,
+  ``kendall_tau_within_branches``: the mean tau inside each branch count's group (networks of
+  similar cost, the pairs a search front has to order);
 - ``standalone_tau``: Kendall tau between two standalone trainings with different seeds, the
   ceiling: a supernet cannot rank better than training itself repeats
   (``standalone_tau_pairs_mean``: the mean over every pair of seeds);
@@ -65,7 +69,7 @@ from hyctas_core.evaluate import EvaluatorSpec, LocalEvaluator
 from hyctas_core.network import HyCTASNet
 from hyctas_core.profile import count_macs
 from hyctas_core.retrain import RetrainConfig, Retrainer
-from hyctas_core.search_space import Arch, sample_arch
+from hyctas_core.search_space import FULL_WIDTH, WIDTHS, Arch, Branch, sample_arch
 from hyctas_core.train import SAMPLINGS, SupernetTrainConfig, SupernetTrainer
 
 QUICK = {
@@ -172,23 +176,47 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _with_width_level(arch: Arch, rng: np.random.Generator) -> Arch:
+    """``arch`` with one width level for all its cells (each cell one step off it at random).
+
+    :func:`sample_arch` draws every cell's width on its own, so the mean width of 8-24 cells
+    is nearly the same for every draw and the sampled networks span a narrow band of cost
+    (1-branch ones 5.0-5.8 ms here). A level per network spreads them from slim to full
+    width, the range a search front covers. The last cell keeps full width (a rule).
+    """
+    level = int(rng.integers(len(WIDTHS)))
+    last = arch.num_layers - 1
+
+    def width(i: int) -> int:
+        return FULL_WIDTH if i == last else int(np.clip(level + rng.integers(-1, 2), 0, FULL_WIDTH))
+
+    return Arch(tuple(Branch(tuple(replace(c, width=width(i)) for i, c in enumerate(b.cells))) for b in arch.branches))
+
+
 def pick_archs(args: argparse.Namespace, model: ModelConfig, size: tuple[int, int]) -> list[Arch]:
-    """``args.archs / 3`` per branch count, at evenly spaced GMACs quantiles of sampled candidates."""
+    """``args.archs / 3`` per branch count, spread evenly over the GMACs of sampled candidates.
+
+    Candidates get one width level each (:func:`_with_width_level`); the picks are the
+    candidates nearest to evenly spaced GMACs from the cheapest to the most expensive.
+    """
     rng = np.random.default_rng([args.seed, 71])
     per = args.archs // 3
     chosen: list[Arch] = []
     for branches in (1, 2, 3):
         pool: dict[str, tuple[float, Arch]] = {}
         for _ in range(args.candidates * 4):
-            arch = sample_arch(rng, model.num_layers, num_branches=branches)
+            arch = _with_width_level(sample_arch(rng, model.num_layers, num_branches=branches), rng)
             if arch.hash not in pool:
                 net = HyCTASNet(arch, model).eval()
                 pool[arch.hash] = (count_macs(net, size) / 1e9, arch)
             if len(pool) >= args.candidates:
                 break
         ranked = sorted(pool.values(), key=lambda t: t[0])
-        spots = np.linspace(0, len(ranked) - 1, per + 2)[1:-1] if len(ranked) > per else np.arange(len(ranked))
-        chosen += [ranked[int(round(i))][1] for i in spots]
+        left = list(range(len(ranked)))
+        for target in np.linspace(ranked[0][0], ranked[-1][0], min(per, len(ranked))):
+            best = min(left, key=lambda i: abs(ranked[i][0] - target))
+            left.remove(best)
+            chosen.append(ranked[best][1])
     return chosen
 
 
@@ -199,6 +227,18 @@ def _finite(value: float) -> float | None:
 
 def kendall(a: list[float], b: list[float]) -> float:
     return float(stats.kendalltau(a, b).statistic)
+
+
+def _within_branches(archs: list[Arch], a: list[float], b: list[float]) -> float | None:
+    """Mean Kendall tau of ``a`` against ``b`` inside each branch count's group."""
+    taus = []
+    for k in (1, 2, 3):
+        idx = [i for i, arch in enumerate(archs) if arch.num_branches == k]
+        if len(idx) >= 2:
+            tau = kendall([a[i] for i in idx], [b[i] for i in idx])
+            if not np.isnan(tau):
+                taus.append(tau)
+    return round(float(np.mean(taus)), 4) if taus else None
 
 
 def top_overlap(a: list[float], b: list[float], k: int = 3) -> float:
@@ -367,6 +407,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # every pair of standalone seeds, and the supernet against each seed alone
         "standalone_tau_pairs_mean": None if args.no_ceiling else _finite(float(np.mean(pairs))),
         "kendall_tau_per_seed": [_finite(kendall(sup, runs)) for runs in by_seed],
+        # ranking among networks of one branch count (similar cost): the mean of the groups' tau
+        "kendall_tau_within_branches": _within_branches(archs, sup, mean_sa),
         # the ceiling for a reference averaged over seeds: the mean of one half of the seeds
         # against the mean of the other (a lower bound for the mean of all of them)
         "reference_tau": None

@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
+
+from hyctas_core.search_space import validate
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -30,6 +33,8 @@ def test_supernet_ranking_quick_report_shape(tmp_path: Path) -> None:
     for key in ("kendall_tau", "spearman", "top3_overlap", "standalone_tau", "standalone_tau_pairs_mean"):
         assert report[key] is None or (isinstance(report[key], float) and -1.0 <= report[key] <= 1.0), key
     assert len(report["kendall_tau_per_seed"]) == 2 and report["reference_tau"] is None  # no halves of 2+ seeds
+    within = report["kendall_tau_within_branches"]
+    assert within is None or (isinstance(within, float) and -1.0 <= within <= 1.0)
     rows = report["rows"]
     assert len(rows) == 12 and len({r["arch_hash"] for r in rows}) == 12
     assert [r["branches"] for r in rows] == [1] * 4 + [2] * 4 + [3] * 4  # spread over branch counts
@@ -112,3 +117,22 @@ def test_synth_separation_quick_report_shape(tmp_path: Path) -> None:
     bench.train_eval = None  # would raise if called
     rerun = bench.main(["--quick", "--seed", "2", "--log-every", "0", "--cache", str(cache)])
     assert rerun["groups"] == groups and rerun["gap_size"] == report["gap_size"]
+
+
+def test_supernet_ranking_width_level_keeps_structure() -> None:
+    """Each candidate gets one width level: cells within one step of it, the structure untouched."""
+    bench = _load("supernet_ranking")
+    rng = np.random.default_rng(0)
+    levels_seen = set()
+    for _ in range(40):
+        arch = bench.sample_arch(rng, 8, num_branches=3)
+        leveled = bench._with_width_level(arch, rng)
+        assert [[(c.op, c.stride) for c in b.cells] for b in leveled.branches] == [
+            [(c.op, c.stride) for c in b.cells] for b in arch.branches
+        ]
+        widths = [c.width for b in leveled.branches for c in b.cells[:-1]]
+        assert max(widths) - min(widths) <= 2  # level - 1 .. level + 1
+        assert all(b.cells[-1].width == bench.FULL_WIDTH for b in leveled.branches)
+        validate(leveled)
+        levels_seen.add(round(float(np.mean(widths))))
+    assert len(levels_seen) >= 3  # slim and wide networks both occur
