@@ -25,9 +25,9 @@ One standalone training is noisy at this size. Two seeds of one network differ b
 points, also on 256 val images (a larger val split does not help): whole classes (sky, trucks)
 are learnt by one seed and not by another. Training longer makes it worse: at 24 epochs every
 network ends at 17-25 % mIoU and ``standalone_tau`` fell to 0.48 / 0.64 (seeds 0 / 2). The mean
-pairwise standalone tau is 0.47-0.61 on seeds 0-2, so the reference averages 8 seeds: its
-``reference_tau`` (4 seeds against the other 4) is 0.61 / 0.85 / 0.73, against 0.52-0.58 for
-4 seeds (2 against 2).
+pairwise standalone tau is 0.43-0.55 on seeds 0-2, so the reference averages 8 seeds: its
+``reference_tau`` (4 seeds against the other 4) is 0.73 / 0.70 / 0.76 (with the earlier,
+narrower picks: 0.61 / 0.85 / 0.73, against 0.52-0.58 for 4 seeds, 2 against 2).
 
 Prints one JSON object (settings, timings, a row per architecture). The standalone trainings
 run ``--jobs`` at a time (one per core by default), each in its own process with one torch
