@@ -238,7 +238,7 @@ def _within_branches(archs: list[Arch], a: list[float], b: list[float]) -> float
             tau = kendall([a[i] for i in idx], [b[i] for i in idx])
             if not np.isnan(tau):
                 taus.append(tau)
-    return round(float(np.mean(taus)), 4) if taus else None
+    return _finite(float(np.mean(taus))) if taus else None
 
 
 def top_overlap(a: list[float], b: list[float], k: int = 3) -> float:
