@@ -66,6 +66,7 @@ from hyctas_core.data.cityscapes import CityscapesDataset
 from hyctas_core.data.synth import generate
 from hyctas_core.data.transforms import SegTransform
 from hyctas_core.evaluate import EvaluatorSpec, LocalEvaluator
+from hyctas_core.losses import CLASS_WEIGHTINGS
 from hyctas_core.network import HyCTASNet
 from hyctas_core.profile import count_macs
 from hyctas_core.retrain import RetrainConfig, Retrainer
@@ -115,6 +116,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the supernet's last-epoch LR as a fraction of --supernet-lr (overrides --supernet-lr-decay)",
     )
     p.add_argument("--supernet-loss", choices=("topk", "ce", "ohem"), default=SupernetTrainConfig.loss)
+    p.add_argument("--supernet-class-weighting", choices=CLASS_WEIGHTINGS, default=SupernetTrainConfig.class_weighting)
     p.add_argument("--sampling", choices=SAMPLINGS, default=SupernetTrainConfig.sampling)
     p.add_argument("--sandwich-random", type=int, default=SupernetTrainConfig.sandwich_random)
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=SupernetTrainConfig.distill)
@@ -124,6 +126,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--standalone-epochs", type=int, default=12)
     p.add_argument("--standalone-lr", type=float, default=0.05)
     p.add_argument("--standalone-loss", choices=("topk", "ce", "ohem"), default="ce")
+    p.add_argument("--standalone-class-weighting", choices=CLASS_WEIGHTINGS, default=RetrainConfig.class_weighting)
     p.add_argument("--calib-images", type=int, default=32)
     p.add_argument("--latency-seconds", type=float, default=0.3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -168,6 +171,7 @@ STANDALONE_KEYS = (
     "standalone_epochs",
     "standalone_lr",
     "standalone_loss",
+    "standalone_class_weighting",
 )
 
 
@@ -319,6 +323,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             lr_decay=args.supernet_lr_decay,
             lr_final=args.supernet_lr_final,
             loss=args.supernet_loss,
+            class_weighting=args.supernet_class_weighting,
             crop_size=size,
             sampling=args.sampling,
             sandwich_random=args.sandwich_random,
@@ -354,6 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             batch_size=args.batch_size,
             lr=args.standalone_lr,
             loss=args.standalone_loss,
+            class_weighting=args.standalone_class_weighting,
             crop_size=size,
             eval_every=args.standalone_epochs,
             checkpoint_every=10**6,

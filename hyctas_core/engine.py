@@ -39,7 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from hyctas_core.config import ModelConfig
 from hyctas_core.configbase import ConfigBase
-from hyctas_core.losses import LOSSES
+from hyctas_core.data.base import label_frequencies
+from hyctas_core.losses import CLASS_WEIGHTINGS, LOSSES, log_class_weights
 from hyctas_core.parallel import DataParallel, convert_sync_batchnorm
 
 __all__ = [
@@ -84,6 +85,10 @@ class TrainingConfig(ConfigBase):
     weight_decay: float = 5e-4
     loss: str = "ce"  # "ce", "topk" (the official DeepLabCE, top ``top_k``) or "ohem"
     top_k: float = 0.2
+    # "log": ENet's class weights 1 / ln(class_weight_c + share), the shares read from the
+    # training labels; "none": every pixel counts the same.
+    class_weighting: str = "none"
+    class_weight_c: float = 1.1
     aux_weight: float = 0.2  # weight of the auxiliary head's loss
     crop_size: tuple[int, int] = (256, 512)
     scale_range: tuple[float, float] = (0.5, 2.0)
@@ -104,6 +109,11 @@ class TrainingConfig(ConfigBase):
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be topk, ohem or ce, got {self.loss!r}")
+        if self.class_weighting not in CLASS_WEIGHTINGS:
+            choices = ", ".join(CLASS_WEIGHTINGS)
+            raise ValueError(f"class_weighting must be one of {choices}, got {self.class_weighting!r}")
+        if self.class_weight_c <= 1.0:
+            raise ValueError(f"class_weight_c must be > 1, got {self.class_weight_c}")
         if self.aux_weight < 0:
             raise ValueError(f"aux_weight must be >= 0, got {self.aux_weight}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
@@ -290,6 +300,17 @@ class EpochTrainer(abc.ABC, Generic[C, P]):
 
     def finish(self) -> None:
         """Called once when the last epoch is done (e.g. write the final weights)."""
+
+    def class_weights(self) -> torch.Tensor | None:
+        """The loss's per-class weights (``cfg.class_weighting``), on the device; None = unweighted.
+
+        Read from the training set's label maps (a fixed subset of at most 256), so every rank
+        and every resumed run computes the same weights.
+        """
+        if self.cfg.class_weighting == "none":
+            return None
+        freq = label_frequencies(self.train_set, self.cfg.model.num_classes, seed=self.cfg.seed)
+        return log_class_weights(freq, self.cfg.class_weight_c).to(self.device)
 
     def step_record(self, info: P) -> dict[str, Any]:
         """The log line of a step (every ``log_every`` steps)."""

@@ -138,6 +138,8 @@ class RetrainConfig(TrainingConfig):
         if self.task == "panoptic":
             if self.loss == "ohem":
                 raise ValueError("task panoptic trains with the weighted top-k loss: loss must be topk or ce, not ohem")
+            if self.class_weighting != "none":
+                raise ValueError("task panoptic weights pixels by instance size: class_weighting must be none")
             outside = [t for t in self.panoptic.thing_ids if t >= self.model.num_classes]
             if outside:
                 raise ValueError(
@@ -221,7 +223,7 @@ class Retrainer(EpochTrainer[RetrainConfig, RetrainProgress]):
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
-        self.criterion = build_loss(cfg.loss, top_k=cfg.top_k)
+        self.criterion = build_loss(cfg.loss, top_k=cfg.top_k, class_weights=self.class_weights())
         self.panoptic_loss: PanopticLoss | None = None
         if self.panoptic:
             self.panoptic_loss = PanopticLoss(cfg.panoptic, top_k=cfg.top_k if cfg.loss == "topk" else 1.0)

@@ -148,7 +148,7 @@ class SupernetTrainer(EpochTrainer[SupernetTrainConfig, TrainProgress]):
             self.supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=cfg.gamma)
-        self.criterion = build_loss(cfg.loss, top_k=cfg.top_k)
+        self.criterion = build_loss(cfg.loss, top_k=cfg.top_k, class_weights=self.class_weights())
         self.arch_rng = np.random.default_rng([cfg.seed, 2])
 
     @property

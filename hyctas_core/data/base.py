@@ -41,6 +41,7 @@ __all__ = [
     "RawSample",
     "SegmentationDataset",
     "check_same_size",
+    "label_frequencies",
     "load_rgb",
     "load_single_channel",
 ]
@@ -236,3 +237,42 @@ class SegmentationDataset(Dataset[dict[str, Any]], abc.ABC):
                 instances = torch.zeros_like(label)
             sample["instances"] = instances
         return sample
+
+
+def _segmentation_base(dataset: Any) -> SegmentationDataset | None:
+    """The :class:`SegmentationDataset` under ``dataset`` (wrappers keep it as ``.dataset``)."""
+    for _ in range(8):
+        if isinstance(dataset, SegmentationDataset):
+            return dataset
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
+def label_frequencies(dataset: Any, num_classes: int, *, max_images: int = 256, seed: int = 0) -> np.ndarray:
+    """The share of each train id among the labelled pixels of ``dataset``.
+
+    Reads the label maps of at most ``max_images`` images, a fixed seeded subset when there are
+    more: the un-augmented ones (:meth:`SegmentationDataset.load`) where ``dataset`` is, or
+    wraps as ``.dataset``, a :class:`SegmentationDataset`; else ``dataset[i]["label"]``.
+
+    Returns:
+        float64 array ``(num_classes,)`` summing to 1.
+
+    Raises:
+        DatasetError: if no image has a labelled pixel.
+    """
+    base = _segmentation_base(dataset)
+    n = len(base if base is not None else dataset)
+    if n > max_images:
+        indices = sorted(np.random.default_rng([seed, 11]).choice(n, size=max_images, replace=False).tolist())
+    else:
+        indices = list(range(n))
+    counts = np.zeros(num_classes, np.int64)
+    for i in indices:
+        label = np.asarray(base.load(i).label if base is not None else dataset[i]["label"])
+        valid = label[(label >= 0) & (label < num_classes)].astype(np.int64)
+        counts += np.bincount(valid.ravel(), minlength=num_classes)
+    total = int(counts.sum())
+    if total == 0:
+        raise DatasetError(f"no labelled pixels in the {len(indices)} label maps read")
+    return counts / total

@@ -166,6 +166,9 @@ class SupernetCreate(DataParallelFields):
     sandwich_random: int = Field(2, ge=0, le=16, description="prior-sampled sub-networks per sandwich step")
     distill: bool = Field(False, description="in-place distillation from the largest sub-network")
     warmup_steps: int = Field(0, ge=0, le=1_000_000, description="largest sub-networks only, LR ramped from 0")
+    class_weighting: Literal["none", "log"] = Field(
+        "none", description="log: ENet's class weights 1 / ln(1.1 + share) in the loss, shares from the training labels"
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -110,6 +110,7 @@ def submit_supernet(
             sandwich_random=req.sandwich_random,
             distill=req.distill,
             warmup_steps=req.warmup_steps,
+            class_weighting=req.class_weighting,
             seed=req.seed,
             checkpoint_every=20,
         )

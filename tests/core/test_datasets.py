@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from hyctas_core.data.ade20k import ADE20KDataset
-from hyctas_core.data.base import DatasetError
+from hyctas_core.data.base import DatasetError, label_frequencies
 from hyctas_core.data.cityscapes import CityscapesDataset
 from hyctas_core.data.coco_panoptic import COCOPanopticDataset
 from hyctas_core.data.transforms import MEAN, STD, SegTransform
@@ -104,6 +104,24 @@ def test_cityscapes_instance_indices(cityscapes: Path) -> None:
     assert ds.semantic_for_instance(0) == {1: 11, 2: 13, 3: 13, 4: 18}
     no_inst = CityscapesDataset(cityscapes, "train")
     assert "instances" not in no_inst[0]
+
+
+def test_label_frequencies_read_the_unaugmented_labels(cityscapes: Path) -> None:
+    crops = CityscapesDataset(cityscapes, "train", transform=SegTransform(crop_size=(4, 4)))
+    train_ids = np.vectorize(_CS_TRAIN.__getitem__)(_cs_label_ids())
+    counts = np.bincount(train_ids[train_ids < 19], minlength=19)
+    want = counts / counts.sum()  # every frame holds the same label map
+    np.testing.assert_allclose(label_frequencies(crops, 19), want)
+
+    class Wrapper:  # e.g. the panoptic targets: the dataset kept as .dataset
+        def __init__(self, dataset: Any) -> None:
+            self.dataset = dataset
+
+        def __len__(self) -> int:
+            return 1  # not read: the wrapped dataset's own length and files are
+
+    np.testing.assert_allclose(label_frequencies(Wrapper(Wrapper(crops)), 19), want)
+    np.testing.assert_allclose(label_frequencies(crops, 19, max_images=2), want)
 
 
 def test_cityscapes_limit(cityscapes: Path) -> None:

@@ -417,6 +417,7 @@ def test_config_defaults_and_compatibility(tmp_path: Path) -> None:
     for bad, needle in (
         ({"task": "instance"}, "task must be one of"),
         ({"task": "panoptic", "loss": "ohem"}, "topk or ce"),
+        ({"task": "panoptic", "class_weighting": "log"}, "class_weighting must be none"),
         ({"task": "panoptic", "model": {"num_classes": 5}}, "not train ids"),
         ({"panoptic": {"sigma": 0}}, "sigma"),
         ({"panoptic": {"nms_kernel": 4}}, "odd"),

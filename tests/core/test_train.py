@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from hyctas_core.config import ModelConfig
-from hyctas_core.losses import OhemCrossEntropy, TopKCrossEntropy
+from hyctas_core.data.base import label_frequencies
+from hyctas_core.losses import OhemCrossEntropy, TopKCrossEntropy, build_loss, log_class_weights
 from hyctas_core.train import SupernetTrainConfig, SupernetTrainer, load_supernet
 from tests.core.helpers import ToyScenes
 
@@ -30,6 +31,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "sandwich+distill+warmup": {"sampling": "sandwich", "sandwich_random": 1, "distill": True, "warmup_steps": 3},
     "prior+distill": {"distill": True},
     "annealed": {"lr_final": 0.05},
+    "class-weighted": {"class_weighting": "log", "loss": "topk"},
 }
 
 
@@ -42,6 +44,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
         (2, "sandwich+distill+warmup"),
         (5, "prior+distill"),
         (5, "annealed"),
+        (4, "class-weighted"),
     ],
 )
 def test_resume_is_bit_identical(tmp_path: Path, stop_at: int, option: str) -> None:
@@ -179,6 +182,8 @@ def test_distillation_pulls_students_towards_the_teacher(tmp_path: Path) -> None
         ("warmup_steps", -2, "warmup_steps must be >= 0"),
         ("lr_final", 0.0, "0 < lr_final <= 1"),
         ("lr_final", 1.5, "0 < lr_final <= 1"),
+        ("class_weighting", "median", "class_weighting must be one of none, log"),
+        ("class_weight_c", 1.0, "class_weight_c must be > 1"),
     ],
 )
 def test_bad_training_options_are_refused(key: str, value: Any, needle: str) -> None:
@@ -216,6 +221,63 @@ def test_losses_mine_hard_pixels() -> None:
     assert top.item() == pytest.approx(ce.max().item())  # 1 of 10 pixels
     ohem = OhemCrossEntropy(thresh=0.7, min_kept=1)(logits, target)
     assert ohem.item() == pytest.approx(float(np.log(2)))  # only the uniform pixel (p = 0.5 < 0.7)
+
+
+def test_log_class_weights_favour_rare_classes_and_keep_the_loss_scale() -> None:
+    p = np.array([0.7, 0.2, 0.1, 0.0])
+    w = log_class_weights(p, c=1.1).double().numpy()
+    raw = 1.0 / np.log(1.1 + p)  # ENet's formula, before scaling
+    assert np.allclose(w / w[0], raw / raw[0])
+    assert float((p * w).sum()) == pytest.approx(1.0)  # a pixel weighs 1 on average
+    assert w[3] > w[2] > w[1] > w[0]
+    assert w[3] / w[0] == pytest.approx(np.log(1.8) / np.log(1.1), rel=1e-5)  # bounded by 1 / ln(c)
+    with pytest.raises(ValueError, match="must be > 1"):
+        log_class_weights(p, c=1.0)
+    with pytest.raises(ValueError, match="distribution"):
+        log_class_weights(np.array([0.5, 0.6]))
+
+
+def test_class_weighted_losses_match_their_definitions() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(2, 3, 4, 5, generator=g)  # some pixels confident, some not
+    target = torch.randint(0, 3, (2, 4, 5), generator=g)
+    target[0, 0] = 255
+    w = torch.tensor([0.5, 1.0, 3.0])
+    ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=255, reduction="none")
+    pw = torch.where(target == 255, torch.zeros(()), w[target.clamp(max=2)])  # each pixel's class weight
+    got = build_loss("ce", class_weights=w)(logits, target)
+    assert got.item() == pytest.approx(float((ce * pw).sum() / pw.sum()))
+    got = build_loss("topk", top_k=0.25, class_weights=w)(logits, target)
+    assert got.item() == pytest.approx(float((ce * pw).flatten().topk(10).values.mean()))
+    # OHEM picks the hard pixels by their unweighted probability, then weighs them
+    got = OhemCrossEntropy(thresh=0.7, min_kept=1, class_weights=w)(logits, target)
+    keep = (torch.exp(-ce) <= 0.7) & (target != 255)
+    assert 0 < int(keep.sum()) < int((target != 255).sum())  # the threshold does choose
+    assert got.item() == pytest.approx(float((ce * pw)[keep].sum() / pw[keep].sum()))
+    # weights of 1 change nothing
+    ones = torch.ones(3)
+    for name in ("ce", "topk", "ohem"):
+        assert build_loss(name, class_weights=ones)(logits, target).item() == pytest.approx(
+            build_loss(name)(logits, target).item()
+        )
+
+
+def test_label_frequencies_count_labelled_pixels() -> None:
+    toy = ToyScenes(n=4, size=(8, 64))  # three vertical bands of 22, 21 and 21 columns, top quarter ignored
+    assert np.allclose(label_frequencies(toy, 3), [22 / 64, 21 / 64, 21 / 64])
+    assert np.allclose(label_frequencies(toy, 4), [22 / 64, 21 / 64, 21 / 64, 0.0])
+    more = ToyScenes(n=40, size=(8, 64))
+    assert np.array_equal(label_frequencies(more, 3, max_images=5), label_frequencies(more, 3, max_images=5))
+    with pytest.raises(ValueError, match="no labelled pixels"):
+        label_frequencies(ToyScenes(n=2, size=(4, 8)), 0)
+
+
+def test_class_weighted_training_weighs_by_the_training_labels(tmp_path: Path) -> None:
+    trainer = SupernetTrainer(_cfg(class_weighting="log", class_weight_c=1.02), ToyScenes(), tmp_path)
+    want = log_class_weights(label_frequencies(ToyScenes(), 3), c=1.02)
+    assert isinstance(trainer.criterion, torch.nn.CrossEntropyLoss)
+    assert torch.equal(trainer.criterion.weight, want)
+    assert SupernetTrainer(_cfg(), ToyScenes(), tmp_path / "plain").criterion.weight is None
 
 
 def test_load_supernet_errors(tmp_path: Path) -> None:

@@ -98,7 +98,14 @@ def test_submit_supernet_creates_a_queued_job_and_a_stream_entry(api: Api) -> No
 
 
 def test_supernet_training_options_reach_the_job(api: Api) -> None:
-    options = {"sampling": "sandwich", "sandwich_random": 1, "distill": True, "warmup_steps": 40, "lr_final": 0.05}
+    options = {
+        "sampling": "sandwich",
+        "sandwich_random": 1,
+        "distill": True,
+        "warmup_steps": 40,
+        "lr_final": 0.05,
+        "class_weighting": "log",
+    }
     r = api.client.post("/api/v1/supernets", json={**SUPERNET, "name": "sw", **options}, headers=api.alice)
     assert r.status_code == 201, r.text
     assert {k: r.json()["config"][k] for k in options} == options
@@ -106,6 +113,10 @@ def test_supernet_training_options_reach_the_job(api: Api) -> None:
     assert bad.status_code == 422 and "sampling" in bad.text
     bad = api.client.post("/api/v1/supernets", json={**SUPERNET, "name": "x", "lr_final": 0}, headers=api.alice)
     assert bad.status_code == 422 and "lr_final" in bad.text
+    bad = api.client.post(
+        "/api/v1/supernets", json={**SUPERNET, "name": "x", "class_weighting": "median"}, headers=api.alice
+    )
+    assert bad.status_code == 422 and "class_weighting" in bad.text
 
 
 def test_data_parallel_training_is_asked_for_and_checked(api: Api) -> None:
