@@ -35,6 +35,10 @@ thread: at these sizes that nearly doubles the throughput of 2 cores over one pr
 threads. The default size runs on 2 CPU cores in under an hour; ``--quick`` is a seconds-long
 smoke run for the test suite.
 
+``--supernet-class-weighting log`` / ``--standalone-class-weighting log`` train with ENet's
+class weights (``class_weighting`` of the training configs); measured and not the default: the
+weighted supernet ranked worse on three seeds (README).
+
     python benchmarks/supernet_ranking.py --seed 0
     python benchmarks/supernet_ranking.py --sampling sandwich --distill --warmup-steps 60
 """

@@ -28,7 +28,9 @@ def test_supernet_ranking_quick_report_shape(tmp_path: Path) -> None:
     bench = _load("supernet_ranking")
     cache = tmp_path / "standalone.json"
     common = ["--quick", "--seed", "3", "--workdir", str(tmp_path / "w"), "--standalone-cache", str(cache)]
-    report = bench.main([*common, "--sampling", "sandwich", "--distill", "--jobs", "1"])
+    report = bench.main(
+        [*common, "--sampling", "sandwich", "--distill", "--supernet-class-weighting", "log", "--jobs", "1"]
+    )
     json.dumps(report, allow_nan=False)  # strict JSON (an undefined correlation is null, never NaN)
     for key in ("kendall_tau", "spearman", "top3_overlap", "standalone_tau", "standalone_tau_pairs_mean"):
         assert report[key] is None or (isinstance(report[key], float) and -1.0 <= report[key] <= 1.0), key
@@ -44,6 +46,7 @@ def test_supernet_ranking_quick_report_shape(tmp_path: Path) -> None:
         assert row["latency_ms"] > 0 and len(row["standalone_runs"]) == 2
     assert report["settings"]["seed"] == 3 and report["settings"]["quick"] is True
     assert report["supernet_config"]["sampling"] == "sandwich" and report["supernet_config"]["distill"] is True
+    assert report["supernet_config"]["class_weighting"] == "log"
     # the architectures are a function of --seed
     again = bench.pick_archs(
         bench.parse_args(["--quick", "--seed", "3"]),
