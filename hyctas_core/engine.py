@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from hyctas_core.config import ModelConfig
 from hyctas_core.configbase import ConfigBase
 from hyctas_core.data.base import label_frequencies
-from hyctas_core.losses import CLASS_WEIGHTINGS, LOSSES, log_class_weights
+from hyctas_core.losses import CLASS_WEIGHTINGS, LOSSES, ClassWeighting, log_class_weights
 from hyctas_core.parallel import DataParallel, convert_sync_batchnorm
 
 __all__ = [
@@ -87,7 +87,7 @@ class TrainingConfig(ConfigBase):
     top_k: float = 0.2
     # "log": ENet's class weights 1 / ln(class_weight_c + share), the shares read from the
     # training labels; "none": every pixel counts the same.
-    class_weighting: str = "none"
+    class_weighting: ClassWeighting = "none"
     class_weight_c: float = 1.1
     aux_weight: float = 0.2  # weight of the auxiliary head's loss
     crop_size: tuple[int, int] = (256, 512)

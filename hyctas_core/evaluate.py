@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hyctas_core.configbase import ConfigBase
+from hyctas_core.data.base import subset_indices
 from hyctas_core.latency import LatencyModel
 from hyctas_core.metrics import ConfusionMatrix
 from hyctas_core.profile import count_macs, count_params
@@ -52,12 +53,6 @@ class ArchEvaluator(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def subset_indices(n: int, k: int, seed: int, stream: int) -> list[int]:
-    """A fixed, seeded choice of ``min(k, n)`` indices out of ``n`` (sorted)."""
-    k = min(k, n)
-    return sorted(np.random.default_rng([seed, stream]).choice(n, size=k, replace=False).tolist())
 
 
 def _images(dataset: Dataset[dict[str, Any]], indices: list[int], batch_size: int) -> Iterator[torch.Tensor]:

@@ -11,12 +11,22 @@ rare classes count more, so a short training does not leave them unlearnt.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CLASS_WEIGHTINGS", "LOSSES", "OhemCrossEntropy", "TopKCrossEntropy", "build_loss", "log_class_weights"]
+__all__ = [
+    "CLASS_WEIGHTINGS",
+    "LOSSES",
+    "ClassWeighting",
+    "OhemCrossEntropy",
+    "TopKCrossEntropy",
+    "build_loss",
+    "log_class_weights",
+]
 
 
 class TopKCrossEntropy(nn.Module):
@@ -86,7 +96,8 @@ LOSSES: tuple[str, ...] = ("topk", "ohem", "ce")
 
 
 # How a training config weights the classes: "none", or "log" (:func:`log_class_weights`).
-CLASS_WEIGHTINGS: tuple[str, ...] = ("none", "log")
+ClassWeighting = Literal["none", "log"]
+CLASS_WEIGHTINGS: tuple[ClassWeighting, ...] = get_args(ClassWeighting)
 
 
 def log_class_weights(frequencies: np.ndarray, c: float = 1.1) -> torch.Tensor:

@@ -44,6 +44,7 @@ __all__ = [
     "label_frequencies",
     "load_rgb",
     "load_single_channel",
+    "subset_indices",
 ]
 
 _SINGLE_CHANNEL_MODES = frozenset({"L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N"})
@@ -239,6 +240,12 @@ class SegmentationDataset(Dataset[dict[str, Any]], abc.ABC):
         return sample
 
 
+def subset_indices(n: int, k: int, seed: int, stream: int) -> list[int]:
+    """A fixed, seeded choice of ``min(k, n)`` indices out of ``n`` (sorted)."""
+    k = min(k, n)
+    return sorted(np.random.default_rng([seed, stream]).choice(n, size=k, replace=False).tolist())
+
+
 def _segmentation_base(dataset: Any) -> SegmentationDataset | None:
     """The :class:`SegmentationDataset` under ``dataset`` (wrappers keep it as ``.dataset``)."""
     for _ in range(8):
@@ -262,11 +269,7 @@ def label_frequencies(dataset: Any, num_classes: int, *, max_images: int = 256, 
         DatasetError: if no image has a labelled pixel.
     """
     base = _segmentation_base(dataset)
-    n = len(base if base is not None else dataset)
-    if n > max_images:
-        indices = sorted(np.random.default_rng([seed, 11]).choice(n, size=max_images, replace=False).tolist())
-    else:
-        indices = list(range(n))
+    indices = subset_indices(len(base if base is not None else dataset), max_images, seed, stream=11)
     counts = np.zeros(num_classes, np.int64)
     for i in indices:
         label = np.asarray(base.load(i).label if base is not None else dataset[i]["label"])

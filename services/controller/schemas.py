@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
+from hyctas_core.losses import ClassWeighting
 from hyctas_core.presets import PresetName
 from hyctas_core.search import MIN_POPULATION, Objective, SearchConfig
 from hyctas_core.storage import SearchState
@@ -166,7 +167,7 @@ class SupernetCreate(DataParallelFields):
     sandwich_random: int = Field(2, ge=0, le=16, description="prior-sampled sub-networks per sandwich step")
     distill: bool = Field(False, description="in-place distillation from the largest sub-network")
     warmup_steps: int = Field(0, ge=0, le=1_000_000, description="largest sub-networks only, LR ramped from 0")
-    class_weighting: Literal["none", "log"] = Field(
+    class_weighting: ClassWeighting = Field(
         "none", description="log: ENet's class weights 1 / ln(1.1 + share) in the loss, shares from the training labels"
     )
     seed: int = Field(0, ge=0, le=2**31 - 1)
