@@ -19,7 +19,12 @@ default). Reports the rank agreement of the two scores:
   ceiling: a supernet cannot rank better than training itself repeats
   (``standalone_tau_pairs_mean``: the mean over every pair of seeds);
 - ``reference_tau``: the mean of one half of the seeds against the mean of the other half, the
-  ceiling for a reference averaged over seeds.
+  ceiling for a reference averaged over seeds;
+- ``proxy_tau``: the floor: GMACs, parameters and measured latency, each taken as the score
+  (bigger is better), against the standalone mean. Ranking by cost needs no training at all,
+  and at this size it is nearly as good as the supernet (README);
+- ``cost_matched``: over the pairs of networks within 1.5x of each other's GMACs, the share
+  the supernet orders as the standalone mean does, next to the share GMACs orders so.
 
 One standalone training is noisy at this size. Two seeds of one network differ by up to 6 mIoU
 points, also on 256 val images (a larger val split does not help): whole classes (sky, trucks)
@@ -39,8 +44,16 @@ smoke run for the test suite.
 class weights (``class_weighting`` of the training configs); measured and not the default: the
 weighted supernet ranked worse on three seeds (README).
 
+``--supernet-seed`` trains another supernet on the same picks (its run-to-run spread) and
+``--branch-prior A,B,C`` changes its sub-network draws. ``benchmarks/results/
+supernet_ranking_widthlevels.cache.json`` holds the committed 8-seed standalone runs of seeds
+0-2 (the rows of ``supernet_ranking_seed*_8seeds_widthlevels.json``, at their 4 decimals): with
+``--standalone-cache`` on it, one supernet option costs about 5 minutes per seed.
+
     python benchmarks/supernet_ranking.py --seed 0
     python benchmarks/supernet_ranking.py --sampling sandwich --distill --warmup-steps 60
+    python benchmarks/supernet_ranking.py --seed 1 --supernet-seed 101 --branch-prior 0.1,0.2,0.7 \
+        --standalone-cache benchmarks/results/supernet_ranking_widthlevels.cache.json
 """
 
 from __future__ import annotations
@@ -94,9 +107,26 @@ QUICK = {
 }
 
 
+def _prior(text: str) -> tuple[float, float, float]:
+    try:
+        a, b, c = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers A,B,C, got {text!r}") from None
+    if min(a, b, c) < 0 or a + b + c <= 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative numbers with a positive sum, got {text!r}")
+    return a, b, c
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=0, help="arch choice, supernet and standalone seeds")
+    p.add_argument(
+        "--supernet-seed",
+        type=int,
+        default=None,
+        help="train the supernet with this seed instead (weights, sub-network draws, data order); "
+        "the picks and the standalone runs stay those of --seed",
+    )
     p.add_argument("--data-seed", type=int, default=0, help="the synthetic dataset's seed")
     p.add_argument("--quick", action="store_true", help="toy sizes: a smoke run, not a measurement")
     p.add_argument("--size", default="64x128", help="HxW of the synthetic images")
@@ -122,6 +152,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--supernet-loss", choices=("topk", "ce", "ohem"), default=SupernetTrainConfig.loss)
     p.add_argument("--supernet-class-weighting", choices=CLASS_WEIGHTINGS, default=SupernetTrainConfig.class_weighting)
     p.add_argument("--sampling", choices=SAMPLINGS, default=SupernetTrainConfig.sampling)
+    p.add_argument(
+        "--branch-prior",
+        type=_prior,
+        default=SupernetTrainConfig.branch_prior,
+        help="P(1, 2, 3 branches) of the supernet's sub-network draws, as A,B,C (the paper: 0.2,0.3,0.5)",
+    )
     p.add_argument("--sandwich-random", type=int, default=SupernetTrainConfig.sandwich_random)
     p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=SupernetTrainConfig.distill)
     p.add_argument("--warmup-steps", type=int, default=SupernetTrainConfig.warmup_steps)
@@ -156,6 +192,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=None, help="keep data and checkpoints here (default: a temp dir)")
     args = p.parse_args(argv)
     apply_quick(p, args, QUICK)
+    if args.supernet_seed is None:
+        args.supernet_seed = args.seed
     if args.archs < 3 or args.archs % 3:
         p.error(f"--archs must be a positive multiple of 3, got {args.archs}")
     if args.standalone_seeds < 2 or args.standalone_seeds % 2:
@@ -249,6 +287,24 @@ def _within_branches(archs: list[Arch], a: list[float], b: list[float]) -> float
     return _finite(float(np.mean(taus))) if taus else None
 
 
+def cost_matched(gmacs: list[float], score: list[float], truth: list[float], ratio: float = 1.5) -> dict[str, Any]:
+    """How often ``score`` orders a pair of networks as ``truth`` does, over the pairs whose GMACs
+    lie within ``ratio`` of each other (the choices a latency-aware search has to make), next to
+    the same for GMACs itself (more is better). Pairs tied in ``truth`` are left out."""
+    hits = {"score": 0, "gmacs": 0}
+    pairs = 0
+    for i in range(len(gmacs)):
+        for j in range(i + 1, len(gmacs)):
+            if max(gmacs[i], gmacs[j]) > ratio * min(gmacs[i], gmacs[j]) or truth[i] == truth[j]:
+                continue
+            sign = np.sign(truth[i] - truth[j])
+            pairs += 1
+            hits["score"] += int(np.sign(score[i] - score[j]) == sign)
+            hits["gmacs"] += int(np.sign(gmacs[i] - gmacs[j]) == sign)
+    rate = {k: None if not pairs else round(v / pairs, 4) for k, v in hits.items()}
+    return {"gmacs_ratio": ratio, "pairs": pairs, "supernet": rate["score"], "gmacs": rate["gmacs"]}
+
+
 def top_overlap(a: list[float], b: list[float], k: int = 3) -> float:
     top = lambda v: set(np.argsort(v)[::-1][:k].tolist())  # noqa: E731
     return len(top(a) & top(b)) / k
@@ -316,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         generate(data, train=args.train_images, val=args.val_images, size=size, seed=args.data_seed, overwrite=True)
         timings["data_s"] = time.perf_counter() - t0
 
-        train_set, _ = _datasets(data, size, args.seed)
+        train_set, _ = _datasets(data, size, args.supernet_seed)
 
         t0 = time.perf_counter()
         train_cfg = SupernetTrainConfig(
@@ -330,14 +386,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             class_weighting=args.supernet_class_weighting,
             crop_size=size,
             sampling=args.sampling,
+            branch_prior=args.branch_prior,
             sandwich_random=args.sandwich_random,
             distill=args.distill,
             warmup_steps=args.warmup_steps,
-            seed=args.seed,
+            seed=args.supernet_seed,
             checkpoint_every=10**6,
             log_every=10**6,
         )
-        supernet_dir = work / f"supernet-{args.seed}"
+        supernet_dir = work / f"supernet-{args.supernet_seed}"
         trainer = SupernetTrainer(train_cfg, train_set, supernet_dir)
         trainer.fit()
         timings["supernet_s"] = time.perf_counter() - t0
@@ -424,6 +481,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reference_tau": None
         if half < 2
         else _finite(kendall(list(np.mean(by_seed[:half], axis=0)), list(np.mean(by_seed[half:], axis=0)))),
+        # the baseline a supernet has to beat: ranking by a cost count, with no training at all
+        "proxy_tau": {
+            k: _finite(kendall([float(r[k]) for r in scored], mean_sa)) for k in ("gmacs", "params_m", "latency_ms")
+        },
+        # networks of similar cost: does the supernet order them better than their GMACs does?
+        "cost_matched": cost_matched([float(r["gmacs"]) for r in scored], sup, mean_sa),
         "supernet_miou_range": [round(min(sup), 4), round(max(sup), 4)],
         "standalone_miou_range": [round(min(mean_sa), 4), round(max(mean_sa), 4)],
         "rows": rows,

@@ -30,11 +30,17 @@ def test_supernet_ranking_quick_report_shape(tmp_path: Path) -> None:
     common = ["--quick", "--seed", "3", "--workdir", str(tmp_path / "w"), "--standalone-cache", str(cache)]
     report = bench.main(
         [*common, "--sampling", "sandwich", "--distill", "--supernet-class-weighting", "log", "--jobs", "1"]
+        + ["--supernet-seed", "5", "--branch-prior", "1,1,2"]
     )
     json.dumps(report, allow_nan=False)  # strict JSON (an undefined correlation is null, never NaN)
     for key in ("kendall_tau", "spearman", "top3_overlap", "standalone_tau", "standalone_tau_pairs_mean"):
         assert report[key] is None or (isinstance(report[key], float) and -1.0 <= report[key] <= 1.0), key
     assert len(report["kendall_tau_per_seed"]) == 2 and report["reference_tau"] is None  # no halves of 2+ seeds
+    assert set(report["proxy_tau"]) == {"gmacs", "params_m", "latency_ms"}
+    assert all(v is None or -1.0 <= v <= 1.0 for v in report["proxy_tau"].values())
+    matched = report["cost_matched"]
+    assert matched["gmacs_ratio"] == 1.5 and 0 <= matched["pairs"] <= 66
+    assert all(matched[k] is None or 0.0 <= matched[k] <= 1.0 for k in ("supernet", "gmacs"))
     within = report["kendall_tau_within_branches"]
     assert within is None or (isinstance(within, float) and -1.0 <= within <= 1.0)
     rows = report["rows"]
@@ -47,6 +53,7 @@ def test_supernet_ranking_quick_report_shape(tmp_path: Path) -> None:
     assert report["settings"]["seed"] == 3 and report["settings"]["quick"] is True
     assert report["supernet_config"]["sampling"] == "sandwich" and report["supernet_config"]["distill"] is True
     assert report["supernet_config"]["class_weighting"] == "log"
+    assert report["supernet_config"]["seed"] == 5 and list(report["supernet_config"]["branch_prior"]) == [1, 1, 2]
     # the architectures are a function of --seed
     again = bench.pick_archs(
         bench.parse_args(["--quick", "--seed", "3"]),
@@ -64,6 +71,27 @@ def test_supernet_ranking_quick_report_shape(tmp_path: Path) -> None:
     assert len(other["kendall_tau_per_seed"]) == 6
     assert other["reference_tau"] is None or -1.0 <= other["reference_tau"] <= 1.0  # 3 seeds against 3
     assert other["supernet_config"]["warmup_steps"] == 1 and other["supernet_config"]["sampling"] == "prior"
+
+
+def test_supernet_ranking_cost_matched_pairs() -> None:
+    bench = _load("supernet_ranking")
+    gmacs = [1.0, 1.2, 1.4, 3.0]  # pairs within 1.5x: (0, 1), (0, 2), (1, 2); (x, 3) are not
+    truth = [0.10, 0.20, 0.15, 0.90]
+    score = [0.30, 0.20, 0.10, 0.00]  # orders (1, 2) as the truth does, (0, 1) and (0, 2) not
+    report = bench.cost_matched(gmacs, score, truth)
+    assert report == {"gmacs_ratio": 1.5, "pairs": 3, "supernet": round(1 / 3, 4), "gmacs": round(2 / 3, 4)}
+    # a tie in the truth is no pair; no pair at all gives None, not a rate
+    assert bench.cost_matched([1.0, 1.1], [0.1, 0.2], [0.5, 0.5])["supernet"] is None
+
+
+def test_supernet_ranking_rejects_a_bad_branch_prior(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("supernet_ranking")
+    for bad in ("0.5,0.5", "a,b,c", "0,0,0", "-1,1,1"):
+        with pytest.raises(SystemExit) as exc:
+            bench.parse_args(["--branch-prior", bad])
+        assert exc.value.code == 2 and "--branch-prior" in capsys.readouterr().err
+    args = bench.parse_args(["--seed", "4", "--branch-prior", "1,1,1"])
+    assert args.branch_prior == (1.0, 1.0, 1.0) and args.supernet_seed == 4  # the supernet seed follows --seed
 
 
 def test_synth_separation_quick_report_shape(tmp_path: Path) -> None:
