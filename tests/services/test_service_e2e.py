@@ -27,6 +27,7 @@ from PIL import Image
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from services.serve import ingress
 from tests.ports import controller_ready, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -97,7 +98,10 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     Only this head is stopped (SIGTERM to its group): a Ray cluster the developer runs is left alone.
     """
     port = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # Serve's HAProxy (where the environment turns it on) binds fixed metrics and stats ports
+    # unless told otherwise: free ones, so that no other HAProxy on the machine is in the way.
+    haproxy_ports = {f"RAY_SERVE_HAPROXY_{name}_PORT": str(free_port()) for name in ("METRICS", "STATS")}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **haproxy_ports}
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "wb")  # noqa: SIM115 - owned by the child
     head = subprocess.Popen(
         [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
@@ -125,6 +129,8 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(10)
         log.close()
+        # A killed head can leave its Serve's HAProxy to init, holding the ports (not in the group)
+        ingress.stop_orphaned_haproxies()
 
 
 @pytest.fixture
