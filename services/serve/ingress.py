@@ -37,6 +37,7 @@ __all__ = [
     "active",
     "apply",
     "haproxy_binary",
+    "listener_ports",
     "orphaned_haproxies",
     "resolve",
     "stop_orphaned_haproxies",
@@ -103,14 +104,19 @@ def _environment(resolved: str) -> dict[str, str]:
     """
     if resolved == "proxy":
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
-    metrics_port, stats_port = free_ports(2, host="")
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(LOCAL_DRAIN_S),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        **listener_ports(),
     }
+
+
+def listener_ports() -> dict[str, str]:
+    """Serve's variables for HAProxy's Prometheus and stats listeners, on ports free now on every
+    interface (Serve's defaults, 9101 and 8404, are fixed: see :func:`_environment`)."""
+    metrics_port, stats_port = free_ports(2, host="")
+    return {"RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port), "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port)}
 
 
 # What apply() set itself, by key: a value still equal to it is apply()'s and a later apply()
@@ -165,12 +171,18 @@ def _cmdline(pid: int) -> list[str]:
     return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
 
 
-def _parent(pid: int) -> int | None:
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after ``pid (comm)``: state, parent's pid, ...; [] if gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm) state": the parent's pid
+        return []
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _parent(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[1]) if fields else None
 
 
 def orphaned_haproxies(config_dir: Path | None = None) -> list[int]:
@@ -230,8 +242,5 @@ def stop_orphaned_haproxies(config_dir: Path | None = None, *, timeout_s: float 
 
 def _alive(pid: int) -> bool:
     """Running (a zombie, dead but not yet reaped by its parent, counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != "Z"

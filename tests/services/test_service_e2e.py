@@ -100,8 +100,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     # Serve's HAProxy (where the environment turns it on) binds fixed metrics and stats ports
     # unless told otherwise: free ones, so that no other HAProxy on the machine is in the way.
-    haproxy_ports = {f"RAY_SERVE_HAPROXY_{name}_PORT": str(free_port()) for name in ("METRICS", "STATS")}
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **haproxy_ports}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **ingress.listener_ports()}
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "wb")  # noqa: SIM115 - owned by the child
     head = subprocess.Popen(
         [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
